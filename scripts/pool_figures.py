@@ -1,0 +1,105 @@
+"""In-process figures for the graph pool: capture time and bytes per graph, decode ITL in graphs mode vs eager.
+
+Usage: PYTHONPATH=src python scripts/pool_figures.py --models llama-3.2-1b,llama-2-7b --out DIR
+Prints one JSON object per model and writes them to DIR/pool_figures.json. Speed is measured here, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import time
+
+import torch
+
+from rollgraph.config import EngineConfig, ModelConfig
+from rollgraph.engine import Engine
+from rollgraph.models import load_model
+from rollgraph.params import GenerationParams
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy rate in bytes/s, counting bytes read plus bytes written."""
+    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(20):
+        dst.copy_(src)
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * 20 * src.numel() / (start.elapsed_time(end) / 1e3)
+
+
+def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dict:
+    steps, ttft, sources = [], [], {}
+    for r in range(repeats + 1):
+        ids = [(7 * i + r) % 30000 + 3 for i in range(prompt_len)]
+        gen = engine.generate(GenerationParams(tuple(ids), new))
+        for _ in gen:
+            pass
+        if r:  # the first run is a warm-up
+            steps += gen.result.step_ms
+            ttft.append(gen.result.prefill_ms)
+            sources = dict(gen.result.sources)
+    steps.sort()
+    return {
+        "prompt": prompt_len,
+        "ttft_ms": round(statistics.median(ttft), 3),
+        "itl_median_ms": round(statistics.median(steps), 3),
+        "itl_p99_ms": round(steps[int(0.99 * (len(steps) - 1))], 3),
+        "sources": sources,
+    }
+
+
+def figures(name: str, bandwidth: float) -> dict:
+    out = {"model": name}
+    for mode in ("graphs", "eager"):
+        model = load_model(ModelConfig(name, dtype="bfloat16"))
+        engine = Engine(model, EngineConfig(mode=mode))
+        start = time.perf_counter()
+        engine.warm_up(progress=False)
+        if mode == "graphs":
+            rep = engine.pool.report()
+            per = rep["per_graph"]
+            out["precapture_s"] = round(time.perf_counter() - start, 2)
+            out["graphs"] = rep["graphs"]
+            out["graph_bytes_total"] = rep["bytes"]
+            out["per_graph"] = [{k: g[k] for k in ("key", "bytes", "capture_ms")} for g in per]
+            out["weight_bytes"] = engine.runner.weight_bytes
+            out["kv_cache_bytes"] = engine.runner.cache.nbytes
+            out["decode_floor_ms"] = round(engine.runner.weight_bytes / bandwidth * 1e3, 3)
+        out[mode] = [itl(engine, n) for n in (10, 100, 400)]
+        del engine, model
+        gc.collect()
+        torch.cuda.empty_cache()
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--models", default="llama-3.2-1b,llama-2-7b")
+    p.add_argument("--out", default=".")
+    a = p.parse_args()
+    bw = copy_bandwidth()
+    results = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "copy_bandwidth_TBps": round(bw / 1e12, 3),
+        "models": [],
+    }
+    for name in a.models.split(","):
+        r = figures(name, bw)
+        results["models"].append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "per_graph"}), flush=True)
+    with open(f"{a.out}/pool_figures.json", "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Typed settings for the model, the engine, the graph pool and the server; the CLI maps its flags onto these.
+
+Fields that change what a captured graph computes (dtype, max_seq_len, buckets, mode) are listed in
+`EngineConfig.graph_fields`, so a cache of graphs or compiled code can be keyed on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from rollgraph.errors import RequestError
+
+MODES = ("eager", "graphs", "compile", "compile+graphs", "seed")
+ON_MISS = ("eager", "capture")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+RUNNERS = ("auto", "native", "hf")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise RequestError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _check_buckets(name: str, buckets: tuple[int, ...]) -> None:
+    if not buckets or any(not isinstance(b, int) or b < 1 for b in buckets):
+        raise RequestError(f"{name} must be a non-empty list of integers >= 1; got {buckets!r}")
+    if list(buckets) != sorted(set(buckets)):
+        raise RequestError(f"{name} must be strictly increasing; got {buckets!r}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load and how."""
+
+    name: str
+    """A local Hugging Face folder or a built-in architecture name (`rollgraph models` lists them)."""
+    dtype: str = "auto"
+    """Weights' dtype: auto = bfloat16 on CUDA (float16 where the GPU lacks bf16), float32 on CPU."""
+    device: str = "auto"
+    """auto = cuda when available, else cpu."""
+    trust_remote_code: bool = False
+    """Run code shipped inside the model folder; off unless the user opts in."""
+    seed: int = 0
+    """Seed of a built-in architecture's random weights: same name and seed, same weights."""
+
+    def __post_init__(self) -> None:
+        _check_choice("dtype", self.dtype, DTYPES)
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    """Bounds and policy of the rolling graph pool."""
+
+    max_graphs: int = 64
+    """At most this many graphs are held; the least recently used is evicted first."""
+    max_bytes: int = 2 << 30
+    """At most this many bytes of graph memory (measured at capture) are held."""
+    on_miss: str = "eager"
+    """eager = a missing key runs eagerly and is queued for background capture; capture = capture inline first."""
+
+    def __post_init__(self) -> None:
+        _check_choice("on_miss", self.on_miss, ON_MISS)
+        if self.max_graphs < 1:
+            raise RequestError(f"max_graphs must be >= 1; got {self.max_graphs}")
+        if self.max_bytes < 1:
+            raise RequestError(f"graph memory budget must be > 0 bytes; got {self.max_bytes}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How steps execute and which shapes are captured."""
+
+    mode: str = "graphs"
+    """eager, graphs, compile, compile+graphs, or seed (the original algorithm, for comparison)."""
+    max_seq_len: int = 2048
+    """Longest prompt + generation; capped by the model's own maximum."""
+    max_batch: int = 1
+    """Rows of the static KV cache (one request per row)."""
+    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
+    """A prompt is padded to the smallest bucket that holds it; longer prompts run eagerly."""
+    kv_bucket: int = 256
+    """Decode attention reads the live KV rounded up to a multiple of this; 0 = always the whole cache."""
+    batch_buckets: tuple[int, ...] = (1,)
+    """Batch sizes that get their own graphs."""
+    precapture: bool = True
+    """Capture the default key set before serving."""
+    precapture_sampling: bool = False
+    """Also pre-capture the sampling (non-greedy) decode graphs."""
+    seed_precapture: int = 50
+    """Mode seed: lengths 1..N are pre-captured, as the original did."""
+    max_new_tokens_cap: int = 4096
+    """Largest max_new_tokens a request may ask for."""
+    compile_cache_dir: str | None = None
+    """Where torch.compile keeps its cache between runs (None = torch's default)."""
+    runner: str = "auto"
+    """auto = rollgraph's native Llama-family runner where the architecture allows, else transformers' forward."""
+    pool: PoolConfig = field(default_factory=PoolConfig)
+
+    graph_fields = ("mode", "max_seq_len", "max_batch", "prefill_buckets", "kv_bucket", "batch_buckets")
+
+    def __post_init__(self) -> None:
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("runner", self.runner, RUNNERS)
+        _check_buckets("prefill_buckets", self.prefill_buckets)
+        _check_buckets("batch_buckets", self.batch_buckets)
+        if self.max_seq_len < 2:
+            raise RequestError(f"max_seq_len must be >= 2; got {self.max_seq_len}")
+        if self.kv_bucket < 0:
+            raise RequestError(f"kv_bucket must be >= 0; got {self.kv_bucket}")
+        if self.max_batch < max(self.batch_buckets):
+            raise RequestError(f"max_batch ({self.max_batch}) must be >= the largest batch bucket")
+
+    @property
+    def uses_graphs(self) -> bool:
+        return self.mode in ("graphs", "compile+graphs", "seed")
+
+    @property
+    def uses_compile(self) -> bool:
+        return self.mode in ("compile", "compile+graphs")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The generator process's socket and its limits."""
+
+    socket_path: str
+    max_frame_bytes: int = 1 << 20
+    max_connections: int = 64
+    frame_timeout_s: float = 30.0
+    """A frame that is begun must be finished within this many seconds."""
+    drain_timeout_s: float = 30.0
+    """On SIGTERM, requests in flight get this long to finish."""
+    allowed_uids: tuple[int, ...] = ()
+    """If set, only peers with these user ids (SO_PEERCRED) are served."""
+
+
+def field_names(cls: type) -> list[str]:
+    """Names of a config dataclass's fields, for CLI mapping and docs."""
+    return [f.name for f in fields(cls)]

@@ -1,0 +1,67 @@
+"""Request parameters, validated on construction; no torch import (the client and protocol use them too).
+
+Validation raises `RequestError` naming the field, the value and the allowed range (mlx-lm style), so a bad value is
+rejected the same way in-process, through the CLI and over the socket.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rollgraph.errors import RequestError
+
+MAX_SEED = 2**63 - 1
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen. temperature 0 means greedy (argmax); top_k 0 and top_p 1.0 mean no cut-off."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not _is_number(self.temperature) or not 0.0 <= self.temperature <= 100.0:
+            raise RequestError(f"temperature must be a number in [0, 100] (0 = greedy), got {self.temperature!r}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise RequestError(f"top_k must be an integer >= 0 (0 = no top-k cut), got {self.top_k!r}")
+        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise RequestError(f"top_p must be a number in (0, 1] (1 = no nucleus cut), got {self.top_p!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            raise RequestError(f"seed must be null or an integer in [0, 2**63 - 1], got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+@dataclass(frozen=True)
+class GenerationParams:
+    """One generation request in token ids; the engine checks ids and length against the model it serves."""
+
+    input_ids: tuple[int, ...]
+    max_new_tokens: int = 64
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    stop_token_ids: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.input_ids, tuple) or not self.input_ids:
+            raise RequestError("input_ids must be a non-empty list of token ids")
+        if not all(_is_int(t) for t in self.input_ids):
+            bad = next(t for t in self.input_ids if not _is_int(t))
+            raise RequestError(f"input_ids must hold integers only, got {bad!r}", code="invalid_token")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+        if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
+            raise RequestError(f"stop_token_ids must be a list of integers >= 0, got {list(self.stop_token_ids)!r}")

@@ -1,0 +1,141 @@
+"""Step functions over static buffers: what a graph captures and what eager mode runs, one and the same code.
+
+A step reads its inputs from `StepBuffers` and writes its results back into them (the sampled token becomes the next
+step's input, positions advance in place), so consecutive decode steps need no host-to-device copy at all, and a
+replayed graph and an eager call are interchangeable for the same key.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+from rollgraph.graphs import GraphKey
+from rollgraph.sampling import greedy, sample
+
+logger = logging.getLogger(__name__)
+
+
+class StepBuffers:
+    """Every tensor a step reads or writes, allocated once at the largest size and sliced per key."""
+
+    def __init__(self, max_batch: int, max_seq_len: int, vocab: int, device: torch.device) -> None:
+        i64 = dict(dtype=torch.int64, device=device)
+        f32 = dict(dtype=torch.float32, device=device)
+        self.prompt = torch.zeros(max_batch, max_seq_len, **i64)
+        self.prompt_len = torch.ones(max_batch, **i64)
+        self.tokens = torch.zeros(max_batch, **i64)
+        self.positions = torch.zeros(max_batch, **i64)
+        self.temperature = torch.zeros(max_batch, **f32)
+        self.top_k = torch.zeros(max_batch, **i64)
+        self.top_p = torch.ones(max_batch, **f32)
+        self.seeds = torch.zeros(max_batch, **i64)
+        self.logits = torch.zeros(max_batch, vocab, **f32)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """Copies of every buffer, so a capture's warm-ups cannot disturb a request in flight."""
+        return {k: v.clone() for k, v in self.tensors().items()}
+
+    def restore(self, snap: dict[str, torch.Tensor]) -> None:
+        for k, v in snap.items():
+            getattr(self, k).copy_(v)
+
+
+class Steps:
+    """Builds the callable for a GraphKey: eager, or compiled with torch.compile when asked."""
+
+    def __init__(self, runner, buffers: StepBuffers, compile: bool = False) -> None:
+        self.runner = runner
+        self.buf = buffers
+        self._decode, self._prefill, self._full = _decode_core, _prefill_core, _full_core
+        if compile:
+            _raise_recompile_limits()
+            opts = dict(fullgraph=True, dynamic=False)
+            self._decode = torch.compile(_decode_core, **opts)
+            self._prefill = torch.compile(_prefill_core, **opts)
+            self._full = torch.compile(_full_core, **opts)
+
+    def fn(self, key: GraphKey, eager: bool = False) -> Callable[[], None]:
+        """A no-argument step for `key`, reading and writing the shared buffers.
+
+        eager=True skips compilation: for one-off shapes (a prompt longer than every bucket) that would otherwise
+        cost a compile each.
+        """
+        b, n, smp, buf, r = key.batch, key.length, key.sampling, self.buf, self.runner
+        if key.phase == "decode":
+            core = _decode_core if eager else self._decode
+
+            def step() -> None:
+                logits, nxt = core(r, buf.tokens[:b], buf.positions[:b], n, smp, *_sampling_args(buf, b))
+                buf.logits[:b].copy_(logits)
+                buf.tokens[:b].copy_(nxt)
+                buf.positions[:b].add_(1)
+
+        elif key.phase == "prefill":
+            core = _prefill_core if eager else self._prefill
+
+            def step() -> None:
+                lens = buf.prompt_len[:b]
+                logits, nxt = core(r, buf.prompt[:b, :n], lens, smp, *_sampling_args(buf, b))
+                buf.logits[:b].copy_(logits)
+                buf.tokens[:b].copy_(nxt)
+                buf.positions[:b].copy_(lens)
+
+        else:
+            core = _full_core if eager else self._full
+
+            def step() -> None:
+                logits, nxt = core(r, buf.prompt[:b, :n], smp, *_sampling_args(buf, b))
+                buf.logits[:b].copy_(logits)
+                buf.tokens[:b].copy_(nxt)
+
+        return step
+
+    def prepare_warmup(self, key: GraphKey) -> None:
+        """Harmless inputs for a capture's warm-up runs (see CudaGraphStep): decode writes only the last cache slot."""
+        b, buf = key.batch, self.buf
+        buf.tokens[:b].zero_()
+        buf.positions[:b].fill_(self.runner.max_seq_len - 1)
+        buf.prompt[:b, : key.length].zero_()
+        buf.prompt_len[:b].fill_(key.length)
+
+
+def _sampling_args(buf: StepBuffers, b: int):
+    return buf.temperature[:b], buf.top_k[:b], buf.top_p[:b], buf.seeds[:b]
+
+
+def _choose(logits, steps, smp: bool, temperature, top_k, top_p, seeds):
+    if smp:
+        return sample(logits, temperature, top_k, top_p, seeds, steps)
+    return greedy(logits)
+
+
+def _decode_core(runner, tokens, positions, kv_len: int, smp: bool, temperature, top_k, top_p, seeds):
+    logits = runner.decode(tokens, positions, kv_len)
+    return logits, _choose(logits, positions + 1, smp, temperature, top_k, top_p, seeds)
+
+
+def _prefill_core(runner, prompt, lens, smp: bool, temperature, top_k, top_p, seeds):
+    logits = runner.prefill(prompt, 0, lens - 1)
+    return logits, _choose(logits, lens, smp, temperature, top_k, top_p, seeds)
+
+
+def _full_core(runner, prompt, smp: bool, temperature, top_k, top_p, seeds):
+    logits = runner.full(prompt)
+    steps = torch.full_like(seeds, prompt.shape[1])
+    return logits, _choose(logits, steps, smp, temperature, top_k, top_p, seeds)
+
+
+def _raise_recompile_limits() -> None:
+    """Every (phase, batch, length) is its own static shape; allow one compiled variant per graph key."""
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), 256))
+    if hasattr(cfg, "accumulated_recompile_limit"):
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4096)

@@ -1,0 +1,154 @@
+"""Engine on CPU: tokens against transformers' own generate, every mode, sampling, prefix reuse, bad requests."""
+
+import pytest
+import torch
+
+from rollgraph.config import EngineConfig, ModelConfig
+from rollgraph.engine import Engine
+from rollgraph.errors import RequestError
+from rollgraph.models import load_model
+from rollgraph.params import GenerationParams, SamplingParams
+
+
+def make_engine(name, **kw):
+    return Engine(load_model(ModelConfig(name)), EngineConfig(max_seq_len=kw.pop("max_seq_len", 256), **kw))
+
+
+def run(engine, ids, n=12, **sampling):
+    gen = engine.generate(GenerationParams(tuple(ids), n, SamplingParams(**sampling)))
+    toks = list(gen)
+    assert toks == gen.result.output_tokens
+    return toks
+
+
+def hf_greedy(folder, ids, n):
+    ref = load_model(ModelConfig(folder)).model
+    x = torch.tensor([ids])  # an explicit mask: otherwise generate() masks every id equal to pad_token_id
+    out = ref.generate(
+        x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+    )
+    return out[0, len(ids) :].tolist()
+
+
+@pytest.mark.parametrize("folder", ["llama_dir", "qwen2_dir"])
+def test_greedy_equals_transformers_generate(folder, request):
+    path = request.getfixturevalue(folder)
+    engine = make_engine(path, mode="eager")
+    g = torch.Generator().manual_seed(5)
+    for length in (1, 7, 16, 17, 40):
+        ids = torch.randint(0, 300, (length,), generator=g).tolist()
+        assert run(engine, ids, 20) == hf_greedy(path, ids, 20), f"prompt length {length}"
+
+
+def test_transformers_fallback_runner_matches_generate(gpt2_dir):
+    engine = make_engine(gpt2_dir, mode="eager")
+    assert type(engine.runner).__name__ == "HFRunner"
+    ids = [5, 17, 250, 3, 9]
+    assert run(engine, ids, 10) == hf_greedy(gpt2_dir, ids, 10)
+
+
+def test_hf_runner_equals_native_runner(llama_dir):
+    ids = [4, 8, 15, 16, 23, 42]
+    assert run(make_engine(llama_dir, runner="hf"), ids) == run(make_engine(llama_dir, runner="native"), ids)
+
+
+@pytest.mark.parametrize("mode", ["graphs", "compile+graphs", "seed"])
+def test_every_mode_matches_eager_on_cpu(mode, caplog):
+    ids = [1, 50, 60, 70, 80]
+    want = run(make_engine("llama-tiny", mode="eager"), ids)
+    engine = make_engine("llama-tiny", mode=mode)
+    assert run(engine, ids) == want
+    assert "CUDA graphs are off" in caplog.text
+    assert engine.stats()["pool"]["graphs"] == 0
+
+
+def test_compile_mode_matches_eager_on_cpu():
+    ids = [1, 50, 60]
+    want = run(make_engine("llama-tiny", mode="eager"), ids, 4)
+    engine = make_engine("llama-tiny", mode="compile")
+    gen = engine.generate(GenerationParams(tuple(ids), 4))
+    assert list(gen) == want
+    assert gen.result.sources == {"compiled": 4}
+
+
+def test_sampling_is_seeded_and_same_in_every_mode():
+    ids = [1, 2, 3]
+    a = run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, seed=7)
+    b = run(make_engine("llama-tiny", mode="seed"), ids, 16, temperature=1.0, seed=7)
+    c = run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, seed=8)
+    assert a == b and a != c
+    greedy = run(make_engine("llama-tiny", mode="eager"), ids, 16)
+    assert run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, top_k=1, seed=3) == greedy
+    assert run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, top_p=1e-6, seed=3) == greedy
+
+
+def test_stop_tokens_and_finish_reasons():
+    engine = make_engine("llama-tiny", mode="eager")
+    toks = run(engine, [1, 2, 3], 12)
+    stop = toks[4]
+    gen = engine.generate(GenerationParams((1, 2, 3), 12, stop_token_ids=(stop,)))
+    got = list(gen)
+    assert got == toks[: toks.index(stop) + 1] and gen.result.finish_reason == "stop"
+    gen = engine.generate(GenerationParams((1, 2, 3), 3))
+    list(gen)
+    assert gen.result.finish_reason == "length"
+
+
+def test_prefix_reuse_runs_decode_and_changes_no_token():
+    ids = [1, 9, 8, 7]
+    fresh = run(make_engine("llama-tiny", mode="eager"), ids, 10)
+    engine = make_engine("llama-tiny", mode="eager")
+    seq, got = list(ids), []
+    for _ in range(10):  # the original client's loop: resend the whole sequence for each token
+        gen = engine.generate(GenerationParams(tuple(seq), 1))
+        tok = next(iter(gen))
+        got.append(tok)
+        seq.append(tok)
+        reused = gen.result.prefix_reused
+    assert got == fresh
+    assert reused == len(seq) - 2  # the last request ran one decode step over a held prefix
+
+
+def test_cancel_frees_and_reports():
+    engine = make_engine("llama-tiny", mode="eager")
+    gen = engine.generate(GenerationParams((1, 2, 3), 50))
+    next(iter(gen))
+    gen.close()
+    assert gen.result.finish_reason == "cancelled"
+    assert run(engine, [1, 2, 3], 5) == run(make_engine("llama-tiny", mode="eager"), [1, 2, 3], 5)
+
+
+def test_long_prompt_past_every_bucket_runs_eagerly():
+    engine = make_engine("llama-tiny", mode="graphs", prefill_buckets=(16,), max_seq_len=64)
+    ids = list(range(10, 50))
+    assert run(engine, ids, 5) == run(make_engine("llama-tiny", mode="eager", max_seq_len=64), ids, 5)
+
+
+@pytest.mark.parametrize(
+    ("ids", "n", "code", "text"),
+    [
+        ([1, 320], 4, "invalid_token", "[0, 320)"),
+        ([1, 2], 255, "too_long", "maximum sequence length 256"),
+        ([1, 2], 5000, "invalid_value", "cap"),
+    ],
+)
+def test_bad_requests_are_typed_errors(ids, n, code, text):
+    engine = make_engine("llama-tiny", mode="eager")
+    with pytest.raises(RequestError) as e:
+        engine.generate(GenerationParams(tuple(ids), n))
+    assert e.value.code == code and text in e.value.message
+    assert run(engine, [1, 2], 3)  # still serving
+
+
+@pytest.mark.parametrize(
+    "kw", [dict(temperature=-1), dict(top_k=-2), dict(top_p=0), dict(top_p=1.5), dict(seed=-1), dict(temperature=True)]
+)
+def test_bad_sampling_values(kw):
+    with pytest.raises(RequestError, match="must be"):
+        SamplingParams(**kw)
+
+
+@pytest.mark.parametrize("kw", [dict(mode="fast"), dict(prefill_buckets=(32, 16)), dict(max_seq_len=1)])
+def test_bad_engine_config(kw):
+    with pytest.raises(ValueError, match="must"):
+        EngineConfig(**kw)
