@@ -6,8 +6,13 @@ import pytest
 import torch
 
 TINY = dict(
-    vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=512,
+    vocab_size=300,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
 )
 
 
@@ -51,5 +56,7 @@ def gpt2_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("gpt2")
     torch.manual_seed(2)
-    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=512)).save_pretrained(path)
+    GPT2LMHeadModel(
+        GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=512)
+    ).save_pretrained(path)
     return str(path)

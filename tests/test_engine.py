@@ -25,7 +25,12 @@ def hf_greedy(folder, ids, n):
     ref = load_model(ModelConfig(folder)).model
     x = torch.tensor([ids])  # an explicit mask: otherwise generate() masks every id equal to pad_token_id
     out = ref.generate(
-        x, attention_mask=torch.ones_like(x), max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0
+        x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=0,
     )
     return out[0, len(ids) :].tolist()
 
@@ -79,7 +84,9 @@ def test_sampling_is_seeded_and_same_in_every_mode():
     assert a == b and a != c
     greedy = run(make_engine("llama-tiny", mode="eager"), ids, 16)
     assert run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, top_k=1, seed=3) == greedy
-    assert run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, top_p=1e-6, seed=3) == greedy
+    assert (
+        run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, top_p=1e-6, seed=3) == greedy
+    )
 
 
 def test_stop_tokens_and_finish_reasons():
@@ -141,7 +148,15 @@ def test_bad_requests_are_typed_errors(ids, n, code, text):
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(temperature=-1), dict(top_k=-2), dict(top_p=0), dict(top_p=1.5), dict(seed=-1), dict(temperature=True)]
+    "kw",
+    [
+        dict(temperature=-1),
+        dict(top_k=-2),
+        dict(top_p=0),
+        dict(top_p=1.5),
+        dict(seed=-1),
+        dict(temperature=True),
+    ],
 )
 def test_bad_sampling_values(kw):
     with pytest.raises(RequestError, match="must be"):

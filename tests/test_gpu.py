@@ -59,7 +59,9 @@ def eager_reference(request):
 def test_mode_tokens_equal_eager(eager_reference, mode):
     name, want, sampled = eager_reference
     if mode == "compile" and name != "llama-tiny":
-        pytest.skip("compile alone on llama-3.2-1b is covered by compile+graphs and the benchmark (compile time)")
+        pytest.skip(
+            "compile alone on llama-3.2-1b is covered by compile+graphs and the benchmark (compile time)"
+        )
     # Compiling a 1B model costs tens of seconds per shape: give compile modes one prefill and one decode shape.
     eng = engine_for(name, mode, **(dict(prefill_buckets=(64,), kv_bucket=0) if "compile" in mode else {}))
     for ids in PROMPTS:
@@ -81,7 +83,7 @@ def test_graphs_equal_eager_in_bf16(name):
     want = [generate(eager, p) for p in PROMPTS]
     free(eager)
     graphs = engine_for(name, "graphs", dtype="bfloat16")
-    for p, (toks, _, logits) in zip(PROMPTS, want):
+    for p, (toks, _, logits) in zip(PROMPTS, want, strict=False):
         got, result, got_logits = generate(graphs, p)
         assert got == toks
         torch.testing.assert_close(got_logits, logits, atol=0, rtol=0)
@@ -101,8 +103,14 @@ def test_native_runner_logits_match_transformers():
 
 
 def test_byte_budget_holds_and_eviction_returns_memory():
-    eng = engine_for("llama-3.2-1b", "graphs", precapture=False, max_seq_len=1024, kv_bucket=128,
-                     prefill_buckets=(16, 32, 64, 128, 256, 512))
+    eng = engine_for(
+        "llama-3.2-1b",
+        "graphs",
+        precapture=False,
+        max_seq_len=1024,
+        kv_bucket=128,
+        prefill_buckets=(16, 32, 64, 128, 256, 512),
+    )
     keys = eng.default_keys()
     one = eng.pool.capture(keys[0], "pre").graph.nbytes
     budget = 3 * max(one, 1 << 21)
@@ -118,7 +126,7 @@ def test_byte_budget_holds_and_eviction_returns_memory():
     eng.pool.clear()
     after = torch.cuda.memory_reserved()
     assert before - after >= 0.9 * held, (before, after, held)
-    toks, result, _ = generate(eng, PROMPTS[0], 8)  # still serves, eagerly, after everything was evicted
+    toks, _result, _ = generate(eng, PROMPTS[0], 8)  # still serves, eagerly, after everything was evicted
     assert len(toks) == 8
     free(eng)
 
@@ -130,7 +138,7 @@ def test_background_and_inline_captures_change_no_token():
     free(ref)
     bg = engine_for("llama-3.2-1b", "graphs", precapture=False, max_seq_len=512)
     sources = []
-    for p, w in zip(prompts, want):
+    for p, w in zip(prompts, want, strict=False):
         toks, result, _ = generate(bg, p, 40)
         assert toks == w
         sources.append(dict(result.sources))
@@ -139,9 +147,10 @@ def test_background_and_inline_captures_change_no_token():
     assert sources[0] == {"eager": 40}
     assert "background" in sources[-1] and "eager" not in sources[-1]
     free(bg)
-    inline = engine_for("llama-3.2-1b", "graphs", precapture=False, max_seq_len=512,
-                        pool=PoolConfig(on_miss="capture"))
-    for p, w in zip(prompts, want):  # captures happen mid-request, between this request's own steps
+    inline = engine_for(
+        "llama-3.2-1b", "graphs", precapture=False, max_seq_len=512, pool=PoolConfig(on_miss="capture")
+    )
+    for p, w in zip(prompts, want, strict=False):  # captures happen mid-request, between this request's own steps
         assert generate(inline, p, 40)[0] == w
     assert inline.pool.report()["captures"]["inline"] > 0
     free(inline)

@@ -30,7 +30,7 @@ def test_unknown_model_says_what_to_pass(name):
 
 
 def test_folder_without_config(tmp_path):
-    with pytest.raises(ModelLoadError, match="config.json"):
+    with pytest.raises(ModelLoadError, match=r"config\.json"):
         load_model(ModelConfig(str(tmp_path)))
 
 

@@ -92,7 +92,9 @@ class Engine:
         self.buffers = StepBuffers(config.max_batch, self.max_seq_len, self.vocab_size, self.device)
         compile_ = config.uses_compile and getattr(self.runner, "compilable", False)
         if config.uses_compile and not compile_:
-            logger.warning("mode %s: this model's runner cannot be compiled; its steps run eagerly", config.mode)
+            logger.warning(
+                "mode %s: this model's runner cannot be compiled; its steps run eagerly", config.mode
+            )
         self.steps = Steps(self.runner, self.buffers, compile=compile_)
         self._direct = "compiled" if compile_ else "eager"  # what serves a step no graph serves
         self._fns: dict[GraphKey, object] = {}
@@ -101,7 +103,9 @@ class Engine:
         self.requests = 0
         self.graphs_enabled = config.uses_graphs and self.device.type == "cuda"
         if config.uses_graphs and not self.graphs_enabled:
-            logger.warning("mode %s: no CUDA device, so CUDA graphs are off and every step runs eagerly", config.mode)
+            logger.warning(
+                "mode %s: no CUDA device, so CUDA graphs are off and every step runs eagerly", config.mode
+            )
         pool_cfg = SEED_POOL if config.mode == "seed" and config.pool == PoolConfig() else config.pool
         self.pool = GraphPool(self._capture, pool_cfg)
 
@@ -141,7 +145,9 @@ class Engine:
                 self.steps.prepare_warmup(key)
                 self._fn(key)()
             self.buffers.restore(snap)
-            logger.info("compiled %d step shapes in %.1f s", len(self.default_keys()), time.perf_counter() - start)
+            logger.info(
+                "compiled %d step shapes in %.1f s", len(self.default_keys()), time.perf_counter() - start
+            )
 
     def idle_work(self) -> bool:
         """Capture one queued key; call between requests. True if a capture ran."""
@@ -186,7 +192,8 @@ class Engine:
         bad = [t for t in params.input_ids if not 0 <= t < self.vocab_size]
         if bad:
             raise RequestError(
-                f"token id {bad[0]} is out of range: ids must be in [0, {self.vocab_size})", code="invalid_token"
+                f"token id {bad[0]} is out of range: ids must be in [0, {self.vocab_size})",
+                code="invalid_token",
             )
         if params.max_new_tokens > self.config.max_new_tokens_cap:
             raise RequestError(

@@ -31,7 +31,9 @@ def _in_process(a: argparse.Namespace, sampling: SamplingParams) -> int:
     model = load_model(model_config(a))
     if a.prompt is not None:
         if model.tokenizer is None:
-            raise RequestError("--prompt needs a tokenizer and this model has none: pass --tokens", code="no_tokenizer")
+            raise RequestError(
+                "--prompt needs a tokenizer and this model has none: pass --tokens", code="no_tokenizer"
+            )
         ids = model.tokenizer.encode(a.prompt)
     else:
         ids = list(a.tokens)
@@ -57,8 +59,13 @@ def _through_socket(a: argparse.Namespace, sampling: SamplingParams) -> int:
 
     with Client(a.socket) as c:
         gen = c.generate(
-            input_tokens=list(a.tokens) if a.tokens else None, prompt=a.prompt, max_new_tokens=a.max_new_tokens,
-            temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p, seed=sampling.seed,
+            input_tokens=list(a.tokens) if a.tokens else None,
+            prompt=a.prompt,
+            max_new_tokens=a.max_new_tokens,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
             stop_token_ids=list(a.stop_token_ids),
         )
         for _ in gen:

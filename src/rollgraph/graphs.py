@@ -123,8 +123,12 @@ class GraphPool:
                 done += 1
         logger.info(
             "captured %d graphs in %.1f s, %.0f MiB (pool: %d graphs, %.0f MiB of %.0f MiB budget)",
-            done, time.perf_counter() - start, (self.total_bytes - bytes_before) / 2**20, len(self._entries),
-            self.total_bytes / 2**20, self.config.max_bytes / 2**20,
+            done,
+            time.perf_counter() - start,
+            (self.total_bytes - bytes_before) / 2**20,
+            len(self._entries),
+            self.total_bytes / 2**20,
+            self.config.max_bytes / 2**20,
         )
         return done
 
@@ -155,7 +159,9 @@ class GraphPool:
             graph.release()
             self._unusable.add(key)
             self.stats.rejected_too_large += 1
-            logger.warning("graph %s needs %d bytes, over the whole budget; it will run eagerly", key, graph.nbytes)
+            logger.warning(
+                "graph %s needs %d bytes, over the whole budget; it will run eagerly", key, graph.nbytes
+            )
             return None
         self._make_room(graph.nbytes)
         entry = Entry(key, graph, source, elapsed)
@@ -176,7 +182,8 @@ class GraphPool:
 
     def _make_room(self, incoming: int) -> None:
         while self._entries and (
-            len(self._entries) >= self.config.max_graphs or self.total_bytes + incoming > self.config.max_bytes
+            len(self._entries) >= self.config.max_graphs
+            or self.total_bytes + incoming > self.config.max_bytes
         ):
             self.evict_lru()
 
@@ -219,8 +226,13 @@ class GraphPool:
             "capture_s": round(s.capture_s, 4),
             "pending": [str(k) for k in self._pending],
             "per_graph": [
-                {"key": str(e.key), "bytes": e.graph.nbytes, "source": e.source, "uses": e.uses,
-                 "capture_ms": round(e.capture_s * 1e3, 2)}
+                {
+                    "key": str(e.key),
+                    "bytes": e.graph.nbytes,
+                    "source": e.source,
+                    "uses": e.uses,
+                    "capture_ms": round(e.capture_s * 1e3, 2),
+                }
                 for e in self._entries.values()
             ],
         }

@@ -32,17 +32,19 @@ class Layer:
     w_down: torch.Tensor
 
 
-def supports(hf_config) -> str | None:
-    """None if the native runner can run this config, else the reason it cannot."""
+def supports(hf_config, max_seq_len: int) -> str | None:
+    """None if the native runner can run this config up to `max_seq_len`, else the reason it cannot."""
     mt = getattr(hf_config, "model_type", "?")
     if mt not in SUPPORTED:
         return f"model_type {mt!r} is not one of {SUPPORTED}"
     if getattr(hf_config, "hidden_act", "silu") != "silu":
         return f"hidden_act {hf_config.hidden_act!r} is not silu"
-    if getattr(hf_config, "sliding_window", None) and getattr(hf_config, "use_sliding_window", True):
-        if mt != "qwen2" or getattr(hf_config, "use_sliding_window", False):
-            return "sliding-window attention is not supported"
-    if getattr(hf_config, "mlp_bias", False) or (mt == "llama" and getattr(hf_config, "attention_bias", False)):
+    window = getattr(hf_config, "sliding_window", None)
+    if mt == "qwen2" and not getattr(hf_config, "use_sliding_window", False):
+        window = None
+    if window is not None and window < max_seq_len:  # a window at least as long as the cache changes nothing
+        return f"sliding-window attention ({window} < max_seq_len {max_seq_len}) is not supported"
+    if getattr(hf_config, "mlp_bias", False) or (mt != "qwen2" and getattr(hf_config, "attention_bias", False)):
         return "biases other than Qwen2's QKV bias are not supported"
     return None
 
@@ -53,7 +55,9 @@ class LlamaRunner:
     graph_phases = frozenset({"prefill", "decode", "full"})
     compilable = True
 
-    def __init__(self, hf_model: torch.nn.Module, max_batch: int, max_seq_len: int, release: bool = True) -> None:
+    def __init__(
+        self, hf_model: torch.nn.Module, max_batch: int, max_seq_len: int, release: bool = True
+    ) -> None:
         cfg = hf_model.config
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads

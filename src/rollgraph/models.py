@@ -53,7 +53,9 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {device!r} was asked for, but CUDA is not available here; use --device cpu")
+        raise ModelLoadError(
+            f"device {device!r} was asked for, but CUDA is not available here; use --device cpu"
+        )
     return dev
 
 
@@ -97,7 +99,12 @@ def build_builtin(name: str, device: torch.device, dtype: torch.dtype, seed: int
     n = sum(p.numel() for p in model.parameters())
     logger.warning(
         "model %s: RANDOM weights (built-in architecture, seed %d), %.4g M parameters, %s on %s, built in %.1f s",
-        name, seed, n / 1e6, str(dtype).removeprefix("torch."), device, time.perf_counter() - start,
+        name,
+        seed,
+        n / 1e6,
+        str(dtype).removeprefix("torch."),
+        device,
+        time.perf_counter() - start,
     )
     return LoadedModel(name, model, ByteTokenizer(hf_cfg.vocab_size), device, dtype, random_weights=True)
 
@@ -112,18 +119,28 @@ def _load_folder(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> 
     direct = device.type == "cuda" and importlib.util.find_spec("accelerate") is not None
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            cfg.name, dtype=dtype, device_map=str(device) if direct else None,
-            trust_remote_code=cfg.trust_remote_code, local_files_only=True,
+            cfg.name,
+            dtype=dtype,
+            device_map=str(device) if direct else None,
+            trust_remote_code=cfg.trust_remote_code,
+            local_files_only=True,
         )
         model.to(device)
     except (OSError, ValueError) as exc:
-        hint = "" if cfg.trust_remote_code else " If the folder ships its own model code, add --trust-remote-code."
+        hint = (
+            ""
+            if cfg.trust_remote_code
+            else " If the folder ships its own model code, add --trust-remote-code."
+        )
         raise ModelLoadError(f"could not load a causal LM from folder {cfg.name!r}: {exc}.{hint}") from exc
     model.eval().requires_grad_(False)
     tokenizer = _load_tokenizer(cfg)
     logger.info(
         "model %s: loaded from folder in %.1f s (%s on %s, tokenizer: %s)",
-        cfg.name, time.perf_counter() - start, str(dtype).removeprefix("torch."), device,
+        cfg.name,
+        time.perf_counter() - start,
+        str(dtype).removeprefix("torch."),
+        device,
         "yes" if tokenizer else "none, token ids only",
     )
     return LoadedModel(cfg.name, model, tokenizer, device, dtype, random_weights=False)

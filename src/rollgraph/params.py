@@ -33,7 +33,9 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not _is_number(self.temperature) or not 0.0 <= self.temperature <= 100.0:
-            raise RequestError(f"temperature must be a number in [0, 100] (0 = greedy), got {self.temperature!r}")
+            raise RequestError(
+                f"temperature must be a number in [0, 100] (0 = greedy), got {self.temperature!r}"
+            )
         if not _is_int(self.top_k) or self.top_k < 0:
             raise RequestError(f"top_k must be an integer >= 0 (0 = no top-k cut), got {self.top_k!r}")
         if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
@@ -64,4 +66,6 @@ class GenerationParams:
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
         if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
-            raise RequestError(f"stop_token_ids must be a list of integers >= 0, got {list(self.stop_token_ids)!r}")
+            raise RequestError(
+                f"stop_token_ids must be a list of integers >= 0, got {list(self.stop_token_ids)!r}"
+            )

@@ -7,6 +7,7 @@ replayed graph and an eager call are interchangeable for the same key.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -54,11 +55,15 @@ class Steps:
         self.buf = buffers
         self._decode, self._prefill, self._full = _decode_core, _prefill_core, _full_core
         if compile:
+            # Only the model's forward is compiled; token choice stays eager (inductor in torch 2.11 cannot
+            # generate the sampler's sort + cumsum + argmax over a 128k vocabulary: "NYI TritonSplitDimKernel").
+            # Under compile+graphs the graph captures both parts anyway.
             _raise_recompile_limits()
             opts = dict(fullgraph=True, dynamic=False)
-            self._decode = torch.compile(_decode_core, **opts)
-            self._prefill = torch.compile(_prefill_core, **opts)
-            self._full = torch.compile(_full_core, **opts)
+            fwd = {k: torch.compile(f, **opts) for k, f in _FORWARDS.items()}
+            self._decode = functools.partial(_decode_core, forward=fwd["decode"])
+            self._prefill = functools.partial(_prefill_core, forward=fwd["prefill"])
+            self._full = functools.partial(_full_core, forward=fwd["full"])
 
     def fn(self, key: GraphKey, eager: bool = False) -> Callable[[], None]:
         """A no-argument step for `key`, reading and writing the shared buffers.
@@ -115,20 +120,35 @@ def _choose(logits, steps, smp: bool, temperature, top_k, top_p, seeds):
     return greedy(logits)
 
 
-def _decode_core(runner, tokens, positions, kv_len: int, smp: bool, temperature, top_k, top_p, seeds):
-    logits = runner.decode(tokens, positions, kv_len)
-    return logits, _choose(logits, positions + 1, smp, temperature, top_k, top_p, seeds)
+def _decode_forward(runner, tokens, positions, kv_len: int):
+    return runner.decode(tokens, positions, kv_len)
 
 
-def _prefill_core(runner, prompt, lens, smp: bool, temperature, top_k, top_p, seeds):
-    logits = runner.prefill(prompt, 0, lens - 1)
-    return logits, _choose(logits, lens, smp, temperature, top_k, top_p, seeds)
+def _prefill_forward(runner, prompt, lens):
+    return runner.prefill(prompt, 0, lens - 1)
 
 
-def _full_core(runner, prompt, smp: bool, temperature, top_k, top_p, seeds):
-    logits = runner.full(prompt)
-    steps = torch.full_like(seeds, prompt.shape[1])
-    return logits, _choose(logits, steps, smp, temperature, top_k, top_p, seeds)
+def _full_forward(runner, prompt):
+    return runner.full(prompt)
+
+
+_FORWARDS = {"decode": _decode_forward, "prefill": _prefill_forward, "full": _full_forward}
+
+
+def _decode_core(runner, tokens, positions, kv_len: int, smp: bool, *sampling, forward=_decode_forward):
+    logits = forward(runner, tokens, positions, kv_len)
+    return logits, _choose(logits, positions + 1, smp, *sampling)
+
+
+def _prefill_core(runner, prompt, lens, smp: bool, *sampling, forward=_prefill_forward):
+    logits = forward(runner, prompt, lens)
+    return logits, _choose(logits, lens, smp, *sampling)
+
+
+def _full_core(runner, prompt, smp: bool, *sampling, forward=_full_forward):
+    logits = forward(runner, prompt)
+    steps = torch.full_like(sampling[-1], prompt.shape[1])
+    return logits, _choose(logits, steps, smp, *sampling)
 
 
 def _raise_recompile_limits() -> None:
