@@ -57,13 +57,14 @@ def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dic
     }
 
 
-def figures(name: str, bandwidth: float) -> dict:
+def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
     out = {"model": name}
-    for mode in ("graphs", "eager"):
+    for mode in modes:
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, EngineConfig(mode=mode))
         start = time.perf_counter()
         engine.warm_up(progress=False)
+        out[f"{mode}_startup_s"] = round(time.perf_counter() - start, 2)
         if mode == "graphs":
             rep = engine.pool.report()
             per = rep["per_graph"]
@@ -84,6 +85,7 @@ def figures(name: str, bandwidth: float) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--models", default="llama-3.2-1b,llama-2-7b")
+    p.add_argument("--modes", default="graphs,eager")
     p.add_argument("--out", default=".")
     a = p.parse_args()
     bw = copy_bandwidth()
@@ -94,7 +96,7 @@ def main() -> None:
         "models": [],
     }
     for name in a.models.split(","):
-        r = figures(name, bw)
+        r = figures(name, bw, a.modes.split(","))
         results["models"].append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "per_graph"}), flush=True)
     with open(f"{a.out}/pool_figures.json", "w") as f:

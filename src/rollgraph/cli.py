@@ -22,9 +22,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def add_model_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("model")
-    g.add_argument(
-        "--model", required=required, help="local Hugging Face folder or built-in name (`rollgraph models`)"
-    )
+    g.add_argument("--model", required=required, help="local Hugging Face folder or built-in name (`rollgraph models`)")
     g.add_argument("--dtype", default="auto", choices=DTYPES)
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     g.add_argument("--trust-remote-code", action="store_true", help="run code shipped in the model folder")
@@ -39,9 +37,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefill-buckets", type=_ints, default=EngineConfig.prefill_buckets)
     g.add_argument("--kv-bucket", type=int, default=256, help="decode KV-length bucket; 0 = whole cache")
     g.add_argument("--no-precapture", action="store_true", help="capture nothing before serving")
-    g.add_argument(
-        "--precapture-sampling", action="store_true", help="also pre-capture sampling decode graphs"
-    )
+    g.add_argument("--precapture-sampling", action="store_true", help="also pre-capture sampling decode graphs")
     g.add_argument("--max-graphs", type=int, default=None, help="pool count bound (default 64; seed mode 50)")
     g.add_argument("--graph-memory", type=float, default=None, help="pool byte budget in MiB (default 2048)")
     g.add_argument("--on-miss", default=None, choices=ON_MISS, help="default eager (seed mode: capture)")
@@ -62,9 +58,7 @@ def engine_config(a: argparse.Namespace) -> EngineConfig:
     seed = a.mode == "seed"
     pool = PoolConfig(
         max_graphs=a.max_graphs if a.max_graphs is not None else (50 if seed else 64),
-        max_bytes=int(a.graph_memory * 2**20)
-        if a.graph_memory is not None
-        else (1 << 62 if seed else 2 << 30),
+        max_bytes=int(a.graph_memory * 2**20) if a.graph_memory is not None else (1 << 62 if seed else 2 << 30),
         on_miss=a.on_miss or ("capture" if seed else "eager"),
     )
     return EngineConfig(
@@ -106,9 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-frame-bytes", type=int, default=1 << 20)
     s.add_argument("--frame-timeout", type=float, default=30.0)
     s.add_argument("--allow-uid", type=int, action="append", default=[], help="serve only these user ids")
-    s.add_argument(
-        "--drain-timeout", type=float, default=30.0, help="on SIGTERM, seconds requests get to finish"
-    )
+    s.add_argument("--drain-timeout", type=float, default=30.0, help="on SIGTERM, seconds requests get to finish")
 
     g = sub.add_parser("generate", help="generate in-process (--model) or through a server (--socket)")
     where = g.add_mutually_exclusive_group(required=True)
@@ -134,9 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.command != "serve" else logging.INFO
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return _dispatch(args)
     except RollgraphError as exc:

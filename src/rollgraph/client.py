@@ -328,24 +328,18 @@ def _unavailable_message(path: str, exc: OSError) -> str:
     if isinstance(exc, FileNotFoundError):
         return f"no rollgraph server at {path}: the socket file does not exist; {start}"
     if isinstance(exc, ConnectionRefusedError):
-        return (
-            f"no rollgraph server is listening at {path} (connection refused, a stale socket file?); {start}"
-        )
+        return f"no rollgraph server is listening at {path} (connection refused, a stale socket file?); {start}"
     return f"cannot connect to a rollgraph server at {path}: {exc.strerror or exc}; {start}"
 
 
 def _token_list(tokens: Iterable[int], name: str) -> list[int]:
     """Plain ints for JSON (accepts numpy/torch integer scalars); RequestError for anything else."""
     if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Iterable):
-        raise RequestError(
-            f"{name} must be a list of token ids, got {type(tokens).__name__}", "invalid_message"
-        )
+        raise RequestError(f"{name} must be a list of token ids, got {type(tokens).__name__}", "invalid_message")
     try:
         return [operator.index(t) for t in tokens]
     except TypeError as exc:
-        raise RequestError(
-            f"{name} must be a list of integer token ids: {exc}", code="invalid_token"
-        ) from None
+        raise RequestError(f"{name} must be a list of integer token ids: {exc}", code="invalid_token") from None
 
 
 def _token_event(frame: dict) -> TokenEvent:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -92,20 +92,20 @@ class Engine:
         self.buffers = StepBuffers(config.max_batch, self.max_seq_len, self.vocab_size, self.device)
         compile_ = config.uses_compile and getattr(self.runner, "compilable", False)
         if config.uses_compile and not compile_:
-            logger.warning(
-                "mode %s: this model's runner cannot be compiled; its steps run eagerly", config.mode
-            )
+            logger.warning("mode %s: this model's runner cannot be compiled; its steps run eagerly", config.mode)
         self.steps = Steps(self.runner, self.buffers, compile=compile_)
         self._direct = "compiled" if compile_ else "eager"  # what serves a step no graph serves
         self._fns: dict[GraphKey, object] = {}
         self._row_tokens: list[int] | None = None  # ids whose KV row 0 holds, for prefix reuse
         self._capture_stream: torch.cuda.Stream | None = None
+        self._host_tokens: torch.Tensor | None = None  # pinned ring for sampled tokens (CUDA only)
+        if self.device.type == "cuda":
+            self._host_tokens = torch.zeros(4, dtype=torch.int64, pin_memory=True)
+            self._token_events = [torch.cuda.Event() for _ in range(4)]
         self.requests = 0
         self.graphs_enabled = config.uses_graphs and self.device.type == "cuda"
         if config.uses_graphs and not self.graphs_enabled:
-            logger.warning(
-                "mode %s: no CUDA device, so CUDA graphs are off and every step runs eagerly", config.mode
-            )
+            logger.warning("mode %s: no CUDA device, so CUDA graphs are off and every step runs eagerly", config.mode)
         pool_cfg = SEED_POOL if config.mode == "seed" and config.pool == PoolConfig() else config.pool
         self.pool = GraphPool(self._capture, pool_cfg)
 
@@ -145,9 +145,7 @@ class Engine:
                 self.steps.prepare_warmup(key)
                 self._fn(key)()
             self.buffers.restore(snap)
-            logger.info(
-                "compiled %d step shapes in %.1f s", len(self.default_keys()), time.perf_counter() - start
-            )
+            logger.info("compiled %d step shapes in %.1f s", len(self.default_keys()), time.perf_counter() - start)
 
     def idle_work(self) -> bool:
         """Capture one queued key; call between requests. True if a capture ran."""
@@ -259,11 +257,28 @@ class Engine:
             self._row_tokens = ids + result.output_tokens[:-1] if keep else None
 
     def _loop(self, params: GenerationParams, result: GenerationResult, step, start: float) -> Iterator[int]:
-        """Run steps and yield tokens until a stop token or max_new_tokens; record per-step host timings."""
-        stops = set(params.stop_token_ids)
-        for i in range(params.max_new_tokens):
-            step(i)
-            tok = int(self.buffers.tokens[0])  # the step's one host sync: its sampled token id
+        """Run steps and yield tokens until a stop token or max_new_tokens; record per-step host timings.
+
+        On CUDA (not in seed mode, whose next input is the token itself) step i+1 is launched before token i is
+        read back, so the GPU never waits for Python between steps; after a stop token that one extra step is
+        thrown away (it only writes the cache past the sequence's end).
+        """
+        stops, n = set(params.stop_token_ids), params.max_new_tokens
+        ahead = self._host_tokens is not None and self.config.mode != "seed"
+        slots: deque[int] = deque()
+        launched = 0
+
+        def launch() -> None:
+            nonlocal launched
+            step(launched)
+            slots.append(self._push_token(launched))
+            launched += 1
+
+        launch()
+        for i in range(n):
+            if ahead and launched < n:
+                launch()
+            tok = self._pop_token(slots.popleft())
             now = time.perf_counter()
             if i:
                 result.step_ms.append((now - start) * 1e3)
@@ -273,11 +288,29 @@ class Engine:
             result.output_tokens.append(tok)
             if tok in stops:
                 result.finish_reason = "stop"
-            elif i == params.max_new_tokens - 1:
+            elif i == n - 1:
                 result.finish_reason = "length"
             yield tok
             if result.finish_reason:
                 return
+            if not ahead:
+                launch()
+
+    def _push_token(self, i: int) -> int:
+        """Start copying the last step's token to the host; returns what _pop_token needs to read it."""
+        if self._host_tokens is None:
+            return int(self.buffers.tokens[0])
+        slot = i % len(self._token_events)
+        self._host_tokens[slot : slot + 1].copy_(self.buffers.tokens[:1], non_blocking=True)
+        self._token_events[slot].record()
+        return slot
+
+    def _pop_token(self, handle: int) -> int:
+        """The token a _push_token started copying: the step's one host sync."""
+        if self._host_tokens is None:
+            return handle
+        self._token_events[handle].synchronize()
+        return int(self._host_tokens[handle])
 
     def _kv_len(self, pos: int) -> int:
         step = self.config.kv_bucket or self.max_seq_len
@@ -295,8 +328,8 @@ class Engine:
         buf.prompt[0, :n] = torch.tensor(ids, dtype=torch.int64)
         buf.prompt_len[0] = n
         if bucket is None:  # longer than every bucket: one eager pass at its exact length
-            self.steps.fn(GraphKey("prefill", 1, n, smp), eager=True)()
-            result.sources["eager"] += 1
+            self.steps.fn(GraphKey("prefill", 1, n, smp))()
+            result.sources[self._direct] += 1
             return
         buf.prompt[0, n:bucket].zero_()
         self._execute(GraphKey("prefill", 1, bucket, smp), result)

@@ -31,9 +31,7 @@ def _in_process(a: argparse.Namespace, sampling: SamplingParams) -> int:
     model = load_model(model_config(a))
     if a.prompt is not None:
         if model.tokenizer is None:
-            raise RequestError(
-                "--prompt needs a tokenizer and this model has none: pass --tokens", code="no_tokenizer"
-            )
+            raise RequestError("--prompt needs a tokenizer and this model has none: pass --tokens", code="no_tokenizer")
         ids = model.tokenizer.encode(a.prompt)
     else:
         ids = list(a.tokens)

@@ -159,9 +159,7 @@ class GraphPool:
             graph.release()
             self._unusable.add(key)
             self.stats.rejected_too_large += 1
-            logger.warning(
-                "graph %s needs %d bytes, over the whole budget; it will run eagerly", key, graph.nbytes
-            )
+            logger.warning("graph %s needs %d bytes, over the whole budget; it will run eagerly", key, graph.nbytes)
             return None
         self._make_room(graph.nbytes)
         entry = Entry(key, graph, source, elapsed)
@@ -182,8 +180,7 @@ class GraphPool:
 
     def _make_room(self, incoming: int) -> None:
         while self._entries and (
-            len(self._entries) >= self.config.max_graphs
-            or self.total_bytes + incoming > self.config.max_bytes
+            len(self._entries) >= self.config.max_graphs or self.total_bytes + incoming > self.config.max_bytes
         ):
             self.evict_lru()
 

@@ -31,6 +31,11 @@ class Layer:
     w_gate_up: torch.Tensor
     w_down: torch.Tensor
 
+    @property
+    def tensors(self) -> tuple:
+        """The weights in the order the layer functions unpack them."""
+        return (self.attn_norm, self.wqkv, self.bqkv, self.wo, self.mlp_norm, self.w_gate_up, self.w_down)
+
 
 def supports(hf_config, max_seq_len: int) -> str | None:
     """None if the native runner can run this config up to `max_seq_len`, else the reason it cannot."""
@@ -55,9 +60,7 @@ class LlamaRunner:
     graph_phases = frozenset({"prefill", "decode", "full"})
     compilable = True
 
-    def __init__(
-        self, hf_model: torch.nn.Module, max_batch: int, max_seq_len: int, release: bool = True
-    ) -> None:
+    def __init__(self, hf_model: torch.nn.Module, max_batch: int, max_seq_len: int, release: bool = True) -> None:
         cfg = hf_model.config
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
@@ -75,6 +78,14 @@ class LlamaRunner:
         if release:  # drop transformers' unfused copies as we go; the runner now owns the weights
             inner.layers = torch.nn.ModuleList()
         self.cos, self.sin = _rope_tables(inner.rotary_emb, max_seq_len, self.dtype, self.device)
+        self._weights = [ly.tensors for ly in self.layers]
+        self._dims = (self.n_heads, self.n_kv, self.head_dim, self.eps)
+        self._decode_layer, self._prefill_layer, self._full_layer, self._head = (
+            decode_layer,
+            prefill_layer,
+            full_layer,
+            head,
+        )
         self.cache = StaticKVCache(
             len(self.layers), max_batch, self.n_kv, max_seq_len, self.head_dim, self.dtype, self.device
         )
@@ -110,28 +121,29 @@ class LlamaRunner:
 
     # ---- steps -------------------------------------------------------------------------------------------------
 
+    def compile(self) -> None:
+        """Compile the per-layer functions (not the unrolled model): one compilation serves every layer, since the
+        weights are arguments, and automatic dynamic shapes make one more cover every length bucket, so start-up
+        stays short. Under compile+graphs the guards run only at capture; replays see just the kernels."""
+        self._decode_layer = torch.compile(decode_layer, fullgraph=True)
+        self._prefill_layer = torch.compile(prefill_layer, fullgraph=True)
+        self._full_layer = torch.compile(full_layer, fullgraph=True)
+        self._head = torch.compile(head, fullgraph=True)
+
     def prefill(self, tokens: torch.Tensor, start: int, last_index: torch.Tensor) -> torch.Tensor:
         """Run prompt tokens [B, T] at positions start..start+T-1 of rows 0..B-1, filling the cache.
 
         Returns float32 logits [B, V] at each row's `last_index` (a position inside this chunk). Padding past a
         row's real length writes cache entries that decode overwrites before it ever attends to them.
         """
+        if start:
+            return self._prefill_after(tokens, start, last_index)
         b, t = tokens.shape
-        pos = torch.arange(start, start + t, device=tokens.device)
-        cos, sin = self.cos[pos][None, :, None, :], self.sin[pos][None, :, None, :]
+        cos, sin = self.cos[None, :t, None, :], self.sin[None, :t, None, :]
         x = F.embedding(tokens, self.embed)
-        for i, ly in enumerate(self.layers):
-            q, k, v = self._qkv(x, ly, cos, sin)
-            self.cache.write_span(i, b, start, k, v)
-            if start == 0:
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            else:
-                kc, vc = self.cache.view(i, b, start + t)
-                mask = torch.arange(start + t, device=x.device)[None, :] <= pos[:, None]
-                o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=True)
-            x = self._finish_layer(x, o, ly)
-        last = x[torch.arange(b, device=x.device), last_index]
-        return self._logits(last)
+        for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
+            x = self._prefill_layer(x, w, kc, vc, cos, sin, self._dims)
+        return self._head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
         """One token per row: tokens, positions [B]; attention reads cache positions 0..kv_len-1 behind a mask.
@@ -139,74 +151,123 @@ class LlamaRunner:
         kv_len must exceed every position; reading only the live bucket instead of the whole cache is what keeps
         a decode step's memory traffic near the weights' size.
         """
-        b = tokens.shape[0]
         cos, sin = self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]
         x = F.embedding(tokens[:, None], self.embed)
         mask = (torch.arange(kv_len, device=x.device)[None, :] <= positions[:, None])[:, None, None, :]
-        group = self.n_heads // self.n_kv
-        for i, ly in enumerate(self.layers):
-            q, k, v = self._qkv(x, ly, cos, sin)
-            self.cache.write_one(i, positions, k[:, :, 0], v[:, :, 0])
-            kc, vc = self.cache.view(i, b, kv_len)
-            # Query heads of one KV group become the "query length" axis: GQA with no repeat of K/V.
-            qg = q.reshape(b, self.n_kv, group, self.head_dim)
-            o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask)
-            x = self._finish_layer(x, o.reshape(b, self.n_heads, 1, self.head_dim), ly)
-        return self._logits(x[:, 0])
+        for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
+            x = self._decode_layer(x, w, kc, vc, positions, cos, sin, mask, self._dims)
+        return self._head(x[:, 0], self.norm, self.lm_head, self.eps)
 
     def full(self, tokens: torch.Tensor) -> torch.Tensor:
         """The original design's step: the whole sequence [1, T] with no cache; float32 logits of the last token."""
         t = tokens.shape[1]
-        pos = torch.arange(t, device=tokens.device)
-        cos, sin = self.cos[pos][None, :, None, :], self.sin[pos][None, :, None, :]
+        cos, sin = self.cos[None, :t, None, :], self.sin[None, :t, None, :]
         x = F.embedding(tokens, self.embed)
-        for ly in self.layers:
-            q, k, v = self._qkv(x, ly, cos, sin)
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            x = self._finish_layer(x, o, ly)
-        return self._logits(x[:, -1])
+        for w in self._weights:
+            x = self._full_layer(x, w, cos, sin, self._dims)
+        return self._head(x[:, -1], self.norm, self.lm_head, self.eps)
 
-    # ---- pieces ------------------------------------------------------------------------------------------------
+    def _prefill_after(self, tokens: torch.Tensor, start: int, last_index: torch.Tensor) -> torch.Tensor:
+        """Prefill a chunk after `start` cached positions (eager only: the offset would be a graph key of its own)."""
+        b, t = tokens.shape
+        pos = torch.arange(start, start + t, device=tokens.device)
+        cos, sin = self.cos[pos][None, :, None, :], self.sin[pos][None, :, None, :]
+        mask = torch.arange(start + t, device=tokens.device)[None, :] <= pos[:, None]
+        x = F.embedding(tokens, self.embed)
+        for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
+            q, k, v = _qkv(x, w, cos, sin, self._dims)
+            kc[:b, :, start : start + t] = k
+            vc[:b, :, start : start + t] = v
+            o = F.scaled_dot_product_attention(
+                q, kc[:b, :, : start + t], vc[:b, :, : start + t], attn_mask=mask, enable_gqa=True
+            )
+            x = _finish(x, o, w, self.eps)
+        return head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
 
-    def _qkv(self, x, ly: Layer, cos, sin):
-        """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D], RoPE applied to q and k."""
-        b, t, _ = x.shape
-        qkv = F.linear(_rms_norm(x, ly.attn_norm, self.eps), ly.wqkv, ly.bqkv)
-        nq, nk = self.n_heads * self.head_dim, self.n_kv * self.head_dim
-        q = qkv[..., :nq].view(b, t, self.n_heads, self.head_dim)
-        k = qkv[..., nq : nq + nk].view(b, t, self.n_kv, self.head_dim)
-        v = qkv[..., nq + nk :].view(b, t, self.n_kv, self.head_dim)
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def _finish_layer(self, x, attn_out, ly: Layer):
-        """Output projection, residual, then the gated MLP and its residual; attn_out is [B, heads, T, D]."""
-        b, _, t, _ = attn_out.shape
-        x = x + F.linear(attn_out.transpose(1, 2).reshape(b, t, -1), ly.wo)
-        gate, up = F.linear(_rms_norm(x, ly.mlp_norm, self.eps), ly.w_gate_up).chunk(2, dim=-1)
-        return x + F.linear(F.silu(gate) * up, ly.w_down)
+# ---- layers: pure functions of their tensors, so one compilation serves every layer ------------------------------
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(_rms_norm(h, self.norm, self.eps), self.lm_head).float()
+
+def decode_layer(x, w, kc, vc, positions, cos, sin, mask, dims):
+    """One layer for one token per row; writes this token's K/V into the cache rows at their positions."""
+    n_heads, n_kv, head_dim, eps = dims
+    b = x.shape[0]
+    q, k, v = _qkv(x, w, cos, sin, dims)
+    rows = torch.arange(b, device=x.device)
+    kc[rows, :, positions] = k[:, :, 0]
+    vc[rows, :, positions] = v[:, :, 0]
+    kv_len = mask.shape[-1]
+    # Query heads of one KV group become the "query length" axis: GQA with no repeat of K/V.
+    qg = q.reshape(b, n_kv, n_heads // n_kv, head_dim)
+    o = F.scaled_dot_product_attention(qg, kc[:b, :, :kv_len], vc[:b, :, :kv_len], attn_mask=mask)
+    return _finish(x, o.reshape(b, n_heads, 1, head_dim), w, eps)
+
+
+def prefill_layer(x, w, kc, vc, cos, sin, dims):
+    """One layer over a prompt starting at position 0; its K/V fill the cache's first T positions."""
+    b, t = x.shape[:2]
+    q, k, v = _qkv(x, w, cos, sin, dims)
+    kc[:b, :, :t] = k
+    vc[:b, :, :t] = v
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return _finish(x, o, w, dims[3])
+
+
+def full_layer(x, w, cos, sin, dims):
+    """One layer over the whole sequence with no cache (the original design's algorithm)."""
+    q, k, v = _qkv(x, w, cos, sin, dims)
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return _finish(x, o, w, dims[3])
+
+
+def head(h: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
+    """Final norm and LM head, float32 logits."""
+    return F.linear(_rms_norm(h, norm, eps), lm_head).float()
+
+
+def _qkv(x, w, cos, sin, dims):
+    """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D], RoPE applied to q and k."""
+    n_heads, n_kv, head_dim, eps = dims
+    attn_norm, wqkv, bqkv = w[0], w[1], w[2]
+    b, t, _ = x.shape
+    qkv = F.linear(_rms_norm(x, attn_norm, eps), wqkv, bqkv)
+    heads = qkv.view(b, t, n_heads + 2 * n_kv, head_dim)
+    qk = _rope(heads[:, :, : n_heads + n_kv], cos, sin)  # q and k rotated in one pass
+    q, k = qk[:, :, :n_heads], qk[:, :, n_heads:]
+    v = heads[:, :, n_heads + n_kv :]
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+
+def _finish(x, attn_out, w, eps):
+    """Output projection, residual, then the gated MLP and its residual; attn_out is [B, heads, T, D]."""
+    wo, mlp_norm, w_gate_up, w_down = w[3], w[4], w[5], w[6]
+    b, _, t, _ = attn_out.shape
+    x = x + F.linear(attn_out.transpose(1, 2).reshape(b, t, -1), wo)
+    gate, up = F.linear(_rms_norm(x, mlp_norm, eps), w_gate_up).chunk(2, dim=-1)
+    return x + F.linear(F.silu(gate) * up, w_down)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' RMSNorm: statistics in float32, the weight applied in the input dtype."""
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
+    """RMSNorm as one fused kernel (statistics in float32). transformers rounds before applying the weight and
+    this does not, so the two differ in the last bit of a bf16 value, well inside the tests' tolerance."""
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
 
 
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding, halves rotated (transformers' rotate_half); x [B, T, heads, D]."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding with rotated halves (transformers' rotate_half) in three kernels; x [B, T, heads, D].
+
+    rotate_half(x) = cat(-x2, x1) is the halves swapped with the first one negated; the sign lives in
+    `signed_sin` (see _rope_tables), so the swap is a flip and the rest is one fused multiply-add.
+    """
+    swapped = x.unflatten(-1, (2, -1)).flip(-2).flatten(-2)
+    return torch.addcmul(x * cos, swapped, signed_sin)
 
 
 def _rope_tables(rotary: torch.nn.Module, n: int, dtype: torch.dtype, device: torch.device):
-    """cos/sin for positions 0..n-1, from the model's own inv_freq and scaling (llama3 RoPE included)."""
+    """cos and signed sin for positions 0..n-1, from the model's own inv_freq and scaling (llama3 RoPE too)."""
     inv_freq = rotary.inv_freq.to(device=device, dtype=torch.float32)
     freqs = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
     emb = torch.cat((freqs, freqs), dim=-1)
     scale = getattr(rotary, "attention_scaling", 1.0)
-    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype)
+    sign = torch.cat((-torch.ones_like(inv_freq), torch.ones_like(inv_freq)))
+    return (emb.cos() * scale).to(dtype), (emb.sin() * scale).to(dtype) * sign.to(dtype)

@@ -53,9 +53,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(
-            f"device {device!r} was asked for, but CUDA is not available here; use --device cpu"
-        )
+        raise ModelLoadError(f"device {device!r} was asked for, but CUDA is not available here; use --device cpu")
     return dev
 
 
@@ -127,11 +125,7 @@ def _load_folder(cfg: ModelConfig, device: torch.device, dtype: torch.dtype) -> 
         )
         model.to(device)
     except (OSError, ValueError) as exc:
-        hint = (
-            ""
-            if cfg.trust_remote_code
-            else " If the folder ships its own model code, add --trust-remote-code."
-        )
+        hint = "" if cfg.trust_remote_code else " If the folder ships its own model code, add --trust-remote-code."
         raise ModelLoadError(f"could not load a causal LM from folder {cfg.name!r}: {exc}.{hint}") from exc
     model.eval().requires_grad_(False)
     tokenizer = _load_tokenizer(cfg)
@@ -155,9 +149,7 @@ def _load_tokenizer(cfg: ModelConfig) -> Tokenizer | None:
         logger.info("no tokenizer files in %s: serving token ids only", cfg.name)
         return None
     try:
-        tok = AutoTokenizer.from_pretrained(
-            cfg.name, trust_remote_code=cfg.trust_remote_code, local_files_only=True
-        )
+        tok = AutoTokenizer.from_pretrained(cfg.name, trust_remote_code=cfg.trust_remote_code, local_files_only=True)
     except (OSError, ValueError, TypeError) as exc:
         logger.info("no usable tokenizer in %s (%s): serving token ids only", cfg.name, exc)
         return None

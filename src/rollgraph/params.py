@@ -19,7 +19,16 @@ def _is_int(value: object) -> bool:
 
 
 def _is_number(value: object) -> bool:
-    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+    """An int or a finite float; ints of any size count (math.isfinite would overflow on a huge one)."""
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _show(value: object) -> str:
+    """A short repr for error messages: huge ints and long lists are cut, never expanded."""
+    if _is_int(value) and value.bit_length() > 64:
+        return f"<an integer of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @dataclass(frozen=True)
@@ -33,15 +42,15 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if not _is_number(self.temperature) or not 0.0 <= self.temperature <= 100.0:
+            raise RequestError(f"temperature must be a number in [0, 100] (0 = greedy), got {_show(self.temperature)}")
+        if not _is_int(self.top_k) or not 0 <= self.top_k <= 2**31 - 1:
             raise RequestError(
-                f"temperature must be a number in [0, 100] (0 = greedy), got {self.temperature!r}"
+                f"top_k must be an integer in [0, 2**31 - 1] (0 = no top-k cut), got {_show(self.top_k)}"
             )
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise RequestError(f"top_k must be an integer >= 0 (0 = no top-k cut), got {self.top_k!r}")
         if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise RequestError(f"top_p must be a number in (0, 1] (1 = no nucleus cut), got {self.top_p!r}")
+            raise RequestError(f"top_p must be a number in (0, 1] (1 = no nucleus cut), got {_show(self.top_p)}")
         if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
-            raise RequestError(f"seed must be null or an integer in [0, 2**63 - 1], got {self.seed!r}")
+            raise RequestError(f"seed must be null or an integer in [0, 2**63 - 1], got {_show(self.seed)}")
 
     @property
     def greedy(self) -> bool:
@@ -62,10 +71,10 @@ class GenerationParams:
             raise RequestError("input_ids must be a non-empty list of token ids")
         if not all(_is_int(t) for t in self.input_ids):
             bad = next(t for t in self.input_ids if not _is_int(t))
-            raise RequestError(f"input_ids must hold integers only, got {bad!r}", code="invalid_token")
+            raise RequestError(f"input_ids must hold integers only, got {_show(bad)}", code="invalid_token")
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            raise RequestError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
+            raise RequestError(f"max_new_tokens must be an integer >= 1, got {_show(self.max_new_tokens)}")
         if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):
             raise RequestError(
-                f"stop_token_ids must be a list of integers >= 0, got {list(self.stop_token_ids)!r}"
+                f"stop_token_ids must be a list of integers >= 0, got {_show(list(self.stop_token_ids))}"
             )

@@ -99,17 +99,13 @@ def encode_frame(obj: dict) -> bytes:
 
 
 def _reject_constant(name: str) -> None:
-    raise RequestError(
-        f"{name} is not allowed in a frame: numbers must be finite JSON numbers", code="invalid_json"
-    )
+    raise RequestError(f"{name} is not allowed in a frame: numbers must be finite JSON numbers", code="invalid_json")
 
 
 def _parse_float(text: str) -> float:
     value = float(text)
     if not math.isfinite(value):
-        raise RequestError(
-            f"number {text[:_SHOW_LIMIT]} is out of the finite float range", code="invalid_value"
-        )
+        raise RequestError(f"number {text[:_SHOW_LIMIT]} is out of the finite float range", code="invalid_value")
     return value
 
 
@@ -132,9 +128,7 @@ def decode_payload(data: bytes) -> dict:
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise RequestError(
-            f"frame is not UTF-8: {exc.reason} at byte {exc.start}", code="invalid_json"
-        ) from None
+        raise RequestError(f"frame is not UTF-8: {exc.reason} at byte {exc.start}", code="invalid_json") from None
     try:
         obj = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
     except RequestError:
@@ -163,9 +157,7 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
             return None
-        raise ConnectionClosed(
-            _closed_in("header", len(exc.partial), _HEADER.size), len(exc.partial)
-        ) from None
+        raise ConnectionClosed(_closed_in("header", len(exc.partial), _HEADER.size), len(exc.partial)) from None
     (length,) = _HEADER.unpack(header)
     if length > max_bytes:
         raise FrameTooLarge(length, max_bytes)
@@ -307,9 +299,7 @@ def _parse_generate(obj: dict) -> GenerateRequest:
 def _check_one_source(tokens: object, prompt: object) -> None:
     if (tokens is None) == (prompt is None):
         got = "both" if prompt is not None else "neither"
-        raise _ill_typed(
-            f"generate needs exactly one of input_tokens (list of token ids) or prompt (text), got {got}"
-        )
+        raise _ill_typed(f"generate needs exactly one of input_tokens (list of token ids) or prompt (text), got {got}")
 
 
 _PARSERS = MappingProxyType(
@@ -327,8 +317,7 @@ def _token_list(value: object, name: str, *, required: bool) -> tuple[int, ...]:
         return ()
     if not isinstance(value, (list, tuple)):
         raise _ill_typed(
-            f"field '{name}' must be a list of token ids (integers in [0, {MAX_TOKEN_ID}]), "
-            f"got {_show(value)}"
+            f"field '{name}' must be a list of token ids (integers in [0, {MAX_TOKEN_ID}]), got {_show(value)}"
         )
     if required and not value:
         raise RequestError(f"field '{name}' must hold at least one token id, got []", code="invalid_value")
@@ -390,9 +379,7 @@ def _number(obj: dict, name: str, default: float) -> float:
     try:
         return float(value)
     except OverflowError:
-        raise RequestError(
-            f"field '{name}' must be a finite number in float range, got {_show(value)}"
-        ) from None
+        raise RequestError(f"field '{name}' must be a finite number in float range, got {_show(value)}") from None
 
 
 def _ill_typed(message: str) -> RequestError:

@@ -22,9 +22,7 @@ def make_runner(model: LoadedModel, max_batch: int, max_seq_len: int, runner: st
     why_not = llama.supports(model.hf_config, max_seq_len)
     if runner == "hf" or (runner == "auto" and why_not):
         if why_not and runner == "auto":
-            logger.warning(
-                "native runner unavailable (%s): using transformers' forward; only seed graphs", why_not
-            )
+            logger.warning("native runner unavailable (%s): using transformers' forward; only seed graphs", why_not)
         return HFRunner(model.model, max_seq_len)
     if why_not:
         raise ModelLoadError(f"--runner native cannot run this model: {why_not}; use --runner auto or hf")

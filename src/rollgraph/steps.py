@@ -7,7 +7,6 @@ replayed graph and an eager call are interchangeable for the same key.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Callable
 
@@ -53,27 +52,18 @@ class Steps:
     def __init__(self, runner, buffers: StepBuffers, compile: bool = False) -> None:
         self.runner = runner
         self.buf = buffers
-        self._decode, self._prefill, self._full = _decode_core, _prefill_core, _full_core
         if compile:
-            # Only the model's forward is compiled; token choice stays eager (inductor in torch 2.11 cannot
+            # The runner compiles its layer functions; token choice stays eager (inductor in torch 2.11 cannot
             # generate the sampler's sort + cumsum + argmax over a 128k vocabulary: "NYI TritonSplitDimKernel").
             # Under compile+graphs the graph captures both parts anyway.
             _raise_recompile_limits()
-            opts = dict(fullgraph=True, dynamic=False)
-            fwd = {k: torch.compile(f, **opts) for k, f in _FORWARDS.items()}
-            self._decode = functools.partial(_decode_core, forward=fwd["decode"])
-            self._prefill = functools.partial(_prefill_core, forward=fwd["prefill"])
-            self._full = functools.partial(_full_core, forward=fwd["full"])
+            runner.compile()
 
-    def fn(self, key: GraphKey, eager: bool = False) -> Callable[[], None]:
-        """A no-argument step for `key`, reading and writing the shared buffers.
-
-        eager=True skips compilation: for one-off shapes (a prompt longer than every bucket) that would otherwise
-        cost a compile each.
-        """
+    def fn(self, key: GraphKey) -> Callable[[], None]:
+        """A no-argument step for `key`, reading and writing the shared buffers."""
         b, n, smp, buf, r = key.batch, key.length, key.sampling, self.buf, self.runner
         if key.phase == "decode":
-            core = _decode_core if eager else self._decode
+            core = _decode_core
 
             def step() -> None:
                 logits, nxt = core(r, buf.tokens[:b], buf.positions[:b], n, smp, *_sampling_args(buf, b))
@@ -82,7 +72,7 @@ class Steps:
                 buf.positions[:b].add_(1)
 
         elif key.phase == "prefill":
-            core = _prefill_core if eager else self._prefill
+            core = _prefill_core
 
             def step() -> None:
                 lens = buf.prompt_len[:b]
@@ -92,7 +82,7 @@ class Steps:
                 buf.positions[:b].copy_(lens)
 
         else:
-            core = _full_core if eager else self._full
+            core = _full_core
 
             def step() -> None:
                 logits, nxt = core(r, buf.prompt[:b, :n], smp, *_sampling_args(buf, b))
@@ -120,33 +110,18 @@ def _choose(logits, steps, smp: bool, temperature, top_k, top_p, seeds):
     return greedy(logits)
 
 
-def _decode_forward(runner, tokens, positions, kv_len: int):
-    return runner.decode(tokens, positions, kv_len)
-
-
-def _prefill_forward(runner, prompt, lens):
-    return runner.prefill(prompt, 0, lens - 1)
-
-
-def _full_forward(runner, prompt):
-    return runner.full(prompt)
-
-
-_FORWARDS = {"decode": _decode_forward, "prefill": _prefill_forward, "full": _full_forward}
-
-
-def _decode_core(runner, tokens, positions, kv_len: int, smp: bool, *sampling, forward=_decode_forward):
-    logits = forward(runner, tokens, positions, kv_len)
+def _decode_core(runner, tokens, positions, kv_len: int, smp: bool, *sampling):
+    logits = runner.decode(tokens, positions, kv_len)
     return logits, _choose(logits, positions + 1, smp, *sampling)
 
 
-def _prefill_core(runner, prompt, lens, smp: bool, *sampling, forward=_prefill_forward):
-    logits = forward(runner, prompt, lens)
+def _prefill_core(runner, prompt, lens, smp: bool, *sampling):
+    logits = runner.prefill(prompt, 0, lens - 1)
     return logits, _choose(logits, lens, smp, *sampling)
 
 
-def _full_core(runner, prompt, smp: bool, *sampling, forward=_full_forward):
-    logits = forward(runner, prompt)
+def _full_core(runner, prompt, smp: bool, *sampling):
+    logits = runner.full(prompt)
     steps = torch.full_like(sampling[-1], prompt.shape[1])
     return logits, _choose(logits, steps, smp, *sampling)
 

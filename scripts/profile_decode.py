@@ -1,0 +1,68 @@
+"""Where a decode step's time goes: kernel count and device time by kernel, for each mode, from torch.profiler.
+
+Usage: PYTHONPATH=src python scripts/profile_decode.py --model llama-3.2-1b --modes graphs,compile+graphs --out DIR
+Writes DIR/profile_<model>.json and prints a short table. Replayed graphs show their kernels to the profiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from rollgraph.config import EngineConfig, ModelConfig
+from rollgraph.engine import Engine
+from rollgraph.models import load_model
+from rollgraph.params import GenerationParams
+
+STEPS = 32
+
+
+def profile_mode(name: str, mode: str) -> dict:
+    engine = Engine(load_model(ModelConfig(name, dtype="bfloat16")), EngineConfig(mode=mode))
+    engine.warm_up(progress=False)
+    ids = tuple(range(3, 103))
+    for _ in engine.generate(GenerationParams(ids, STEPS + 1)):
+        pass
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        gen = engine.generate(GenerationParams(ids, STEPS + 1))
+        for _ in gen:
+            pass
+        torch.cuda.synchronize()
+    by_name: dict[str, list[float]] = collections.defaultdict(list)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            by_name[ev.name].append(ev.device_time_total)
+    total_us = sum(sum(v) for v in by_name.values())
+    kernels = sum(len(v) for v in by_name.values())
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]
+    return {
+        "mode": mode,
+        "kernels_per_token": round(kernels / (STEPS + 1), 1),
+        "device_us_per_token": round(total_us / (STEPS + 1), 1),
+        "itl_median_ms": sorted(gen.result.step_ms)[len(gen.result.step_ms) // 2],
+        "top": [{"name": k[:90], "calls": len(v), "us": round(sum(v), 1)} for k, v in top],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="llama-3.2-1b")
+    p.add_argument("--modes", default="graphs,compile+graphs")
+    p.add_argument("--out", default=".")
+    a = p.parse_args()
+    rows = [profile_mode(a.model, m) for m in a.modes.split(",")]
+    with open(f"{a.out}/profile_{a.model}.json", "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(), "model": a.model, "modes": rows}, f, indent=1)
+    for r in rows:
+        print(f"{a.model} {r['mode']}: {r['kernels_per_token']} kernels/token, {r['device_us_per_token']} us device "
+              f"time/token, ITL median {r['itl_median_ms']:.3f} ms")
+        for t in r["top"][:12]:
+            print(f"   {t['us']:9.1f} us {t['calls']:6d}x  {t['name']}")
+
+
+if __name__ == "__main__":
+    main()
