@@ -1,13 +1,14 @@
 """The engine thread: the one thread of the generator process that touches torch.
 
-It loads the model, pre-captures, then runs jobs from a FIFO queue one at a time, so requests reach the engine in
-arrival order and one engine step runs at a time. When the queue is empty it calls `engine.idle_work()` until that
-returns False (background graph captures happen only here, between requests, never beside a replay), then blocks on
-the queue: no busy-waiting. The asyncio side never calls into torch; it hands jobs over with `submit` and gets events
-back through a callback it makes thread-safe (`loop.call_soon_threadsafe`).
+It loads the model, pre-captures, then runs jobs from a FIFO queue one at a time, so requests reach the
+engine in arrival order and one engine step runs at a time. When the queue is empty it calls
+`engine.idle_work()` until that returns False (background graph captures happen only here, between
+requests, never beside a replay), then blocks on the queue: no busy-waiting. The asyncio side never calls
+into torch; it hands jobs over with `submit` and gets events back through a callback it makes thread-safe
+(`loop.call_soon_threadsafe`).
 
-A job never lets an exception out: a request error or a failed model step becomes a `Failed` event for that request
-only, and the thread goes on with the next job.
+A job never lets an exception out: a request error or a failed model step becomes a `Failed` event for that
+request only, and the thread goes on with the next job.
 """
 
 from __future__ import annotations
@@ -65,9 +66,9 @@ class Job(Protocol):
 class GenerateJob:
     """A generation whose events go to `emit` (called on the engine thread; it must be thread-safe).
 
-    `cancel()` may be called from any thread: the engine thread checks the flag between tokens and closes the
-    generation, which frees its cache row; a job cancelled before it starts never runs. Exactly one terminal event
-    (Done or Failed) is emitted, whatever happens.
+    `cancel()` may be called from any thread: the engine thread checks the flag between tokens and closes
+    the generation, which frees its cache row; a job cancelled before it starts never runs. Exactly one
+    terminal event (Done or Failed) is emitted, whatever happens.
     """
 
     def __init__(self, params: GenerationParams, emit: Callable[[Event], None]) -> None:
@@ -118,8 +119,8 @@ class GenerateJob:
 
 
 class CallJob:
-    """Run `fn(engine)` on the engine thread (e.g. `engine.stats()`, which reads device state); the result or the
-    exception lands in `future`."""
+    """Run `fn(engine)` on the engine thread (e.g. `engine.stats()`, which reads device state); the result
+    or the exception lands in `future`."""
 
     def __init__(self, fn: Callable[[Engine], Any]) -> None:
         self.fn = fn
@@ -175,13 +176,16 @@ class EngineThread:
         except BaseException as exc:
             self.ready.set_exception(exc)
             return
-        self.ready.set_result(engine)
+        try:
+            self.ready.set_result(engine)
+        except concurrent.futures.InvalidStateError:
+            return  # the server stopped while the model was loading
         while (job := self._next_job(engine)) is not None:
             job.run(engine)
         logger.debug("engine thread stopped")
 
     def _next_job(self, engine: Engine) -> Job | None:
-        """The next job; while there is none, background captures run one at a time, then the thread blocks."""
+        """The next job; while there is none, background captures run one by one, then the thread blocks."""
         while True:
             try:
                 return self._queue.get_nowait()

@@ -19,7 +19,10 @@ ERROR_CODES = (
     "not_ready",  # the server is still loading
     "overloaded",  # too many connections or queued requests
     "timeout",  # a frame was not completed in time
+    "forbidden",  # the peer's user id is not in the server's --allow-uid list
     "internal",  # the model step failed; only this request is affected
+    "model_load",  # --model names nothing loadable (CLI only)
+    "socket_in_use",  # another live server holds the socket path (CLI only)
 )
 
 

@@ -1,0 +1,364 @@
+"""One client connection of the generator process: read frames, answer requests, stream tokens; no torch here.
+
+Runs on the asyncio loop. Every frame is read whole; once its first byte has arrived it must be complete
+within the frame timeout, or the client gets a `timeout` error and the connection is closed (an idle
+connection may wait for ever between frames). A request error is answered with an error frame and the
+connection stays usable; only an oversized frame or a stalled one closes it, because the stream cannot be
+resynchronized.
+
+The next frame's first byte is awaited by a task (`_first_byte_task`) that stays alive while a request runs:
+if it ends with EOF or an error, the client has gone, and its generation is cancelled between two engine
+steps. A byte that arrives instead (a pipelined request) is kept for the next frame. A client that
+half-closes its socket after sending a request is therefore taken as gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollgraph.config import ServerConfig
+from rollgraph.engine_thread import CallJob, Done, EngineThread, Event, Failed, GenerateJob
+from rollgraph.errors import RequestError, RollgraphError
+from rollgraph.params import GenerationParams
+from rollgraph.protocol import (
+    FrameTooLarge,
+    GenerateRequest,
+    HealthRequest,
+    InferenceRequest,
+    Request,
+    StatsRequest,
+    decode_payload,
+    encode_frame,
+    generate_reply,
+    parse_request,
+    success_reply,
+    token_frame,
+)
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">I")
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+@dataclass
+class Counters:
+    """Server-side figures for `stats`; changed only on the event loop."""
+
+    connections_open: int = 0
+    connections_total: int = 0
+    connections_refused: Counter = field(default_factory=Counter)
+    served: Counter = field(default_factory=Counter)
+    errors: Counter = field(default_factory=Counter)
+    cancelled: int = 0
+    prefix_reuse_requests: int = 0
+    full_prefill_requests: int = 0
+    prefix_reused_tokens: int = 0
+
+    def record_generation(self, done: Done) -> None:
+        result = done.result
+        if result.finish_reason == "cancelled":
+            self.cancelled += 1
+        if not result.output_tokens:
+            return  # cancelled before it started: no prefill ran
+        if result.prefix_reused:
+            self.prefix_reuse_requests += 1
+            self.prefix_reused_tokens += result.prefix_reused
+        else:
+            self.full_prefill_requests += 1
+
+    def to_dict(self) -> dict:
+        return {
+            "connections_open": self.connections_open,
+            "connections_total": self.connections_total,
+            "connections_refused": dict(self.connections_refused),
+            "requests_served": sum(self.served.values()),
+            "served_by_type": dict(self.served),
+            "errors": dict(self.errors),
+            "cancelled": self.cancelled,
+            "prefix_reuse_requests": self.prefix_reuse_requests,
+            "full_prefill_requests": self.full_prefill_requests,
+            "prefix_reused_tokens": self.prefix_reused_tokens,
+        }
+
+
+@dataclass
+class ServerContext:
+    """What every connection shares. `engine` is used here only for pure-Python reads (`validate`, the
+    tokenizer); everything that touches torch goes through `engine_thread`."""
+
+    config: ServerConfig
+    engine: Any
+    engine_thread: EngineThread
+    counters: Counters = field(default_factory=Counters)
+    stopping: bool = False
+
+    @property
+    def tokenizer(self) -> Any:
+        return getattr(self.engine.model, "tokenizer", None)
+
+    def server_stats(self) -> dict:
+        return {
+            **self.counters.to_dict(),
+            "queued_jobs": self.engine_thread.queued(),
+            "idle_captures": self.engine_thread.idle_captures,
+        }
+
+
+def peer_uid(sock: Any) -> int:
+    """The connecting process's user id (SO_PEERCRED, Linux). Raises OSError where the platform lacks it."""
+    option = getattr(socket, "SO_PEERCRED", None)
+    if option is None:
+        raise OSError("SO_PEERCRED is not available on this platform")
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, option, _UCRED.size))
+    return uid
+
+
+async def refuse(writer: asyncio.StreamWriter, error: RollgraphError, counters: Counters) -> None:
+    """Send one error frame to a connection that is not served, then close it (never raises)."""
+    counters.connections_refused[error.code] += 1
+    try:
+        writer.write(encode_frame(error.to_reply()))
+        await asyncio.wait_for(writer.drain(), 1.0)
+    except (ConnectionError, asyncio.TimeoutError):
+        pass
+    finally:
+        writer.close()
+
+
+class Connection:
+    """Serves one accepted connection until EOF, a fatal frame error, or server shutdown."""
+
+    def __init__(
+        self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.ctx, self.reader, self.writer = ctx, reader, writer
+        self.busy = False  # a frame has begun and its request is not finished: shutdown lets it complete
+        self.gone = False  # the peer closed or stopped reading: nothing more is sent
+        self._peek: asyncio.Future[bytes] | None = None
+        self._job: GenerateJob | None = None
+
+    def close(self) -> None:
+        """Close an idle connection: its read sees EOF and `serve` returns."""
+        self.writer.close()
+
+    def abort(self) -> None:
+        """Drop the connection and cancel its generation (it stops within one engine step)."""
+        self.gone = True
+        if self._job is not None:
+            self._job.cancel()
+        self.writer.transport.abort()
+
+    async def serve(self) -> None:
+        try:
+            while not self.ctx.stopping and not self.gone:
+                body = await self._read_body()
+                if body is None:
+                    return
+                try:
+                    await self._handle(body)
+                finally:
+                    self.busy = False
+        except ConnectionError as exc:
+            logger.debug("connection lost: %s", exc)
+        finally:
+            self._drop_peek()
+            self.writer.close()
+
+    def _drop_peek(self) -> None:
+        peek, self._peek = self._peek, None
+        if peek is not None and peek.done() and not peek.cancelled():
+            peek.exception()  # retrieved, so asyncio does not log a reset peer as an unhandled error
+        elif peek is not None:
+            peek.cancel()
+
+    # ---- frames --------------------------------------------------------------------------------------------
+
+    def _first_byte_task(self) -> asyncio.Future[bytes]:
+        if self._peek is None:
+            self._peek = asyncio.ensure_future(self.reader.read(1))
+        return self._peek
+
+    async def _read_body(self) -> bytes | None:
+        """The next frame's body, or None when the connection is to be closed (EOF, stall, too large)."""
+        first = await self._first_byte_task()
+        self._peek = None
+        if not first:
+            return None
+        self.busy = True
+        timeout = self.ctx.config.frame_timeout_s
+        try:
+            return await asyncio.wait_for(self._rest_of_frame(first), timeout)
+        except asyncio.TimeoutError:
+            message = f"frame not completed within {timeout:g} s of its first byte; closing the connection"
+            await self._reply_error(RollgraphError(message, code="timeout"))
+        except FrameTooLarge as exc:
+            await self._reply_error(exc)
+        except asyncio.IncompleteReadError:
+            logger.debug("peer closed the connection in the middle of a frame")
+        return None
+
+    async def _rest_of_frame(self, first: bytes) -> bytes:
+        header = first + await self.reader.readexactly(_HEADER.size - 1)
+        (length,) = _HEADER.unpack(header)
+        if length > self.ctx.config.max_frame_bytes:
+            raise FrameTooLarge(length, self.ctx.config.max_frame_bytes)
+        return await self.reader.readexactly(length)
+
+    async def _send(self, frame: dict) -> None:
+        """Send a frame; a peer that has gone, or stops reading for a frame timeout, is marked gone."""
+        if self.gone:
+            return
+        self.writer.write(encode_frame(frame))
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.ctx.config.frame_timeout_s)
+        except (ConnectionError, asyncio.TimeoutError):
+            self.gone = True
+
+    async def _reply_error(self, error: RollgraphError) -> None:
+        self.ctx.counters.errors[error.code] += 1
+        await self._send(error.to_reply())
+
+    # ---- requests ------------------------------------------------------------------------------------------
+
+    async def _handle(self, body: bytes) -> None:
+        """Answer one frame; any failure becomes an error frame and the connection stays usable."""
+        try:
+            request = parse_request(decode_payload(body))
+            await self._dispatch(request)
+        except RollgraphError as exc:
+            await self._reply_error(exc)
+        except (asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as exc:
+            logger.exception("request handling failed")
+            message = (
+                f"the server failed on this request ({type(exc).__name__}); only this request was affected"
+            )
+            await self._reply_error(RollgraphError(message, code="internal"))
+
+    async def _dispatch(self, request: Request) -> None:
+        kind = type(request).__name__.removesuffix("Request").lower()
+        if isinstance(request, HealthRequest):
+            await self._send(success_reply(state="ready"))
+        elif isinstance(request, StatsRequest):
+            await self._stats()
+        elif isinstance(request, InferenceRequest):
+            if not await self._inference(request):
+                return
+        elif not await self._generate(request):
+            return
+        if not self.gone:
+            self.ctx.counters.served[kind] += 1
+
+    async def _stats(self) -> None:
+        job = CallJob(lambda engine: engine.stats())
+        self.ctx.engine_thread.submit(job)
+        engine_stats = await asyncio.wrap_future(job.future)
+        await self._send(success_reply(**engine_stats, server=self.ctx.server_stats()))
+
+    async def _inference(self, request: InferenceRequest) -> bool:
+        """The seed's message: engine.next_token's work (one greedy token, prefix reuse), run as a job."""
+        params = GenerationParams(request.input_tokens, max_new_tokens=1)
+        self.ctx.engine.validate(params)
+        done = await self._run(params, None)
+        if done.result.finish_reason == "cancelled":
+            return False
+        await self._send(success_reply(output_tokens=done.result.output_tokens[:1]))
+        return True
+
+    async def _generate(self, request: GenerateRequest) -> bool:
+        params = (
+            request.params if request.prompt is None else request.with_tokens(self._encode(request.prompt))
+        )
+        self.ctx.engine.validate(params)
+        done = await self._run(params, self._token_sender() if request.stream else None)
+        if done.result.finish_reason == "cancelled":
+            return False
+        await self._send(final_frame(done, self.ctx.tokenizer))
+        return True
+
+    def _encode(self, prompt: str) -> list[int]:
+        if self.ctx.tokenizer is None:
+            raise RequestError(
+                "this model is served without a tokenizer: send input_tokens (token ids) instead of prompt",
+                code="no_tokenizer",
+            )
+        return list(self.ctx.tokenizer.encode(prompt))
+
+    def _token_sender(self) -> Callable[[int], Awaitable[None]]:
+        tokenizer, index = self.ctx.tokenizer, 0
+
+        async def send(token_id: int) -> None:
+            nonlocal index
+            text = tokenizer.decode([token_id]) if tokenizer is not None else None
+            await self._send(token_frame(token_id, index, text))
+            index += 1
+
+        return send
+
+    async def _run(self, params: GenerationParams, on_token: Callable[[int], Awaitable[None]] | None) -> Done:
+        """Queue a generation on the engine thread and relay its events; cancel it if the peer goes away.
+        Raises the request's RollgraphError if it failed."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[Event] = asyncio.Queue()
+        job = GenerateJob(params, lambda event: _post(loop, events, event))
+        watch = self._first_byte_task()
+
+        def on_peer(task: asyncio.Future[bytes]) -> None:
+            if not task.cancelled() and (task.exception() is not None or not task.result()):
+                self.gone = True
+                job.cancel()
+
+        watch.add_done_callback(on_peer)
+        self._job = job
+        self.ctx.engine_thread.submit(job)
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, Failed):
+                    raise event.error
+                if isinstance(event, Done):
+                    self.ctx.counters.record_generation(event)
+                    return event
+                if on_token is not None:
+                    await on_token(event.token_id)
+                if self.gone:
+                    job.cancel()
+        finally:
+            watch.remove_done_callback(on_peer)
+            self._job = None
+            job.cancel()  # a no-op once it is done; stops the engine if this task was cancelled (shutdown)
+
+
+def _post(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, event: Event) -> None:
+    """Called on the engine thread: hand an event to the loop (dropped if the loop has already closed)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(events.put_nowait, event)
+
+
+def final_frame(done: Done, tokenizer: Any) -> dict:
+    """The final generate frame: protocol.generate_reply plus server timings and prefix reuse."""
+    data = done.result.to_dict()
+    timings = {"queue_ms": round(done.queue_ms, 3), **data["timings"]}
+    timings["ttft_ms"] = round(done.queue_ms + done.result.prefill_ms, 3)
+    timings["total_ms"] = round(done.total_ms, 3)
+    text = tokenizer.decode(data["output_tokens"]) if tokenizer is not None else None
+    frame = generate_reply(
+        data["output_tokens"],
+        data["finish_reason"],
+        data["usage"]["prompt_tokens"],
+        timings,
+        data["graphs"],
+        text,
+    )
+    frame["prefix_reused_tokens"] = data["prefix_reused_tokens"]
+    return frame
