@@ -1,15 +1,33 @@
 #!/usr/bin/env bash
-# One GPU session's work in one call: environment, the `gpu` tests, then the pool figures.
-# Usage on the device machine: bash scripts/gpu_run.sh "$OUT" [models]
+# A GPU session's work in one call, step by step; each step writes its files under OUT.
+# Usage on the device machine: bash scripts/gpu_run.sh OUT STEP...   with STEP one of
+#   tests                      the `gpu` tests
+#   figures:MODELS:MODES       scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs)
+#   profile:MODEL:MODES        scripts/profile_decode.py
+#   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
+#   bench:MODEL:ARGS           rollgraph bench (ARGS: extra flags, commas for spaces)
 set -uo pipefail
 out=${1:?output folder}
-models=${2:-llama-3.2-1b,llama-2-7b}
+shift
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$out/env.txt"
-python3 -m pytest -m gpu tests/test_gpu.py -q -rA -p no:cacheprovider --junitxml="$out/gpu_tests.xml" 2>&1 \
-  | tee "$out/gpu_tests.txt" | tail -25
-python3 scripts/pool_figures.py --models "$models" --out "$out" 2>&1 | tee "$out/pool_figures.txt" | grep -v Warn
+for step in "$@"; do
+  IFS=: read -r what a b <<<"$step"
+  echo "=== $step ($(date -u +%T))"
+  case "$what" in
+    tests) python3 -m pytest -m gpu tests/test_gpu.py -q -rA -p no:cacheprovider 2>&1 \
+             | tee "$out/gpu_tests.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
+    figures) python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out" 2>&1 \
+             | tee "$out/figures_${a//,/_}.txt" | grep "^{" ;;
+    profile) python3 scripts/profile_decode.py --model "$a" --modes "$b" --out "$out" 2>&1 \
+             | tee "$out/profile_$a.txt" | grep -v -i warn ;;
+    resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
+    bench) python3 -m rollgraph bench --model "$a" ${b//,/ } --out "$out" 2>"$out/bench_$a.log" | tail -30 ;;
+    *) echo "unknown step $step" ;;
+  esac
+done
+echo "=== done ($(date -u +%T))"

@@ -58,8 +58,10 @@ def main() -> None:
     with open(f"{a.out}/profile_{a.model}.json", "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "model": a.model, "modes": rows}, f, indent=1)
     for r in rows:
-        print(f"{a.model} {r['mode']}: {r['kernels_per_token']} kernels/token, {r['device_us_per_token']} us device "
-              f"time/token, ITL median {r['itl_median_ms']:.3f} ms")
+        print(
+            f"{a.model} {r['mode']}: {r['kernels_per_token']} kernels/token, {r['device_us_per_token']} us device "
+            f"time/token, ITL median {r['itl_median_ms']:.3f} ms"
+        )
         for t in r["top"][:12]:
             print(f"   {t['us']:9.1f} us {t['calls']:6d}x  {t['name']}")
 
