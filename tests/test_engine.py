@@ -101,7 +101,7 @@ def test_stop_tokens_and_finish_reasons():
     assert gen.result.finish_reason == "length"
 
 
-def test_prefix_reuse_runs_decode_and_changes_no_token():
+def test_resend_loop_reuses_the_row_and_changes_no_token():
     ids = [1, 9, 8, 7]
     fresh = run(make_engine("llama-tiny", mode="eager"), ids, 10)
     engine = make_engine("llama-tiny", mode="eager")
@@ -110,10 +110,33 @@ def test_prefix_reuse_runs_decode_and_changes_no_token():
         gen = engine.generate(GenerationParams(tuple(seq), 1))
         tok = next(iter(gen))
         got.append(tok)
-        seq.append(tok)
         reused = gen.result.prefix_reused
+        seq.append(tok)
     assert got == fresh
-    assert reused == len(seq) - 2  # the last request ran one decode step over a held prefix
+    assert reused == len(seq) - 1  # the last request found its token already made by the speculated step
+    assert engine.counters == {"prefill": 1, "ahead_hit": 9}
+
+
+def test_reuse_after_streaming_equals_streaming():
+    """A resend that starts from a streamed generation's prompt must not reuse a decode-made position."""
+    engine = make_engine("llama-tiny", mode="eager")
+    ids = [2, 30, 31, 32, 33]
+    streamed = run(engine, ids, 8)
+    seq = list(ids)
+    for _ in range(8):
+        seq.append(next(iter(engine.generate(GenerationParams(tuple(seq), 1)))))
+    assert seq[len(ids) :] == streamed
+    assert engine.counters["prefill"] == 2  # the prompt alone is a prefix of the held row: prefilled afresh
+
+
+def test_extend_by_a_token_the_model_did_not_choose():
+    ids = [5, 6, 7]
+    engine = make_engine("llama-tiny", mode="eager")
+    first = run(engine, ids, 1)[0]
+    other = (first + 1) % 300
+    got = run(engine, [*ids, first, other], 6)  # held row + speculated token + one new token
+    assert got == run(make_engine("llama-tiny", mode="eager"), [*ids, first, other], 6)
+    assert engine.counters["ahead_wasted"] == 1 and engine.counters["extend"] == 1
 
 
 def test_cancel_frees_and_reports():

@@ -11,71 +11,22 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 
 from rollgraph.config import EngineConfig, PoolConfig
 from rollgraph.errors import RequestError
+from rollgraph.generation import Generation, GenerationResult
 from rollgraph.graphs import CudaGraphStep, GraphKey, GraphPool
+from rollgraph.host_tokens import HostTokens
 from rollgraph.models import LoadedModel
-from rollgraph.params import GenerationParams
+from rollgraph.params import GenerationParams, SamplingParams
 from rollgraph.steps import StepBuffers, Steps
 
 logger = logging.getLogger(__name__)
 
-MAX_EXTEND = 16
-"""A request that extends the held sequence by at most this many tokens runs them as decode steps (prefix reuse)."""
-
 SEED_POOL = PoolConfig(max_graphs=50, max_bytes=1 << 62, on_miss="capture")
-
-
-@dataclass
-class GenerationResult:
-    """What a finished (or cancelled) generation reports besides its tokens."""
-
-    output_tokens: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    prompt_tokens: int = 0
-    prefill_ms: float = 0.0
-    step_ms: list[float] = field(default_factory=list)
-    sources: Counter = field(default_factory=Counter)
-    prefix_reused: int = 0
-
-    def to_dict(self) -> dict:
-        steps = self.step_ms
-        return {
-            "output_tokens": self.output_tokens,
-            "finish_reason": self.finish_reason,
-            "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.output_tokens)},
-            "timings": {
-                "prefill_ms": round(self.prefill_ms, 3),
-                "decode_ms_mean": round(sum(steps) / len(steps), 3) if steps else None,
-                "step_ms": [round(s, 3) for s in steps],
-            },
-            "graphs": dict(self.sources),
-            "prefix_reused_tokens": self.prefix_reused,
-        }
-
-
-class Generation:
-    """An iterator of generated token ids; `result` is complete once it is exhausted or closed."""
-
-    def __init__(self, engine: Engine, params: GenerationParams) -> None:
-        self.result = GenerationResult(prompt_tokens=len(params.input_ids))
-        self._it = engine._run(params, self.result)
-
-    def __iter__(self) -> Iterator[int]:
-        return self._it
-
-    def __next__(self) -> int:
-        return next(self._it)
-
-    def close(self) -> None:
-        """Stop early (the client went away); the row is freed and the reason is 'cancelled'."""
-        self._it.close()
-        if self.result.finish_reason is None:
-            self.result.finish_reason = "cancelled"
 
 
 class Engine:
@@ -98,10 +49,9 @@ class Engine:
         self._fns: dict[GraphKey, object] = {}
         self._row_tokens: list[int] | None = None  # ids whose KV row 0 holds, for prefix reuse
         self._capture_stream: torch.cuda.Stream | None = None
-        self._host_tokens: torch.Tensor | None = None  # pinned ring for sampled tokens (CUDA only)
-        if self.device.type == "cuda":
-            self._host_tokens = torch.zeros(4, dtype=torch.int64, pin_memory=True)
-            self._token_events = [torch.cuda.Event() for _ in range(4)]
+        self.host = HostTokens(self.device)
+        self._ahead: tuple[int, SamplingParams, str] | None = None  # speculated step: handle, sampling, source
+        self.counters: Counter = Counter()  # how requests started: prefill, extend, ahead_hit, ahead_wasted
         self.requests = 0
         self.graphs_enabled = config.uses_graphs and self.device.type == "cuda"
         if config.uses_graphs and not self.graphs_enabled:
@@ -171,17 +121,17 @@ class Engine:
         finally:
             self.buffers.restore(snap)
             if key.phase != "decode":
-                self._row_tokens = None  # a prefill warm-up overwrote the start of cache rows
+                self._row_tokens = self._ahead = None  # a prefill warm-up overwrote the start of cache rows
 
-    def _execute(self, key: GraphKey, result: GenerationResult) -> None:
+    def _execute(self, key: GraphKey) -> str:
+        """Run one step for `key`: replay its graph if the pool holds it, else run it directly; returns the source."""
         capturable = self.graphs_enabled and key.phase in self.runner.graph_phases
         entry = self.pool.get(key) if capturable else None
         if entry is not None:
             entry.graph.replay()
-            result.sources[entry.source] += 1
-        else:
-            self._fn(key)()
-            result.sources[self._direct] += 1
+            return entry.source
+        self._fn(key)()
+        return self._direct
 
     # ---- requests ----------------------------------------------------------------------------------------------
 
@@ -210,7 +160,8 @@ class Engine:
         self.validate(params)
         if params.sampling.seed is None and not params.sampling.greedy:
             params = replace(params, sampling=replace(params.sampling, seed=random.getrandbits(62)))
-        return Generation(self, params)
+        result = GenerationResult(prompt_tokens=len(params.input_ids))
+        return Generation(self._run(params, result), result)
 
     def next_token(self, input_ids: list[int]) -> int:
         """The original design's message: the greedy next token after `input_ids` (prefix reuse applies)."""
@@ -225,60 +176,68 @@ class Engine:
 
     def _run(self, params: GenerationParams, result: GenerationResult) -> Iterator[int]:
         self.requests += 1
-        self._set_sampling(params)
         ids, smp, start = list(params.input_ids), not params.sampling.greedy, time.perf_counter()
+        held, ahead = self._row_tokens, self._ahead
+        self._row_tokens = self._ahead = None  # row 0 is in flux until this request ends well
+        self._set_sampling(params)
         if self.config.mode == "seed":
-            seq = list(ids)
-
-            def step(i: int) -> None:
-                if i:
-                    seq.append(result.output_tokens[-1])
-                self.buffers.prompt[0, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
-                self._execute(GraphKey("full", 1, len(seq), smp), result)
-
+            first, step = None, self._seed_step(ids, smp, result)
         else:
-            self._prefill(ids, smp, result)
+            first = self._first_token(ids, params, held, ahead, result)
 
             def step(i: int) -> None:
-                if i:
-                    self._execute(GraphKey("decode", 1, self._kv_len(len(ids) + i - 1), smp), result)
+                result.sources[self._execute(GraphKey("decode", 1, self._kv_len(len(ids) + i - 1), smp))] += 1
 
-        self._row_tokens = None
         ok = False
         try:
-            yield from self._loop(params, result, step, start)
+            yield from self._loop(params, result, step, start, first)
             ok = True
         except GeneratorExit:
             ok = True
             raise
         finally:
-            # Row 0 holds KV for the prompt and every generated token but the last (seed mode keeps no cache).
-            keep = ok and self.config.mode != "seed"
-            self._row_tokens = ids + result.output_tokens[:-1] if keep else None
+            if ok and self.config.mode != "seed":
+                self._keep_row(ids, params, result)
 
-    def _loop(self, params: GenerationParams, result: GenerationResult, step, start: float) -> Iterator[int]:
+    def _seed_step(self, ids: list[int], smp: bool, result: GenerationResult):
+        """The original algorithm: every token recomputes the whole sequence, one graph per exact length."""
+        seq = list(ids)
+
+        def step(i: int) -> None:
+            if i:
+                seq.append(result.output_tokens[-1])
+            self.buffers.prompt[0, : len(seq)] = torch.tensor(seq, dtype=torch.int64)
+            result.sources[self._execute(GraphKey("full", 1, len(seq), smp))] += 1
+
+        return step
+
+    def _loop(self, params: GenerationParams, result: GenerationResult, step, start: float, first) -> Iterator[int]:
         """Run steps and yield tokens until a stop token or max_new_tokens; record per-step host timings.
 
+        `first` is the handle of token 0 when the caller has already launched its step (None: step(0) does it).
         On CUDA (not in seed mode, whose next input is the token itself) step i+1 is launched before token i is
         read back, so the GPU never waits for Python between steps; after a stop token that one extra step is
         thrown away (it only writes the cache past the sequence's end).
         """
         stops, n = set(params.stop_token_ids), params.max_new_tokens
-        ahead = self._host_tokens is not None and self.config.mode != "seed"
+        ahead = self.host.cuda and self.config.mode != "seed"
         slots: deque[int] = deque()
         launched = 0
 
         def launch() -> None:
             nonlocal launched
-            step(launched)
-            slots.append(self._push_token(launched))
+            if launched or first is None:
+                step(launched)
+                slots.append(self.host.push(self.buffers.tokens[:1]))
+            else:
+                slots.append(first)
             launched += 1
 
         launch()
         for i in range(n):
             if ahead and launched < n:
                 launch()
-            tok = self._pop_token(slots.popleft())
+            tok = self.host.pop(slots.popleft())
             now = time.perf_counter()
             if i:
                 result.step_ms.append((now - start) * 1e3)
@@ -296,51 +255,66 @@ class Engine:
             if not ahead:
                 launch()
 
-    def _push_token(self, i: int) -> int:
-        """Start copying the last step's token to the host; returns what _pop_token needs to read it."""
-        if self._host_tokens is None:
-            return int(self.buffers.tokens[0])
-        slot = i % len(self._token_events)
-        self._host_tokens[slot : slot + 1].copy_(self.buffers.tokens[:1], non_blocking=True)
-        self._token_events[slot].record()
-        return slot
-
-    def _pop_token(self, handle: int) -> int:
-        """The token a _push_token started copying: the step's one host sync."""
-        if self._host_tokens is None:
-            return handle
-        self._token_events[handle].synchronize()
-        return int(self._host_tokens[handle])
-
     def _kv_len(self, pos: int) -> int:
         step = self.config.kv_bucket or self.max_seq_len
         return min(-(-(pos + 1) // step) * step, self.max_seq_len)
 
-    def _prefill(self, ids: list[int], smp: bool, result: GenerationResult) -> None:
-        """Fill row 0 for `ids` and leave the first sampled token in the buffers, reusing a held prefix if any."""
-        buf, n = self.buffers, len(ids)
-        common = _common_prefix(self._row_tokens or [], ids, n - 1)
-        if common and n - common <= MAX_EXTEND:
-            result.prefix_reused = common
-            self._extend(ids, common, smp, result)
+    # ---- row 0 between requests: prefix reuse and the speculated step --------------------------------------------
+
+    def _first_token(self, ids: list[int], params: GenerationParams, held, ahead, result: GenerationResult) -> int:
+        """Launch whatever yields token 0 and return its handle, reusing row 0's cache where that is exact.
+
+        Reuse never changes a token: it runs exactly the decode step that streaming generation would have run.
+        (1) ids equal the held sequence and a step for it was speculated with the same sampling: take its token.
+        (2) ids are the held sequence plus one token: one decode step. Anything else: a fresh prefill.
+        """
+        buf, smp = self.buffers, not params.sampling.greedy
+        if ahead is not None and held == ids and ahead[1] == params.sampling:
+            self.counters["ahead_hit"] += 1
+            result.prefix_reused = len(ids)
+            result.sources[ahead[2]] += 1
+            return ahead[0]
+        if ahead is not None:
+            self.counters["ahead_wasted"] += 1
+        if held is not None and len(ids) == len(held) + 1 and ids[:-1] == held:
+            self.counters["extend"] += 1
+            result.prefix_reused = len(held)
+            buf.tokens[0] = ids[-1]
+            buf.positions[0] = len(held)
+            result.sources[self._execute(GraphKey("decode", 1, self._kv_len(len(held)), smp))] += 1
+        else:
+            self.counters["prefill"] += 1
+            self._prefill(ids, smp, result)
+        return self.host.push(buf.tokens[:1])
+
+    def _keep_row(self, ids: list[int], params: GenerationParams, result: GenerationResult) -> None:
+        """Remember what row 0 holds; after a one-token request, speculate the step its resend would ask for.
+
+        The original client asks for one token at a time and resends the sequence with that token appended, so
+        the decode step for it runs while the reply travels, and the resend finds its token already made.
+        """
+        out = result.output_tokens
+        row = ids + out[:-1]  # the last token has not been fed yet
+        self._row_tokens = row
+        if params.max_new_tokens != 1 or result.finish_reason != "length" or len(row) + 2 > self.max_seq_len:
             return
+        # The last step left out[-1] in the token buffer and its position in the position buffer.
+        source = self._execute(GraphKey("decode", 1, self._kv_len(len(row)), not params.sampling.greedy))
+        self._ahead = (self.host.push(self.buffers.tokens[:1]), params.sampling, source)
+        self._row_tokens = [*row, out[-1]]
+
+    def _prefill(self, ids: list[int], smp: bool, result: GenerationResult) -> None:
+        """Fill row 0 with `ids` from position 0 and leave the first sampled token in the buffers."""
+        buf, n = self.buffers, len(ids)
         bucket = next((b for b in self.config.prefill_buckets if n <= b <= self.max_seq_len), None)
         buf.prompt[0, :n] = torch.tensor(ids, dtype=torch.int64)
         buf.prompt_len[0] = n
-        if bucket is None:  # longer than every bucket: one eager pass at its exact length
+        if bucket is None:  # longer than every bucket: one pass at its exact length, no graph
             self.steps.fn(GraphKey("prefill", 1, n, smp))()
             result.sources[self._direct] += 1
             return
         buf.prompt[0, n:bucket].zero_()
-        self._execute(GraphKey("prefill", 1, bucket, smp), result)
-
-    def _extend(self, ids: list[int], held: int, smp: bool, result: GenerationResult) -> None:
-        """Run only the new tokens after a held prefix: decode steps, one per token (each is a cached graph)."""
-        buf = self.buffers
-        for p in range(held, len(ids)):
-            buf.tokens[0] = ids[p]
-            buf.positions[0] = p
-            self._execute(GraphKey("decode", 1, self._kv_len(p), smp), result)
+        result.sources[self._execute(GraphKey("prefill", 1, bucket, smp))] += 1
 
     # ---- figures -----------------------------------------------------------------------------------------------
 
@@ -355,6 +329,7 @@ class Engine:
             "max_seq_len": self.max_seq_len,
             "vocab_size": self.vocab_size,
             "requests": self.requests,
+            "request_starts": {k: self.counters.get(k, 0) for k in ("prefill", "extend", "ahead_hit", "ahead_wasted")},
             "graphs_enabled": self.graphs_enabled,
             "pool": self.pool.report(),
             "memory": {
@@ -365,11 +340,3 @@ class Engine:
                 "weight_bytes": getattr(self.runner, "weight_bytes", None),
             },
         }
-
-
-def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
-    n = min(len(a), len(b), limit)
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
