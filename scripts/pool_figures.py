@@ -59,12 +59,13 @@ def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dic
 
 def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
     out = {"model": name}
-    for mode in modes:
+    for run, mode in enumerate(modes):
+        label = mode if modes.count(mode) == 1 else f"{mode}#{modes[:run].count(mode) + 1}"
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, EngineConfig(mode=mode))
         start = time.perf_counter()
         engine.warm_up(progress=False)
-        out[f"{mode}_startup_s"] = round(time.perf_counter() - start, 2)
+        out[f"{label}_startup_s"] = round(time.perf_counter() - start, 2)
         if mode == "graphs":
             rep = engine.pool.report()
             per = rep["per_graph"]
@@ -75,7 +76,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
             out["weight_bytes"] = engine.runner.weight_bytes
             out["kv_cache_bytes"] = engine.runner.cache.nbytes
             out["decode_floor_ms"] = round(engine.runner.weight_bytes / bandwidth * 1e3, 3)
-        out[mode] = [itl(engine, n) for n in (10, 100, 400)]
+        out[label] = [itl(engine, n) for n in (10, 100, 400)]
         del engine, model
         gc.collect()
         torch.cuda.empty_cache()

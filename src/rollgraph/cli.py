@@ -42,6 +42,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--graph-memory", type=float, default=None, help="pool byte budget in MiB (default 2048)")
     g.add_argument("--on-miss", default=None, choices=ON_MISS, help="default eager (seed mode: capture)")
     g.add_argument("--max-new-tokens-cap", type=int, default=4096)
+    g.add_argument("--compile-cache-dir", default=None, help="torch.compile's on-disk cache (default: torch's own)")
 
 
 def model_config(a: argparse.Namespace) -> ModelConfig:
@@ -70,6 +71,7 @@ def engine_config(a: argparse.Namespace) -> EngineConfig:
         precapture=not a.no_precapture,
         precapture_sampling=a.precapture_sampling,
         max_new_tokens_cap=a.max_new_tokens_cap,
+        compile_cache_dir=a.compile_cache_dir,
         pool=pool,
     )
 

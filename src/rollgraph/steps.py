@@ -8,6 +8,7 @@ replayed graph and an eager call are interchangeable for the same key.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import torch
@@ -49,7 +50,7 @@ class StepBuffers:
 class Steps:
     """Builds the callable for a GraphKey: eager, or compiled with torch.compile when asked."""
 
-    def __init__(self, runner, buffers: StepBuffers, compile: bool = False) -> None:
+    def __init__(self, runner, buffers: StepBuffers, compile: bool = False, cache_dir: str | None = None) -> None:
         self.runner = runner
         self.buf = buffers
         if compile:
@@ -57,6 +58,8 @@ class Steps:
             # generate the sampler's sort + cumsum + argmax over a 128k vocabulary: "NYI TritonSplitDimKernel").
             # Under compile+graphs the graph captures both parts anyway.
             _raise_recompile_limits()
+            if cache_dir:  # inductor's on-disk cache: a second start reuses the first one's compiled kernels
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
             runner.compile()
 
     def fn(self, key: GraphKey) -> Callable[[], None]:
