@@ -126,10 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2) if args.command != "serve" else logging.INFO
+    argv = sys.argv[1:] if argv is None else argv
+    bench = argv[:1] == ["bench"]  # bench parses its own flags (argparse's REMAINDER refuses a leading --flag)
+    args = None if bench else build_parser().parse_args(argv)
+    level = logging.INFO if bench or args.command == "serve" else logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        if bench:
+            from rollgraph.bench import main as bench_main
+
+            return bench_main(argv[1:])
         return _dispatch(args)
     except RollgraphError as exc:
         print(f"rollgraph: error [{exc.code}]: {exc.message}", file=sys.stderr)
@@ -148,6 +154,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from rollgraph.server import run_server
 
+        # The engine thread holds the GIL while it launches eager kernels; a short switch interval lets the
+        # asyncio thread send each token frame as it is made rather than in bursts every 5 ms.
+        sys.setswitchinterval(0.0005)
         return run_server(args)
     if args.command == "stats":
         from rollgraph.client import Client
@@ -155,10 +164,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         with Client(args.socket) as c:
             print(json.dumps(c.stats(), indent=2))
         return 0
-    if args.command == "bench":
-        from rollgraph.bench import main as bench_main
-
-        return bench_main(args.rest)
     raise AssertionError(args.command)
 
 
