@@ -16,24 +16,9 @@ import torch
 
 from rollgraph.config import EngineConfig, ModelConfig
 from rollgraph.engine import Engine
+from rollgraph.floors import measure_copy_bandwidth
 from rollgraph.models import load_model
 from rollgraph.params import GenerationParams
-
-
-def copy_bandwidth() -> float:
-    """Device-to-device copy rate in bytes/s, counting bytes read plus bytes written."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    for _ in range(3):
-        dst.copy_(src)
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(20):
-        dst.copy_(src)
-    end.record()
-    torch.cuda.synchronize()
-    return 2 * 20 * src.numel() / (start.elapsed_time(end) / 1e3)
 
 
 def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dict:
@@ -89,7 +74,7 @@ def main() -> None:
     p.add_argument("--modes", default="graphs,eager")
     p.add_argument("--out", default=".")
     a = p.parse_args()
-    bw = copy_bandwidth()
+    bw = measure_copy_bandwidth()
     results = {
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__,
