@@ -56,7 +56,5 @@ def gpt2_dir(tmp_path_factory):
 
     path = tmp_path_factory.mktemp("gpt2")
     torch.manual_seed(2)
-    GPT2LMHeadModel(
-        GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=512)
-    ).save_pretrained(path)
+    GPT2LMHeadModel(GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=512)).save_pretrained(path)
     return str(path)

@@ -51,9 +51,7 @@ class ServerProcess:
         self.socket_path = socket_path
         self.log_path = socket_path + ".log"
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                serve_command(socket_path, *flags), stdout=log, stderr=subprocess.STDOUT
-            )
+            self.proc = subprocess.Popen(serve_command(socket_path, *flags), stdout=log, stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         """Until the socket accepts; raises with the server's log if it exits or takes too long."""

@@ -225,9 +225,7 @@ def test_numpy_like_integer_scalars_are_sent_as_plain_ints(serve):
 def test_error_frame_raises_server_error_and_the_connection_stays_usable(serve):
     def handler(conn: socket.socket, request: dict) -> None:
         if request["input_tokens"] == [999]:
-            send_chunked(
-                conn, {"status": "error", "error": "token 999 >= vocab_size 100", "code": "invalid_token"}
-            )
+            send_chunked(conn, {"status": "error", "error": "token 999 >= vocab_size 100", "code": "invalid_token"})
         else:
             canned(conn, request)
 
@@ -315,9 +313,7 @@ def test_oversized_reply_header_is_refused_without_reading_on(serve):
 def test_frame_too_large_error_drops_the_connection_then_reconnects(serve):
     def handler(conn: socket.socket, request: dict) -> None:
         if request["type"] == "stats":
-            send_chunked(
-                conn, {"status": "error", "error": "frame of 9 bytes is over...", "code": "frame_too_large"}
-            )
+            send_chunked(conn, {"status": "error", "error": "frame of 9 bytes is over...", "code": "frame_too_large"})
             conn.shutdown(socket.SHUT_RDWR)
         else:
             canned(conn, request)
@@ -393,9 +389,7 @@ def test_seed_client_code_talks_to_the_same_server(serve):
     seed_frame, ours = server.raw
     for frame in (seed_frame, ours):
         assert frame[:4] == len(frame[4:]).to_bytes(4, "big")
-    assert (
-        json.loads(seed_frame[4:]) == json.loads(ours[4:]) == {"type": "inference", "input_tokens": [1, 2, 3]}
-    )
+    assert json.loads(seed_frame[4:]) == json.loads(ours[4:]) == {"type": "inference", "input_tokens": [1, 2, 3]}
 
 
 def test_seed_client_breaks_on_a_short_read_that_client_survives(serve):

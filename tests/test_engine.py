@@ -84,9 +84,7 @@ def test_sampling_is_seeded_and_same_in_every_mode():
     assert a == b and a != c
     greedy = run(make_engine("llama-tiny", mode="eager"), ids, 16)
     assert run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, top_k=1, seed=3) == greedy
-    assert (
-        run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, top_p=1e-6, seed=3) == greedy
-    )
+    assert run(make_engine("llama-tiny", mode="eager"), ids, 16, temperature=1.0, top_p=1e-6, seed=3) == greedy
 
 
 def test_stop_tokens_and_finish_reasons():

@@ -59,9 +59,7 @@ def eager_reference(request):
 def test_mode_tokens_equal_eager(eager_reference, mode):
     name, want, sampled = eager_reference
     if mode == "compile" and name != "llama-tiny":
-        pytest.skip(
-            "compile alone on llama-3.2-1b is covered by compile+graphs and the benchmark (compile time)"
-        )
+        pytest.skip("compile alone on llama-3.2-1b is covered by compile+graphs and the benchmark (compile time)")
     # Compiling a 1B model costs tens of seconds per shape: give compile modes one prefill and one decode shape.
     eng = engine_for(name, mode, **(dict(prefill_buckets=(64,), kv_bucket=0) if "compile" in mode else {}))
     for ids in PROMPTS:
@@ -147,9 +145,7 @@ def test_background_and_inline_captures_change_no_token():
     assert sources[0] == {"eager": 40}
     assert "background" in sources[-1] and "eager" not in sources[-1]
     free(bg)
-    inline = engine_for(
-        "llama-3.2-1b", "graphs", precapture=False, max_seq_len=512, pool=PoolConfig(on_miss="capture")
-    )
+    inline = engine_for("llama-3.2-1b", "graphs", precapture=False, max_seq_len=512, pool=PoolConfig(on_miss="capture"))
     for p, w in zip(prompts, want, strict=False):  # captures happen mid-request, between this request's own steps
         assert generate(inline, p, 40)[0] == w
     assert inline.pool.report()["captures"]["inline"] > 0

@@ -251,9 +251,7 @@ def test_parse_generate_all_fields_and_null_means_default():
 
 
 def test_parse_generate_prompt_then_with_tokens():
-    request = parse_request(
-        {"type": "generate", "prompt": "hello", "max_new_tokens": 3, "stop_token_ids": [9]}
-    )
+    request = parse_request({"type": "generate", "prompt": "hello", "max_new_tokens": 3, "stop_token_ids": [9]})
     assert request.prompt == "hello" and request.params is None
     params = request.with_tokens([4, 5])
     assert params == GenerationParams((4, 5), 3, SamplingParams(), (9,))
@@ -351,19 +349,14 @@ def test_generate_request_constructor_checks_one_source():
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
     max_leaves=20,
 )
 FIELDS = ["input_tokens", "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"]
 FIELDS += ["stop_token_ids", "stream"]
 REQUESTS = st.fixed_dictionaries(
     {"type": st.sampled_from([*KNOWN_TYPES, "other"])},
-    optional={
-        name: JSON_VALUES | st.lists(st.integers(), max_size=4) | st.integers() | st.floats()
-        for name in FIELDS
-    },
+    optional={name: JSON_VALUES | st.lists(st.integers(), max_size=4) | st.integers() | st.floats() for name in FIELDS},
 )
 
 

@@ -134,9 +134,7 @@ def test_seed_client_loop_matches_in_process_greedy_with_prefix_reuse(server, re
     after = server_stats(server.socket_path)
     # every request after the first extends the sequence the engine holds by one token
     assert after["prefix_reuse_requests"] - before["prefix_reuse_requests"] >= n - 1
-    assert after["prefix_reused_tokens"] - before["prefix_reused_tokens"] >= sum(
-        range(len(prompt), len(seq) - 1)
-    )
+    assert after["prefix_reused_tokens"] - before["prefix_reused_tokens"] >= sum(range(len(prompt), len(seq) - 1))
     assert after["served_by_type"]["inference"] - before["served_by_type"].get("inference", 0) == n
 
 
@@ -231,32 +229,18 @@ BAD_MESSAGES = [
     pytest.param({"type": "inference", "input_tokens": []}, "invalid_value", id="empty-tokens"),
     pytest.param({"type": "inference", "input_tokens": [1, -1]}, "invalid_token", id="negative-token"),
     pytest.param({"type": "inference", "input_tokens": [1, VOCAB]}, "invalid_token", id="token-over-vocab"),
-    pytest.param(
-        {"type": "generate", "input_tokens": [VOCAB + 5]}, "invalid_token", id="generate-token-over"
-    ),
+    pytest.param({"type": "generate", "input_tokens": [VOCAB + 5]}, "invalid_token", id="generate-token-over"),
     pytest.param({"type": "inference", "input_tokens": [1] * 2048}, "too_long", id="inference-too-long"),
-    pytest.param(
-        {"type": "generate", "input_tokens": LONG, "max_new_tokens": 600}, "too_long", id="too-long"
-    ),
-    pytest.param(
-        {"type": "generate", "input_tokens": [1], "max_new_tokens": 0}, "invalid_value", id="zero-new"
-    ),
-    pytest.param(
-        {"type": "generate", "input_tokens": [1], "max_new_tokens": CAP + 1}, "invalid_value", id="cap"
-    ),
-    pytest.param(
-        {"type": "generate", "input_tokens": [1], "max_new_tokens": "5"}, "invalid_message", id="str-n"
-    ),
-    pytest.param(
-        {"type": "generate", "input_tokens": [1], "temperature": -1}, "invalid_value", id="temperature"
-    ),
+    pytest.param({"type": "generate", "input_tokens": LONG, "max_new_tokens": 600}, "too_long", id="too-long"),
+    pytest.param({"type": "generate", "input_tokens": [1], "max_new_tokens": 0}, "invalid_value", id="zero-new"),
+    pytest.param({"type": "generate", "input_tokens": [1], "max_new_tokens": CAP + 1}, "invalid_value", id="cap"),
+    pytest.param({"type": "generate", "input_tokens": [1], "max_new_tokens": "5"}, "invalid_message", id="str-n"),
+    pytest.param({"type": "generate", "input_tokens": [1], "temperature": -1}, "invalid_value", id="temperature"),
     pytest.param({"type": "generate", "input_tokens": [1], "top_p": 0}, "invalid_value", id="top-p"),
     pytest.param({"type": "generate", "input_tokens": [1], "top_k": -2}, "invalid_value", id="top-k"),
     pytest.param({"type": "generate", "input_tokens": [1], "seed": -1}, "invalid_value", id="seed"),
     pytest.param({"type": "generate", "input_tokens": [1], "stream": "yes"}, "invalid_message", id="stream"),
-    pytest.param(
-        {"type": "generate", "input_tokens": [1], "prompt": "x"}, "invalid_message", id="both-sources"
-    ),
+    pytest.param({"type": "generate", "input_tokens": [1], "prompt": "x"}, "invalid_message", id="both-sources"),
 ]
 
 

@@ -137,9 +137,7 @@ async def refuse(writer: asyncio.StreamWriter, error: RollgraphError, counters: 
 class Connection:
     """Serves one accepted connection until EOF, a fatal frame error, or server shutdown."""
 
-    def __init__(
-        self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    def __init__(self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.ctx, self.reader, self.writer = ctx, reader, writer
         self.busy = False  # a frame has begun and its request is not finished: shutdown lets it complete
         self.gone = False  # the peer closed or stopped reading: nothing more is sent
@@ -240,9 +238,7 @@ class Connection:
             raise
         except Exception as exc:
             logger.exception("request handling failed")
-            message = (
-                f"the server failed on this request ({type(exc).__name__}); only this request was affected"
-            )
+            message = f"the server failed on this request ({type(exc).__name__}); only this request was affected"
             await self._reply_error(RollgraphError(message, code="internal"))
 
     async def _dispatch(self, request: Request) -> None:
@@ -276,9 +272,7 @@ class Connection:
         return True
 
     async def _generate(self, request: GenerateRequest) -> bool:
-        params = (
-            request.params if request.prompt is None else request.with_tokens(self._encode(request.prompt))
-        )
+        params = request.params if request.prompt is None else request.with_tokens(self._encode(request.prompt))
         self.ctx.engine.validate(params)
         done = await self._run(params, self._token_sender() if request.stream else None)
         if done.result.finish_reason == "cancelled":

@@ -106,7 +106,7 @@ class GenerateJob:
             self.emit(Failed(RollgraphError(message, code="internal")))
         finally:
             if gen is not None:
-                gen.close()  # idempotent: frees the row if the loop above was left early
+                _close(gen)
 
     def _stream(self, gen: Any) -> None:
         it = iter(gen)
@@ -116,6 +116,15 @@ class GenerateJob:
                 return
             self.emit(Token(tok))
         gen.close()  # sets finish_reason "cancelled" unless the last token had already ended it
+
+
+def _close(gen: Any) -> None:
+    """Close a generation (idempotent: frees its row if the loop was left early). Its terminal event is already
+    sent, so a failure here is only logged: raised, it would end the engine thread and hang every later request."""
+    try:
+        gen.close()
+    except Exception:
+        logger.exception("closing a generation failed; the engine thread goes on")
 
 
 class CallJob:
@@ -181,7 +190,11 @@ class EngineThread:
         except concurrent.futures.InvalidStateError:
             return  # the server stopped while the model was loading
         while (job := self._next_job(engine)) is not None:
-            job.run(engine)
+            try:
+                job.run(engine)
+            except Exception:
+                # Jobs report their own errors; this only keeps the one engine thread (and every later request) alive.
+                logger.exception("a job failed outside its own error handling; the engine thread goes on")
         logger.debug("engine thread stopped")
 
     def _next_job(self, engine: Engine) -> Job | None:

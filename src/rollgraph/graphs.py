@@ -259,8 +259,15 @@ class CudaGraphStep:
         before = torch.cuda.memory_reserved()
         self.graph = torch.cuda.CUDAGraph()
         pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
-            fn()
+        try:
+            with torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
+                fn()
+        except BaseException:
+            # A failed capture (out of memory, a forbidden call) must not keep its pool's memory cached outside
+            # the budget: drop the partial graph and hand the blocks back before the pool marks the key eager.
+            self.graph = None
+            torch.cuda.empty_cache()
+            raise
         torch.cuda.synchronize()
         self.nbytes = torch.cuda.memory_reserved() - before
 

@@ -5,9 +5,10 @@ replies; the engine thread (`engine_thread.py`) does all torch work, one job at 
 socket only opens once loading and pre-capture are done, so a client that can connect is served at full
 speed.
 
-The socket file is created with mode 0600 and removed on exit. A stale socket (nobody listening) is
-replaced; a live server's socket, or a path that is not a socket, is never touched. SIGTERM/SIGINT stop
-accepting, let requests in flight finish (up to the drain timeout), then exit 0.
+The socket file is created with mode 0600 and removed on exit; parent directories that do not exist yet are
+created with mode 0700 (and kept). A stale socket (nobody listening) is replaced; a live server's socket, or a
+path that is not a socket, is never touched. SIGTERM/SIGINT stop accepting, let requests in flight finish (up
+to the drain timeout), then exit 0.
 """
 
 from __future__ import annotations
@@ -91,9 +92,7 @@ def check_socket_path(path: str) -> None:
         logger.info("removed the stale socket %s (no server was listening)", path)
         return
     except OSError as exc:
-        raise RollgraphError(
-            f"cannot check the socket {path}: {exc.strerror or exc}", code="socket_in_use"
-        ) from None
+        raise RollgraphError(f"cannot check the socket {path}: {exc.strerror or exc}", code="socket_in_use") from None
     finally:
         probe.close()
     raise RollgraphError(
@@ -102,9 +101,28 @@ def check_socket_path(path: str) -> None:
     )
 
 
+def make_socket_dir(path: str) -> None:
+    """Create the socket's missing parent directories with mode 0700, so that a directory this server made is
+    private to its user whatever the umask; an existing directory is left as it is. Raises RollgraphError."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(parent):
+        return
+    old_umask = os.umask(0o077)  # every directory makedirs creates, not only the last, gets 0700
+    try:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise RollgraphError(
+            f"cannot create the socket's directory {parent}: {exc.strerror or exc}", code="socket_in_use"
+        ) from None
+    finally:
+        os.umask(old_umask)
+    logger.info("created the socket directory %s (mode 0700)", parent)
+
+
 def bind_socket(path: str, backlog: int) -> socket.socket:
     """A listening socket at `path`, created with mode 0600 (the umask covers the moment between bind and
     chmod). Raises RollgraphError if the path is taken or cannot be bound."""
+    make_socket_dir(path)
     check_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)
@@ -112,9 +130,7 @@ def bind_socket(path: str, backlog: int) -> socket.socket:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise RollgraphError(
-            f"cannot bind the socket {path}: {exc.strerror or exc}", code="socket_in_use"
-        ) from None
+        raise RollgraphError(f"cannot bind the socket {path}: {exc.strerror or exc}", code="socket_in_use") from None
     finally:
         os.umask(old_umask)
     os.chmod(path, 0o600)
@@ -188,9 +204,7 @@ class Server:
             return None
         return loaded.result()
 
-    async def _on_connect(
-        self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _on_connect(self, ctx: ServerContext, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         ctx.counters.connections_total += 1
         refusal = self._refusal(ctx, writer)
         if refusal is not None:
@@ -253,9 +267,7 @@ class Server:
         self.engine_thread.stop()
         stopped = await asyncio.to_thread(self.engine_thread.join, ENGINE_STOP_TIMEOUT_S)
         if not stopped:
-            logger.warning(
-                "the engine thread did not stop within %g s; exiting without it", ENGINE_STOP_TIMEOUT_S
-            )
+            logger.warning("the engine thread did not stop within %g s; exiting without it", ENGINE_STOP_TIMEOUT_S)
 
 
 async def serve_until_signalled(server: Server) -> int:
@@ -279,5 +291,6 @@ def run_server(args: argparse.Namespace) -> int:
 
     config = server_config(args)
     load = partial(load_engine, model_config(args), engine_config(args))
-    check_socket_path(config.socket_path)  # fail before spending time on the model
+    make_socket_dir(config.socket_path)  # fail before spending time on the model
+    check_socket_path(config.socket_path)
     return asyncio.run(serve_until_signalled(Server(config, load)))
