@@ -80,7 +80,7 @@ class StandInCapture:
         stand_in = self
 
         class Step:
-            def __init__(self, fn, prepare, stream, warmups: int = 2) -> None:
+            def __init__(self, fn, prepare, stream, pool=None, warmups: int = 2) -> None:
                 for _ in range(warmups):
                     prepare()
                     fn()

@@ -129,3 +129,38 @@ def test_key_string():
 def test_bad_pool_config(kw):
     with pytest.raises(ValueError):
         PoolConfig(**kw)
+
+
+def p(n):
+    return GraphKey("prefill", 1, n)
+
+
+def test_shared_prefill_pool_evicts_all_prefill_graphs_together():
+    cap = Capturer(size=lambda k: 1000 if k.length == 64 else 10)  # the first (largest) capture sizes the pool
+    pl = pool(cap, max_graphs=10, max_bytes=10**6, share_prefill_pool=True)
+    for key in (p(64), p(32), p(16), d(1), d(2)):
+        pl.capture(key, "pre")
+    pl.get(p(64))  # most recent, but shares its memory with the LRU prefill graphs
+    assert pl.evict_lru() == p(32)
+    assert pl.keys() == [d(1), d(2)]  # p(16) and p(64) went with it: only then does the shared memory return
+    assert {k for what, k in cap.log if what == "release"} == {p(16), p(32), p(64)}
+    assert pl.report()["evictions"] == 3
+
+
+def test_private_pools_evict_one_at_a_time():
+    pl = pool(Capturer(), max_graphs=10, max_bytes=10**6)
+    for key in (p(64), p(32)):
+        pl.capture(key, "pre")
+    assert pl.evict_lru() == p(64) and pl.keys() == [p(32)]
+
+
+def test_failed_or_refused_shared_capture_empties_the_shared_pool():
+    cap = Capturer(size=lambda k: 50 * k.length, fail={p(8)})
+    pl = pool(cap, max_graphs=10, max_bytes=2000, share_prefill_pool=True, on_miss="capture")
+    pl.capture(p(16), "pre")
+    pl.capture(d(3), "pre")
+    assert pl.get(p(8)) is None  # the failed capture may have left blocks cached in the shared pool
+    assert pl.keys() == [d(3)]
+    pl.capture(p(16), "pre")
+    assert pl.capture(p(64), "pre") is None  # 3200 bytes: over the whole budget, refused
+    assert pl.keys() == [d(3)]

@@ -41,6 +41,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-graphs", type=int, default=None, help="pool count bound (default 64; seed mode 50)")
     g.add_argument("--graph-memory", type=float, default=None, help="pool byte budget in MiB (default 2048)")
     g.add_argument("--on-miss", default=None, choices=ON_MISS, help="default eager (seed mode: capture)")
+    g.add_argument("--share-prefill-pool", action="store_true", help="all prefill graphs in one memory pool")
     g.add_argument("--max-new-tokens-cap", type=int, default=4096)
     g.add_argument("--compile-cache-dir", default=None, help="torch.compile's on-disk cache (default: torch's own)")
 
@@ -61,6 +62,7 @@ def engine_config(a: argparse.Namespace) -> EngineConfig:
         max_graphs=a.max_graphs if a.max_graphs is not None else (50 if seed else 64),
         max_bytes=int(a.graph_memory * 2**20) if a.graph_memory is not None else (1 << 62 if seed else 2 << 30),
         on_miss=a.on_miss or ("capture" if seed else "eager"),
+        share_prefill_pool=a.share_prefill_pool,
     )
     return EngineConfig(
         mode=a.mode,

@@ -57,6 +57,10 @@ class PoolConfig:
     """At most this many bytes of graph memory (measured at capture) are held."""
     on_miss: str = "eager"
     """eager = a missing key runs eagerly and is queued for background capture; capture = capture inline first."""
+    share_prefill_pool: bool = False
+    """Capture every prefill graph into one shared memory pool: it costs about the largest prefill graph instead of
+    the sum of all, so finer prefill buckets become affordable; evicting one prefill graph evicts them all (only then
+    does the memory come back). Off by default until measured on a GPU."""
 
     def __post_init__(self) -> None:
         _check_choice("on_miss", self.on_miss, ON_MISS)

@@ -51,6 +51,7 @@ class Engine:
         self._fns: dict[GraphKey, object] = {}
         self._row_tokens: list[int] | None = None  # ids whose KV row 0 holds, for prefix reuse
         self._capture_stream: torch.cuda.Stream | None = None
+        self._shared_pool: tuple | None = None  # memory pool of all prefill graphs with PoolConfig.share_prefill_pool
         self.host = HostTokens(self.device)
         self._ahead: tuple[int, SamplingParams, str] | None = None  # speculated step: handle, sampling, source
         self.counters: Counter = Counter()  # how requests started: prefill, extend, ahead_hit, ahead_wasted
@@ -119,7 +120,11 @@ class Engine:
             self._capture_stream = torch.cuda.Stream(self.device)
         snap = self.buffers.snapshot()
         try:
-            return CudaGraphStep(self._fn(key), lambda: self.steps.prepare_warmup(key), self._capture_stream)
+            shared = None
+            if self.pool.shares_memory(key):  # one handle for the engine's life; PyTorch remakes an emptied pool
+                self._shared_pool = self._shared_pool or torch.cuda.graph_pool_handle()
+                shared = self._shared_pool
+            return CudaGraphStep(self._fn(key), lambda: self.steps.prepare_warmup(key), self._capture_stream, shared)
         finally:
             self.buffers.restore(snap)
             if key.phase != "decode":

@@ -151,12 +151,16 @@ class GraphPool:
         except Exception as exc:  # an out-of-memory or a capture error costs this key its graph, nothing more
             self.stats.capture_failures += 1
             self._unusable.add(key)
+            if self.shares_memory(key):
+                self._evict_shared()
             logger.warning("capture of %s failed (%s: %s); it will run eagerly", key, type(exc).__name__, exc)
             return None
         elapsed = time.perf_counter() - start
         self._sizes[key] = graph.nbytes
         if graph.nbytes > self.config.max_bytes:
             graph.release()
+            if self.shares_memory(key):
+                self._evict_shared()
             self._unusable.add(key)
             self.stats.rejected_too_large += 1
             logger.warning("graph %s needs %d bytes, over the whole budget; it will run eagerly", key, graph.nbytes)
@@ -185,12 +189,31 @@ class GraphPool:
             self.evict_lru()
 
     def evict_lru(self) -> GraphKey:
-        """Release the least recently used graph and return its key."""
+        """Release the least recently used graph and return its key.
+
+        Graphs that share one memory pool (see PoolConfig.share_prefill_pool) go together: the pool's memory only
+        returns once every graph in it is gone, and the byte budget must count what really comes back.
+        """
         key, entry = self._entries.popitem(last=False)
+        self._release(entry)
+        if self.shares_memory(key):
+            self._evict_shared()
+        return key
+
+    def _evict_shared(self) -> None:
+        """Release every graph in the shared pool, so that its memory (and anything a failed capture left cached
+        in it) goes back to the device."""
+        for other in [k for k in self._entries if self.shares_memory(k)]:
+            self._release(self._entries.pop(other))
+
+    def shares_memory(self, key: GraphKey) -> bool:
+        """True if `key`'s graph is captured into the pool shared by all prefill graphs."""
+        return self.config.share_prefill_pool and key.phase == "prefill"
+
+    def _release(self, entry: Entry) -> None:
         entry.graph.release()
         self.stats.evictions += 1
-        logger.debug("evicted %s (%d bytes, %d uses)", key, entry.graph.nbytes, entry.uses)
-        return key
+        logger.debug("evicted %s (%d bytes, %d uses)", entry.key, entry.graph.nbytes, entry.uses)
 
     def clear(self) -> None:
         while self._entries:
@@ -238,14 +261,21 @@ class GraphPool:
 class CudaGraphStep:
     """A step function captured into a CUDA graph with a private memory pool, so it can be freed on its own.
 
-    `prepare` sets harmless inputs before each warm-up and before the capture. Warm-ups (two, which trigger lazy
-    initialisation and, for compiled steps, compilation) run on `stream`, the same stream the capture uses, so
-    library workspaces for that stream exist before capture and are not charged to (or freed with) this graph.
+    `prepare` sets harmless inputs before each warm-up and before the capture. `pool` is a memory pool shared with
+    other graphs (GraphPool evicts such graphs together); None gives this graph a private one. Warm-ups (two, which
+    trigger lazy initialisation and, for compiled steps, compilation) run on `stream`, the same stream the capture
+    uses, so library workspaces for that stream exist before capture and are not charged to (or freed with) this
+    graph.
     The bytes are the growth of reserved device memory across the capture itself.
     """
 
     def __init__(
-        self, fn: Callable[[], None], prepare: Callable[[], None], stream: torch.cuda.Stream, warmups: int = 2
+        self,
+        fn: Callable[[], None],
+        prepare: Callable[[], None],
+        stream: torch.cuda.Stream,
+        pool: tuple | None = None,
+        warmups: int = 2,
     ) -> None:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -258,7 +288,7 @@ class CudaGraphStep:
         torch.cuda.empty_cache()
         before = torch.cuda.memory_reserved()
         self.graph = torch.cuda.CUDAGraph()
-        pool = torch.cuda.graph_pool_handle()
+        pool = pool if pool is not None else torch.cuda.graph_pool_handle()  # private unless one is shared
         try:
             with torch.cuda.graph(self.graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
                 fn()
