@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from rollgraph.errors import RollgraphError
 
 if TYPE_CHECKING:
-    from rollgraph.engine import Engine, GenerationResult
+    from rollgraph.engine import Engine
+    from rollgraph.generation import GenerationResult
     from rollgraph.params import GenerationParams
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class GenerateJob:
         gen = None
         try:
             if self.cancelled:
-                from rollgraph.engine import GenerationResult
+                from rollgraph.generation import GenerationResult
 
                 result = GenerationResult(prompt_tokens=len(self.params.input_ids), finish_reason="cancelled")
             else:
