@@ -259,7 +259,7 @@ class GraphPool:
 
 
 class CudaGraphStep:
-    """A step function captured into a CUDA graph with a private memory pool, so it can be freed on its own.
+    """A step function captured into a CUDA graph, by default in a private memory pool so it can be freed alone.
 
     `prepare` sets harmless inputs before each warm-up and before the capture. `pool` is a memory pool shared with
     other graphs (GraphPool evicts such graphs together); None gives this graph a private one. Warm-ups (two, which
