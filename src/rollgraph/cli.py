@@ -92,7 +92,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="rollgraph", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="rollgraph", description="LLM generation from a rolling pool of CUDA graphs, over a Unix socket."
+    )
     p.add_argument("-v", "--verbose", action="count", default=0)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -120,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="engine and pool figures of a running server")
     st.add_argument("--socket", required=True)
 
-    b = sub.add_parser("bench", help="benchmark execution modes through a real server (see docs)")
+    b = sub.add_parser("bench", help="benchmark execution modes through a real server (`rollgraph bench --help`)")
     b.add_argument("rest", nargs=argparse.REMAINDER)
 
     sub.add_parser("models", help="list the built-in architectures")
