@@ -9,7 +9,6 @@ import asyncio
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from rollgraph.client import server_listening
 from rollgraph.config import ServerConfig
 from rollgraph.server import Server
 
@@ -28,15 +28,7 @@ def short_dir() -> str:
 
 def accepts(path: str) -> bool:
     """True if something listens at `path`."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
+    return server_listening(path)
 
 
 def serve_command(socket_path: str, *flags: str) -> list[str]:

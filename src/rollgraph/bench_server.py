@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from rollgraph.bench_report import ModeRun, Sample
-from rollgraph.client import Client
+from rollgraph.client import Client, server_listening
 from rollgraph.errors import RollgraphError
 
 if TYPE_CHECKING:
@@ -46,18 +45,6 @@ def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
             return "".join(f.readlines()[-lines:])
     except OSError:
         return ""
-
-
-def _accepts(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -90,7 +77,7 @@ def wait_ready(proc: subprocess.Popen, socket_path: str, log_path: str, timeout_
                 f"the server exited with code {proc.returncode} before it was ready; the end of {log_path}:\n"
                 f"{log_tail(log_path)}"
             )
-        if os.path.exists(socket_path) and _accepts(socket_path):
+        if os.path.exists(socket_path) and server_listening(socket_path):
             return
         time.sleep(0.05)
     raise BenchError(f"the server was not ready within {timeout_s:g} s; the end of {log_path}:\n{log_tail(log_path)}")

@@ -323,6 +323,19 @@ class Client:
             self._sock = None
 
 
+def server_listening(socket_path: str | os.PathLike, timeout: float = 1.0) -> bool:
+    """True if something accepts connections at `socket_path` (a probe connection, closed at once)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(timeout)
+    try:
+        probe.connect(os.fspath(socket_path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
 def _unavailable_message(path: str, exc: OSError) -> str:
     start = f"start one with `rollgraph serve --model MODEL --socket {path}`"
     if isinstance(exc, FileNotFoundError):
