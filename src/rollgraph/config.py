@@ -1,12 +1,8 @@
-"""Typed settings for the model, the engine, the graph pool and the server; the CLI maps its flags onto these.
-
-Fields that change what a captured graph computes (dtype, max_seq_len, buckets, mode) are listed in
-`EngineConfig.graph_fields`, so a cache of graphs or compiled code can be keyed on them.
-"""
+"""Typed settings for the model, the engine, the graph pool and the server; the CLI maps its flags onto these."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from rollgraph.errors import RequestError
 
@@ -100,8 +96,6 @@ class EngineConfig:
     """auto = rollgraph's native Llama-family runner where the architecture allows, else transformers' forward."""
     pool: PoolConfig = field(default_factory=PoolConfig)
 
-    graph_fields = ("mode", "max_seq_len", "max_batch", "prefill_buckets", "kv_bucket", "batch_buckets")
-
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
         _check_choice("runner", self.runner, RUNNERS)
@@ -136,8 +130,3 @@ class ServerConfig:
     """On SIGTERM, requests in flight get this long to finish."""
     allowed_uids: tuple[int, ...] = ()
     """If set, only peers with these user ids (SO_PEERCRED) are served."""
-
-
-def field_names(cls: type) -> list[str]:
-    """Names of a config dataclass's fields, for CLI mapping and docs."""
-    return [f.name for f in fields(cls)]

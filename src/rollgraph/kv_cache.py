@@ -32,8 +32,3 @@ class StaticKVCache:
     def nbytes(self) -> int:
         """Bytes held by all key and value buffers."""
         return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
-    def copy_row(self, src: int, dst: int) -> None:
-        """Move one request's cache to another row (used to keep live rows contiguous)."""
-        for buf in self.keys + self.values:
-            buf[dst].copy_(buf[src])
