@@ -19,7 +19,7 @@ for step in "$@"; do
   IFS=: read -r what a b <<<"$step"
   echo "=== $step ($(date -u +%T))"
   case "$what" in
-    tests) python3 -m pytest -m gpu tests/test_gpu.py -q -rA -p no:cacheprovider 2>&1 \
+    tests) python3 -m pytest -m gpu tests/test_gpu.py tests/test_faults.py -q -rA -p no:cacheprovider 2>&1 \
              | tee "$out/gpu_tests.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
     figures) python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out" 2>&1 \
              | tee "$out/figures_${a//,/_}.txt" | grep "^{" ;;

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from rollgraph.config import EngineConfig, ModelConfig
+from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
 from rollgraph.floors import measure_copy_bandwidth
 from rollgraph.models import load_model
@@ -42,27 +42,46 @@ def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dic
     }
 
 
+def engine_config(spec: str) -> EngineConfig:
+    """MODE[/OPTION...]: sdpa or triton (decode attention), share (one memory pool for prefill graphs),
+    cdt (inductor's coordinate-descent tuning, which also turns batch-1 matmuls into generated reductions)."""
+    mode, *opts = spec.split("/")
+    kw: dict = {}
+    for opt in opts:
+        if opt in ("sdpa", "triton"):
+            kw["attention"] = opt
+        elif opt == "share":
+            kw["pool"] = PoolConfig(share_prefill_pool=True)
+        elif opt != "cdt":
+            raise SystemExit(f"unknown option {opt!r} in {spec!r}")
+    import torch._inductor.config as inductor_config
+
+    inductor_config.coordinate_descent_tuning = "cdt" in opts
+    return EngineConfig(mode=mode, **kw)
+
+
 def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
     out = {"model": name}
-    for run, mode in enumerate(modes):
-        label = mode if modes.count(mode) == 1 else f"{mode}#{modes[:run].count(mode) + 1}"
+    for run, spec in enumerate(modes):
+        label = spec if modes.count(spec) == 1 else f"{spec}#{modes[:run].count(spec) + 1}"
+        mode = spec.split("/")[0]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
-        engine = Engine(model, EngineConfig(mode=mode))
+        engine = Engine(model, engine_config(spec))
         start = time.perf_counter()
         engine.warm_up(progress=False)
         out[f"{label}_startup_s"] = round(time.perf_counter() - start, 2)
-        if mode == "graphs":
+        out[f"{label}_kernels"] = "fused" if getattr(engine.runner, "fused_decode", False) else "sdpa"
+        if mode in ("graphs", "compile+graphs"):
             rep = engine.pool.report()
-            per = rep["per_graph"]
-            out["precapture_s"] = round(time.perf_counter() - start, 2)
-            out["graphs"] = rep["graphs"]
-            out["graph_bytes_total"] = rep["bytes"]
-            out["per_graph"] = [{k: g[k] for k in ("key", "bytes", "capture_ms")} for g in per]
-            out["weight_bytes"] = engine.runner.weight_bytes
-            out["kv_cache_bytes"] = engine.runner.cache.nbytes
-            out["decode_floor_ms"] = round(engine.runner.weight_bytes / bandwidth * 1e3, 3)
+            out[f"{label}_pool"] = {"graphs": rep["graphs"], "bytes": rep["bytes"]}
+            if mode == "graphs":
+                out["per_graph"] = [{k: g[k] for k in ("key", "bytes", "capture_ms")} for g in rep["per_graph"]]
+        out["weight_bytes"] = engine.runner.weight_bytes
+        out["kv_cache_bytes"] = engine.runner.cache.nbytes
+        out["decode_floor_ms"] = round(engine.runner.weight_bytes / bandwidth * 1e3, 3)
         out[label] = [itl(engine, n) for n in (10, 100, 400)]
         del engine, model
+        torch._dynamo.reset()  # compiled code is cached per function: a later spec must compile afresh
         gc.collect()
         torch.cuda.empty_cache()
     return out

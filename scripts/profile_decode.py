@@ -11,9 +11,10 @@ import collections
 import json
 
 import torch
+from pool_figures import engine_config
 from torch.profiler import ProfilerActivity, profile
 
-from rollgraph.config import EngineConfig, ModelConfig
+from rollgraph.config import ModelConfig
 from rollgraph.engine import Engine
 from rollgraph.models import load_model
 from rollgraph.params import GenerationParams
@@ -22,7 +23,9 @@ STEPS = 32
 
 
 def profile_mode(name: str, mode: str) -> dict:
-    engine = Engine(load_model(ModelConfig(name, dtype="bfloat16")), EngineConfig(mode=mode))
+    """`mode` is a pool_figures spec: MODE[/OPTION...]."""
+    torch._dynamo.reset()
+    engine = Engine(load_model(ModelConfig(name, dtype="bfloat16")), engine_config(mode))
     engine.warm_up(progress=False)
     ids = tuple(range(3, 103))
     for _ in engine.generate(GenerationParams(ids, STEPS + 1)):

@@ -495,3 +495,36 @@ def test_a_failed_cuda_capture_frees_its_memory_and_serving_goes_on(how):
     assert torch.cuda.memory_reserved() - before - pool["bytes"] < 64 << 20, "the failed capture's memory leaked"
     print(f"reserved beyond the held graphs after the failure, before empty_cache: {left / 2**20:.1f} MiB")
     assert tokens(engine, [3, 4], 20) == tokens(eager, [3, 4], 20)  # replays after the failure still right
+
+
+@pytest.mark.gpu
+def test_a_real_out_of_memory_in_capture_falls_back_to_eager():
+    """A real CUDA allocator OOM: the process's memory budget is cut to what it holds plus 1 MiB, so a capture's new
+    private pool cannot get memory. Every failed key is marked, the request is answered with eager's tokens, and
+    nothing the failed captures took stays reserved."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from rollgraph.models import load_model
+
+    def model():
+        return load_model(ModelConfig("llama-tiny", dtype="float32"))
+
+    config = EngineConfig(mode="graphs", max_seq_len=256, precapture=False, pool=PoolConfig(on_miss="capture"))
+    engine, eager = Engine(model(), config), Engine(model(), EngineConfig(mode="eager", max_seq_len=256))
+    ids = [1, 50, 60]
+    want = tokens(eager, ids, 20)  # leaves the allocator holding blocks of every size an eager step needs
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_reserved()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction((before + (1 << 20)) / total)
+    try:
+        got = tokens(engine, ids, 20)
+        pool = engine.stats()["pool"]
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    assert got == want
+    assert pool["capture_failures"] >= 2 and pool["graphs"] == 0, pool  # the prefill key and the decode key
+    assert torch.cuda.memory_reserved() <= before + (1 << 20)
+    assert tokens(engine, [3, 4], 20) == tokens(eager, [3, 4], 20)

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from rollgraph.config import DTYPES, MODES, ON_MISS, RUNNERS, EngineConfig, ModelConfig, PoolConfig
+from rollgraph.config import ATTENTION, DTYPES, MODES, ON_MISS, RUNNERS, EngineConfig, ModelConfig, PoolConfig
 from rollgraph.errors import RollgraphError
 
 logger = logging.getLogger("rollgraph")
@@ -33,6 +33,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine and graph pool")
     g.add_argument("--mode", default="graphs", choices=MODES)
     g.add_argument("--runner", default="auto", choices=RUNNERS)
+    g.add_argument(
+        "--attention",
+        default="auto",
+        choices=ATTENTION,
+        help="decode attention of the native runner: triton (fused with RoPE and the cache write), sdpa, or auto",
+    )
     g.add_argument("--max-seq-len", type=int, default=2048)
     g.add_argument("--prefill-buckets", type=_ints, default=EngineConfig.prefill_buckets)
     g.add_argument("--kv-bucket", type=int, default=256, help="decode KV-length bucket; 0 = whole cache")
@@ -67,6 +73,7 @@ def engine_config(a: argparse.Namespace) -> EngineConfig:
     return EngineConfig(
         mode=a.mode,
         runner=a.runner,
+        attention=a.attention,
         max_seq_len=a.max_seq_len,
         prefill_buckets=a.prefill_buckets,
         kv_bucket=a.kv_bucket,

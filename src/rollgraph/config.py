@@ -10,6 +10,7 @@ MODES = ("eager", "graphs", "compile", "compile+graphs", "seed")
 ON_MISS = ("eager", "capture")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 RUNNERS = ("auto", "native", "hf")
+ATTENTION = ("auto", "triton", "sdpa")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -94,11 +95,15 @@ class EngineConfig:
     """Where torch.compile keeps its cache between runs (None = torch's default)."""
     runner: str = "auto"
     """auto = rollgraph's native Llama-family runner where the architecture allows, else transformers' forward."""
+    attention: str = "auto"
+    """Native runner's decode attention: triton (RoPE + cache write + attention in one kernel), sdpa, or auto
+    (triton where it can run: CUDA with Triton installed)."""
     pool: PoolConfig = field(default_factory=PoolConfig)
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
         _check_choice("runner", self.runner, RUNNERS)
+        _check_choice("attention", self.attention, ATTENTION)
         _check_buckets("prefill_buckets", self.prefill_buckets)
         _check_buckets("batch_buckets", self.batch_buckets)
         if self.max_seq_len < 2:

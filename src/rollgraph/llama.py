@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rollgraph import decode_attention as fused
+from rollgraph.config import ATTENTION
 from rollgraph.kv_cache import StaticKVCache
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -60,7 +62,14 @@ class LlamaRunner:
     graph_phases = frozenset({"prefill", "decode", "full"})
     compilable = True
 
-    def __init__(self, hf_model: torch.nn.Module, max_batch: int, max_seq_len: int, release: bool = True) -> None:
+    def __init__(
+        self,
+        hf_model: torch.nn.Module,
+        max_batch: int,
+        max_seq_len: int,
+        release: bool = True,
+        attention: str = "auto",
+    ) -> None:
         cfg = hf_model.config
         self.n_heads = cfg.num_attention_heads
         self.n_kv = cfg.num_key_value_heads
@@ -80,8 +89,9 @@ class LlamaRunner:
         self.cos, self.sin = _rope_tables(inner.rotary_emb, max_seq_len, self.dtype, self.device)
         self._weights = [ly.tensors for ly in self.layers]
         self._dims = (self.n_heads, self.n_kv, self.head_dim, self.eps)
+        self.fused_decode = _choose_attention(attention, self.device, self.dtype, self.head_dim)
         self._decode_layer, self._prefill_layer, self._full_layer, self._head = (
-            decode_layer,
+            fused_decode_layer if self.fused_decode else decode_layer,
             prefill_layer,
             full_layer,
             head,
@@ -125,7 +135,7 @@ class LlamaRunner:
         """Compile the per-layer functions (not the unrolled model): one compilation serves every layer, since the
         weights are arguments, and automatic dynamic shapes make one more cover every length bucket, so start-up
         stays short. Under compile+graphs the guards run only at capture; replays see just the kernels."""
-        self._decode_layer = torch.compile(decode_layer, fullgraph=True)
+        self._decode_layer = torch.compile(self._decode_layer, fullgraph=True)
         self._prefill_layer = torch.compile(prefill_layer, fullgraph=True)
         self._full_layer = torch.compile(full_layer, fullgraph=True)
         self._head = torch.compile(head, fullgraph=True)
@@ -151,8 +161,13 @@ class LlamaRunner:
         kv_len must exceed every position; reading only the live bucket instead of the whole cache is what keeps
         a decode step's memory traffic near the weights' size.
         """
-        cos, sin = self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]
         x = F.embedding(tokens[:, None], self.embed)
+        if self.fused_decode:
+            cos, sin = self.cos[positions], self.sin[positions]
+            for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
+                x = self._decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, self._dims)
+            return self._head(x[:, 0], self.norm, self.lm_head, self.eps)
+        cos, sin = self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]
         mask = (torch.arange(kv_len, device=x.device)[None, :] <= positions[:, None])[:, None, None, :]
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
             x = self._decode_layer(x, w, kc, vc, positions, cos, sin, mask, self._dims)
@@ -181,7 +196,7 @@ class LlamaRunner:
             o = F.scaled_dot_product_attention(
                 q, kc[:b, :, : start + t], vc[:b, :, : start + t], attn_mask=mask, enable_gqa=True
             )
-            x = _finish(x, o, w, self.eps)
+            x = _finish(x, _merge_heads(o), w, self.eps)
         return head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
 
 
@@ -200,7 +215,17 @@ def decode_layer(x, w, kc, vc, positions, cos, sin, mask, dims):
     # Query heads of one KV group become the "query length" axis: GQA with no repeat of K/V.
     qg = q.reshape(b, n_kv, n_heads // n_kv, head_dim)
     o = F.scaled_dot_product_attention(qg, kc[:b, :, :kv_len], vc[:b, :, :kv_len], attn_mask=mask)
-    return _finish(x, o.reshape(b, n_heads, 1, head_dim), w, eps)
+    return _finish(x, o.reshape(b, 1, n_heads * head_dim), w, eps)
+
+
+def fused_decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, dims):
+    """decode_layer with RoPE, the cache write and attention in one Triton kernel (decode_attention.py);
+    cos and sin are [B, D] at each row's position."""
+    n_heads, n_kv, _, eps = dims
+    b = x.shape[0]
+    qkv = F.linear(_rms_norm(x, w[0], eps), w[1], w[2]).view(b, -1)
+    o = fused.decode_attention(qkv, cos, sin, positions, kc, vc, kv_len, n_heads, n_kv)
+    return _finish(x, o.view(b, 1, -1), w, eps)
 
 
 def prefill_layer(x, w, kc, vc, cos, sin, dims):
@@ -210,14 +235,14 @@ def prefill_layer(x, w, kc, vc, cos, sin, dims):
     kc[:b, :, :t] = k
     vc[:b, :, :t] = v
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    return _finish(x, o, w, dims[3])
+    return _finish(x, _merge_heads(o), w, dims[3])
 
 
 def full_layer(x, w, cos, sin, dims):
     """One layer over the whole sequence with no cache (the original design's algorithm)."""
     q, k, v = _qkv(x, w, cos, sin, dims)
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    return _finish(x, o, w, dims[3])
+    return _finish(x, _merge_heads(o), w, dims[3])
 
 
 def head(h: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
@@ -238,13 +263,31 @@ def _qkv(x, w, cos, sin, dims):
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
 
+def _merge_heads(o: torch.Tensor) -> torch.Tensor:
+    """[B, heads, T, D] -> [B, T, heads·D]."""
+    b, _, t, _ = o.shape
+    return o.transpose(1, 2).reshape(b, t, -1)
+
+
 def _finish(x, attn_out, w, eps):
-    """Output projection, residual, then the gated MLP and its residual; attn_out is [B, heads, T, D]."""
+    """Output projection, residual, then the gated MLP and its residual; attn_out is [B, T, heads·D]."""
     wo, mlp_norm, w_gate_up, w_down = w[3], w[4], w[5], w[6]
-    b, _, t, _ = attn_out.shape
-    x = x + F.linear(attn_out.transpose(1, 2).reshape(b, t, -1), wo)
+    x = x + F.linear(attn_out, wo)
     gate, up = F.linear(_rms_norm(x, mlp_norm, eps), w_gate_up).chunk(2, dim=-1)
     return x + F.linear(F.silu(gate) * up, w_down)
+
+
+def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """True when decode uses the fused Triton kernel: `auto` wherever it can run, `triton` or an error, `sdpa` never."""
+    if attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {ATTENTION}; got {attention!r}")
+    can = fused.available(device, dtype, head_dim)
+    if attention == "triton" and not can:
+        raise RuntimeError(
+            f"the fused decode attention needs Triton and CUDA, a power-of-two head_dim and fp16/bf16/fp32 "
+            f"(here: {device.type}, {dtype}, head_dim {head_dim}); use attention 'sdpa' or 'auto'"
+        )
+    return attention != "sdpa" and can
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

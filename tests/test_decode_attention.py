@@ -1,0 +1,54 @@
+"""The fused decode attention kernel (decode_attention.py): checked on CPU through Triton's interpreter (float32 and
+float16; the interpreter's bfloat16 dot is broken in Triton 3.9, so bfloat16 is checked on the GPU in test_gpu.py),
+and how the runner chooses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rollgraph import llama
+from rollgraph.config import EngineConfig, ModelConfig
+from rollgraph.engine import Engine
+from rollgraph.errors import ModelLoadError, RequestError
+from rollgraph.models import load_model
+
+HERE = Path(__file__).parent
+
+
+def test_fused_kernel_matches_the_reference_path_in_the_triton_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE)])}
+    run = subprocess.run(
+        [sys.executable, str(HERE / "attention_check.py")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = json.loads(run.stdout)
+    assert errors["float32"]["out"] < 1e-5 and errors["float32"]["cache"] < 1e-5, errors
+    assert errors["float16"]["out"] < 4e-3 and errors["float16"]["cache"] <= 2e-3, errors
+    assert errors["engine"]["same_tokens"], errors
+    assert errors["engine"]["logits"] < 1e-4, errors
+
+
+def test_without_cuda_auto_keeps_sdpa_and_triton_is_a_clear_load_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = load_model(ModelConfig("llama-tiny", device="cpu"))
+    eng = Engine(model, EngineConfig(mode="eager", max_seq_len=128))
+    assert eng.runner.fused_decode is False
+    with pytest.raises(ModelLoadError, match="fused decode attention needs Triton and CUDA"):
+        Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", attention="triton"))
+
+
+def test_attention_choice_is_validated():
+    with pytest.raises(RequestError, match="attention"):
+        EngineConfig(attention="flash")
+    with pytest.raises(ValueError, match="attention must be one of"):
+        llama._choose_attention("flash", torch.device("cpu"), torch.float32, 64)
+    assert llama._choose_attention("sdpa", torch.device("cuda"), torch.bfloat16, 128) is False
+    assert llama._choose_attention("auto", torch.device("cuda"), torch.bfloat16, 96) is False  # not a power of two
