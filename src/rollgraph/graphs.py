@@ -296,6 +296,7 @@ class CudaGraphStep:
             # A failed capture (out of memory, a forbidden call) must not keep its pool's memory cached outside
             # the budget: drop the partial graph and hand the blocks back before the pool marks the key eager.
             self.graph = None
+            _release_rng_from_capture()
             torch.cuda.empty_cache()
             raise
         torch.cuda.synchronize()
@@ -310,3 +311,12 @@ class CudaGraphStep:
         self.graph.reset()
         self.graph = None
         torch.cuda.empty_cache()
+
+
+def _release_rng_from_capture() -> None:
+    """A capture that fails before it ends leaves the device's default RNG in capture mode, and the next random op
+    outside a capture then raises ("Offset increment outside graph capture"). A clone of the state is a fresh,
+    non-capturing state with the same seed and offset: swap it in."""
+    gen = torch.cuda.default_generators[torch.cuda.current_device()]
+    if hasattr(gen, "graphsafe_set_state"):
+        gen.graphsafe_set_state(gen.clone_state())
