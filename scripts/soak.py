@@ -379,6 +379,7 @@ class Soak:
             }
         )
         self.window_gpu_max = None
+        print(f"soak: {json.dumps(self.samples[-1])}", file=sys.stderr, flush=True)  # progress, one line per window
 
 
 def _round(x: float | None) -> float | None:
