@@ -65,7 +65,12 @@ def max_errors(dtype: torch.dtype, device: str, seed: int = 0) -> dict:
         cos, sin = rope_tables(max_len, d, dtype, device)
         kc_ref, vc_ref = kc.clone(), vc.clone()
         want = reference(qkv, cos, sin, pos, kc_ref, vc_ref, kv_len, h, kv)
-        got = fused.decode_attention(qkv, cos[pos], sin[pos], pos, kc, vc, kv_len, h, kv)
+        write = torch.ones(1, dtype=torch.bool, device=device)
+        got = fused.decode_attention(qkv, cos[pos], sin[pos], pos, write, kc, vc, kv_len, h, kv)
+        before = (kc.clone(), vc.clone())
+        fused.decode_attention(qkv, cos[pos], sin[pos], pos, ~write, kc, vc, kv_len, h, kv)
+        if not (torch.equal(kc, before[0]) and torch.equal(vc, before[1])):
+            cache_err = float("inf")  # write_kv off must leave the cache untouched
         out_err = max(out_err, (got.float() - want).abs().max().item())
         cache_err = max(cache_err, (kc - kc_ref).abs().max().item(), (vc - vc_ref).abs().max().item())
     return {"out": out_err, "cache": cache_err}

@@ -55,6 +55,7 @@ if triton is not None:
         cos,
         sin,
         positions,
+        write_kv,
         k_cache,
         v_cache,
         out,
@@ -128,8 +129,9 @@ if triton is not None:
             l_sum = l_sum * alpha + p_new
             acc = acc * alpha[:, None] + p_new[:, None] * v_new.to(tl.float32)[None, :]
             m = m_new
-            tl.store(k_cache + kv_base + pos * s_kt + d, k)
-            tl.store(v_cache + kv_base + pos * s_kt + d, v_new)
+            if tl.load(write_kv) != 0:  # off during a capture's warm-ups: they must leave the cache as it was
+                tl.store(k_cache + kv_base + pos * s_kt + d, k)
+                tl.store(v_cache + kv_base + pos * s_kt + d, v_new)
 
         if SPLITS == 1:
             o = acc / l_sum[:, None]
@@ -171,6 +173,7 @@ def decode_attention(
     cos: torch.Tensor,
     sin: torch.Tensor,
     positions: torch.Tensor,
+    write_kv: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     kv_len: int,
@@ -178,8 +181,8 @@ def decode_attention(
     n_kv: int,
 ) -> torch.Tensor:
     """qkv [B, (H + 2·KV)·D] straight from the fused projection (q, k, v not yet rotated); cos, sin [B, D] at each
-    row's position; caches [rows, KV, max_len, D]. Returns attention output [B, H·D] and writes the new K/V at
-    `positions`. Every position must be < kv_len."""
+    row's position; caches [rows, KV, max_len, D]. Returns attention output [B, H·D] and, if the one-element bool
+    `write_kv` is set, writes the new K/V at `positions`. Every position must be < kv_len."""
     b = qkv.shape[0]
     d = qkv.shape[1] // (n_heads + 2 * n_kv)
     group = n_heads // n_kv
@@ -198,6 +201,7 @@ def decode_attention(
         cos,
         sin,
         positions,
+        write_kv,
         k_cache,
         v_cache,
         out,
@@ -228,6 +232,6 @@ def decode_attention(
 
 
 @decode_attention.register_fake
-def _(qkv, cos, sin, positions, k_cache, v_cache, kv_len, n_heads, n_kv):
+def _(qkv, cos, sin, positions, write_kv, k_cache, v_cache, kv_len, n_heads, n_kv):
     d = qkv.shape[1] // (n_heads + 2 * n_kv)
     return qkv.new_empty(qkv.shape[0], n_heads * d)

@@ -126,9 +126,7 @@ class Engine:
                 shared = self._shared_pool
             return CudaGraphStep(self._fn(key), lambda: self.steps.prepare_warmup(key), self._capture_stream, shared)
         finally:
-            self.buffers.restore(snap)
-            if key.phase != "decode":
-                self._row_tokens = self._ahead = None  # a prefill warm-up overwrote the start of cache rows
+            self.buffers.restore(snap)  # write_kv on again; warm-ups wrote no cache entry, so row 0 still holds
 
     def _execute(self, key: GraphKey) -> str:
         """Run one step for `key`: replay its graph if the pool holds it, else run it directly; returns the source."""

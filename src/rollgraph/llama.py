@@ -96,6 +96,7 @@ class LlamaRunner:
             full_layer,
             head,
         )
+        self._write_on = torch.ones(1, dtype=torch.bool, device=self.device)
         self.cache = StaticKVCache(
             len(self.layers), max_batch, self.n_kv, max_seq_len, self.head_dim, self.dtype, self.device
         )
@@ -140,11 +141,13 @@ class LlamaRunner:
         self._full_layer = torch.compile(full_layer, fullgraph=True)
         self._head = torch.compile(head, fullgraph=True)
 
-    def prefill(self, tokens: torch.Tensor, start: int, last_index: torch.Tensor) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, start: int, last_index: torch.Tensor, write_kv=None) -> torch.Tensor:
         """Run prompt tokens [B, T] at positions start..start+T-1 of rows 0..B-1, filling the cache.
 
         Returns float32 logits [B, V] at each row's `last_index` (a position inside this chunk). Padding past a
         row's real length writes cache entries that decode overwrites before it ever attends to them.
+        `write_kv` (a [1] bool tensor on the device, None = True) off leaves the cache untouched: a capture's
+        warm-ups run so, since row 0 may hold a sequence that prefix reuse will extend.
         """
         if start:
             return self._prefill_after(tokens, start, last_index)
@@ -152,25 +155,27 @@ class LlamaRunner:
         cos, sin = self.cos[None, :t, None, :], self.sin[None, :t, None, :]
         x = F.embedding(tokens, self.embed)
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-            x = self._prefill_layer(x, w, kc, vc, cos, sin, self._dims)
+            x = self._prefill_layer(x, w, kc, vc, cos, sin, write_kv, self._dims)
         return self._head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
 
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int, write_kv=None) -> torch.Tensor:
         """One token per row: tokens, positions [B]; attention reads cache positions 0..kv_len-1 behind a mask.
 
         kv_len must exceed every position; reading only the live bucket instead of the whole cache is what keeps
-        a decode step's memory traffic near the weights' size.
+        a decode step's memory traffic near the weights' size. `write_kv` as in prefill.
         """
+        if write_kv is None:
+            write_kv = self._write_on
         x = F.embedding(tokens[:, None], self.embed)
         if self.fused_decode:
             cos, sin = self.cos[positions], self.sin[positions]
             for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-                x = self._decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, self._dims)
+                x = self._decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, self._dims)
             return self._head(x[:, 0], self.norm, self.lm_head, self.eps)
         cos, sin = self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]
         mask = (torch.arange(kv_len, device=x.device)[None, :] <= positions[:, None])[:, None, None, :]
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-            x = self._decode_layer(x, w, kc, vc, positions, cos, sin, mask, self._dims)
+            x = self._decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, self._dims)
         return self._head(x[:, 0], self.norm, self.lm_head, self.eps)
 
     def full(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -203,14 +208,14 @@ class LlamaRunner:
 # ---- layers: pure functions of their tensors, so one compilation serves every layer ------------------------------
 
 
-def decode_layer(x, w, kc, vc, positions, cos, sin, mask, dims):
+def decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, dims):
     """One layer for one token per row; writes this token's K/V into the cache rows at their positions."""
     n_heads, n_kv, head_dim, eps = dims
     b = x.shape[0]
     q, k, v = _qkv(x, w, cos, sin, dims)
     rows = torch.arange(b, device=x.device)
-    kc[rows, :, positions] = k[:, :, 0]
-    vc[rows, :, positions] = v[:, :, 0]
+    kc[rows, :, positions] = torch.where(write_kv, k[:, :, 0], kc[rows, :, positions])
+    vc[rows, :, positions] = torch.where(write_kv, v[:, :, 0], vc[rows, :, positions])
     kv_len = mask.shape[-1]
     # Query heads of one KV group become the "query length" axis: GQA with no repeat of K/V.
     qg = q.reshape(b, n_kv, n_heads // n_kv, head_dim)
@@ -218,22 +223,26 @@ def decode_layer(x, w, kc, vc, positions, cos, sin, mask, dims):
     return _finish(x, o.reshape(b, 1, n_heads * head_dim), w, eps)
 
 
-def fused_decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, dims):
+def fused_decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims):
     """decode_layer with RoPE, the cache write and attention in one Triton kernel (decode_attention.py);
     cos and sin are [B, D] at each row's position."""
     n_heads, n_kv, _, eps = dims
     b = x.shape[0]
     qkv = F.linear(_rms_norm(x, w[0], eps), w[1], w[2]).view(b, -1)
-    o = fused.decode_attention(qkv, cos, sin, positions, kc, vc, kv_len, n_heads, n_kv)
+    o = fused.decode_attention(qkv, cos, sin, positions, write_kv, kc, vc, kv_len, n_heads, n_kv)
     return _finish(x, o.view(b, 1, -1), w, eps)
 
 
-def prefill_layer(x, w, kc, vc, cos, sin, dims):
-    """One layer over a prompt starting at position 0; its K/V fill the cache's first T positions."""
+def prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
+    """One layer over a prompt starting at position 0; its K/V fill the cache's first T positions (if write_kv)."""
     b, t = x.shape[:2]
     q, k, v = _qkv(x, w, cos, sin, dims)
-    kc[:b, :, :t] = k
-    vc[:b, :, :t] = v
+    if write_kv is None:
+        kc[:b, :, :t] = k
+        vc[:b, :, :t] = v
+    else:  # attention below uses k and v themselves, so only the cache write depends on the flag
+        kc[:b, :, :t] = torch.where(write_kv, k, kc[:b, :, :t])
+        vc[:b, :, :t] = torch.where(write_kv, v, vc[:b, :, :t])
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     return _finish(x, _merge_heads(o), w, dims[3])
 

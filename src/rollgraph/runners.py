@@ -47,7 +47,7 @@ class HFRunner:
         self.cache = None
         self.weight_bytes = sum(p.numel() * p.element_size() for p in hf_model.parameters())
 
-    def prefill(self, tokens: torch.Tensor, start: int, last_index: torch.Tensor) -> torch.Tensor:
+    def prefill(self, tokens: torch.Tensor, start: int, last_index: torch.Tensor, write_kv=None) -> torch.Tensor:
         n = int(last_index[0]) + 1  # exact length: this runner's cache cannot hold padding
         if start == 0:
             self.cache = self._new_cache()
@@ -56,7 +56,7 @@ class HFRunner:
         out = self.model(input_ids=tokens[:, :n], past_key_values=self.cache, use_cache=True)
         return out.logits[:, -1].float()
 
-    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int, write_kv=None) -> torch.Tensor:
         self._crop_to(int(positions[0]))
         out = self.model(input_ids=tokens[:, None], past_key_values=self.cache, use_cache=True)
         return out.logits[:, -1].float()

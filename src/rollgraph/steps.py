@@ -34,6 +34,9 @@ class StepBuffers:
         self.top_p = torch.ones(max_batch, **f32)
         self.seeds = torch.zeros(max_batch, **i64)
         self.logits = torch.zeros(max_batch, vocab, **f32)
+        # Steps write K/V into the cache only while this is set; a capture's warm-ups clear it, so they leave every
+        # cache row as it was (row 0 may hold a sequence that prefix reuse will extend). Graphs read it at replay.
+        self.write_kv = torch.ones(1, dtype=torch.bool, device=device)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
@@ -69,7 +72,7 @@ class Steps:
             core = _decode_core
 
             def step() -> None:
-                logits, nxt = core(r, buf.tokens[:b], buf.positions[:b], n, smp, *_sampling_args(buf, b))
+                logits, nxt = core(r, buf.tokens[:b], buf.positions[:b], n, buf.write_kv, smp, *_sampling_args(buf, b))
                 buf.logits[:b].copy_(logits)
                 buf.tokens[:b].copy_(nxt)
                 buf.positions[:b].add_(1)
@@ -79,7 +82,7 @@ class Steps:
 
             def step() -> None:
                 lens = buf.prompt_len[:b]
-                logits, nxt = core(r, buf.prompt[:b, :n], lens, smp, *_sampling_args(buf, b))
+                logits, nxt = core(r, buf.prompt[:b, :n], lens, buf.write_kv, smp, *_sampling_args(buf, b))
                 buf.logits[:b].copy_(logits)
                 buf.tokens[:b].copy_(nxt)
                 buf.positions[:b].copy_(lens)
@@ -95,8 +98,9 @@ class Steps:
         return step
 
     def prepare_warmup(self, key: GraphKey) -> None:
-        """Harmless inputs for a capture's warm-up runs (see CudaGraphStep): decode writes only the last cache slot."""
+        """Harmless inputs for a capture's warm-up runs (see CudaGraphStep): no cache entry is written."""
         b, buf = key.batch, self.buf
+        buf.write_kv.fill_(False)
         buf.tokens[:b].zero_()
         buf.positions[:b].fill_(self.runner.max_seq_len - 1)
         buf.prompt[:b, : key.length].zero_()
@@ -113,13 +117,13 @@ def _choose(logits, steps, smp: bool, temperature, top_k, top_p, seeds):
     return greedy(logits)
 
 
-def _decode_core(runner, tokens, positions, kv_len: int, smp: bool, *sampling):
-    logits = runner.decode(tokens, positions, kv_len)
+def _decode_core(runner, tokens, positions, kv_len: int, write_kv, smp: bool, *sampling):
+    logits = runner.decode(tokens, positions, kv_len, write_kv)
     return logits, _choose(logits, positions + 1, smp, *sampling)
 
 
-def _prefill_core(runner, prompt, lens, smp: bool, *sampling):
-    logits = runner.prefill(prompt, 0, lens - 1)
+def _prefill_core(runner, prompt, lens, write_kv, smp: bool, *sampling):
+    logits = runner.prefill(prompt, 0, lens - 1, write_kv)
     return logits, _choose(logits, lens, smp, *sampling)
 
 
