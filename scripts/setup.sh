@@ -14,6 +14,8 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install -q "torch==2.13.0"
   fi
 fi
-if ! .venv/bin/python -c "import rollgraph, pytest, ruff, hypothesis" 2>/dev/null; then
+need="import rollgraph, pytest, ruff, hypothesis"
+if [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ]; then need="$need, triton"; fi
+if ! .venv/bin/python -c "$need" 2>/dev/null; then
   .venv/bin/pip install -q -e ".[dev]"
 fi
