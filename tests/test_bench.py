@@ -171,6 +171,9 @@ def test_smoke_outputs_are_complete_and_consistent(smoke):
         server_side = m["median_server_ttft_ms"], m["mean_server_decode_ms"]
         assert all(v is not None for v in server_side) == (name in SMOKE["modes"]), server_side
     assert results["modes"]["hf-static-compile"]["status"] == "skipped"
+    samples = json.loads((out / "requests.json").read_text())
+    assert set(samples["eager"][0]["server_transport_ms"]) == {"frame_to_queue_ms", "first_token_out_ms"}
+    assert samples["hf-eager"][0]["server_transport_ms"] is None
     # float32 on CPU: every server mode and transformers' own generate make the same greedy tokens
     assert results["token_agreement"] == {**dict.fromkeys(modes[:-1], 1.0), "hf-static-compile": None}
 

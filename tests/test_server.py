@@ -152,6 +152,8 @@ def test_streamed_tokens_equal_final_frame_and_in_process(server, ref):
     assert final["usage"] == {"prompt_tokens": 4, "completion_tokens": 20}
     timings = final["timings"]
     assert timings["queue_ms"] >= 0 and timings["prefill_ms"] > 0 and len(timings["step_ms"]) == 19
+    # the connection's own share of a client's TTFT, on both sides of the engine
+    assert 0 <= timings["frame_to_queue_ms"] < 1000 and 0 <= timings["first_token_out_ms"] < 1000, timings
     assert "prefix_reused_tokens" in final and sum(final["graphs"].values()) >= 20
 
 

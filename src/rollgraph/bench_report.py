@@ -62,6 +62,8 @@ class Sample:
     """The server's own TTFT (queue + prefill), from the final frame's timings; None for a peer."""
     server_decode_ms: float | None = None
     """The server's own mean decode step time (engine thread), from the final frame; None for a peer."""
+    server_transport_ms: dict | None = None
+    """The connection's time around the engine (frame_to_queue_ms, first_token_out_ms); None for a peer."""
 
     @property
     def tokens(self) -> int:

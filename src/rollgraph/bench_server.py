@@ -106,6 +106,7 @@ def timed_request(client: Client, prompt: Prompt, new_tokens: int) -> Sample:
         prefix_reused=int(result.get("prefix_reused_tokens") or 0),
         server_ttft_ms=timings.get("ttft_ms"),
         server_decode_ms=timings.get("decode_ms_mean"),
+        server_transport_ms={k: timings[k] for k in ("frame_to_queue_ms", "first_token_out_ms") if k in timings},
     )
 
 

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 import struct
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -143,6 +144,8 @@ class Connection:
         self.gone = False  # the peer closed or stopped reading: nothing more is sent
         self._peek: asyncio.Future[bytes] | None = None
         self._job: GenerateJob | None = None
+        self._body_at = 0.0  # when the current request's frame was read whole (time.perf_counter)
+        self._transport_ms: dict[str, float] = {}  # the last generation's time in this process around the engine
 
     def close(self) -> None:
         """Close an idle connection: its read sees EOF and `serve` returns."""
@@ -161,6 +164,7 @@ class Connection:
                 body = await self._read_body()
                 if body is None:
                     return
+                self._body_at = time.perf_counter()
                 try:
                     await self._handle(body)
                 finally:
@@ -277,7 +281,7 @@ class Connection:
         done = await self._run(params, self._token_sender() if request.stream else None)
         if done.result.finish_reason == "cancelled":
             return False
-        await self._send(final_frame(done, self.ctx.tokenizer))
+        await self._send(final_frame(done, self.ctx.tokenizer, self._transport_ms))
         return True
 
     def _encode(self, prompt: str) -> list[int]:
@@ -314,6 +318,7 @@ class Connection:
 
         watch.add_done_callback(on_peer)
         self._job = job
+        self._transport_ms = {"frame_to_queue_ms": round((job.enqueued - self._body_at) * 1e3, 3)}
         self.ctx.engine_thread.submit(job)
         try:
             while True:
@@ -325,6 +330,8 @@ class Connection:
                     return event
                 if on_token is not None:
                     await on_token(event.token_id)
+                    if "first_token_out_ms" not in self._transport_ms:  # engine made it -> its frame written
+                        self._transport_ms["first_token_out_ms"] = round((time.perf_counter() - event.at) * 1e3, 3)
                 if self.gone:
                     job.cancel()
         finally:
@@ -339,10 +346,14 @@ def _post(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, event: Event) 
         loop.call_soon_threadsafe(events.put_nowait, event)
 
 
-def final_frame(done: Done, tokenizer: Any) -> dict:
-    """The final generate frame: protocol.generate_reply plus server timings and prefix reuse."""
+def final_frame(done: Done, tokenizer: Any, transport_ms: dict | None = None) -> dict:
+    """The final generate frame: protocol.generate_reply plus server timings and prefix reuse.
+
+    `transport_ms` is what the connection adds around the engine: `frame_to_queue_ms` (request frame read whole ->
+    job queued) and, when streaming, `first_token_out_ms` (token 0 made -> its frame written). A client's TTFT minus
+    the server's `ttft_ms` minus these is the socket and the client itself."""
     data = done.result.to_dict()
-    timings = {"queue_ms": round(done.queue_ms, 3), **data["timings"]}
+    timings = {"queue_ms": round(done.queue_ms, 3), **data["timings"], **(transport_ms or {})}
     timings["ttft_ms"] = round(done.queue_ms + done.result.prefill_ms, 3)
     timings["total_ms"] = round(done.total_ms, 3)
     text = tokenizer.decode(data["output_tokens"]) if tokenizer is not None else None

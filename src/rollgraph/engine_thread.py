@@ -34,9 +34,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Token:
-    """One generated token id, sent as soon as the engine made it."""
+    """One generated token id, sent as soon as the engine made it; `at` is time.perf_counter() then."""
 
     token_id: int
+    at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class GenerateJob:
             tok = next(it, None)
             if tok is None:
                 return
-            self.emit(Token(tok))
+            self.emit(Token(tok, time.perf_counter()))
         gen.close()  # sets finish_reason "cancelled" unless the last token had already ended it
 
 
