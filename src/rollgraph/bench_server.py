@@ -123,6 +123,7 @@ def _start_info(stats: dict, startup_s: float) -> dict:
         "dtype": stats.get("dtype"),
         "device": stats.get("device"),
         "graphs_enabled": stats.get("graphs_enabled"),
+        "compile_cache": stats.get("compile_cache"),
     }
 
 

@@ -98,7 +98,8 @@ class Engine:
                 self.steps.prepare_warmup(key)
                 self._fn(key)()
             self.buffers.restore(snap)
-            logger.info("compiled %d step shapes in %.1f s", len(self.default_keys()), time.perf_counter() - start)
+            secs, cache = time.perf_counter() - start, compile_cache_counts()
+            logger.info("compiled %d step shapes in %.1f s (inductor cache: %s)", len(self.default_keys()), secs, cache)
 
     def idle_work(self) -> bool:
         """Capture one queued key; call between requests. True if a capture ran."""
@@ -336,6 +337,7 @@ class Engine:
             "requests": self.requests,
             "request_starts": {k: self.counters.get(k, 0) for k in ("prefill", "extend", "ahead_hit", "ahead_wasted")},
             "graphs_enabled": self.graphs_enabled,
+            "compile_cache": compile_cache_counts() if self.steps.compiled else None,
             "pool": self.pool.report(),
             "memory": {
                 "allocated": torch.cuda.memory_allocated(self.device) if cuda else None,
@@ -345,3 +347,12 @@ class Engine:
                 "weight_bytes": getattr(self.runner, "weight_bytes", None),
             },
         }
+
+
+def compile_cache_counts() -> dict[str, int]:
+    """Inductor's on-disk cache in this process so far: compiled graphs found there (`hits`), compiled afresh
+    (`misses`) and not cacheable (`bypass`). A second start with the same --compile-cache-dir should only hit."""
+    from torch._dynamo.utils import counters
+
+    c = counters["inductor"]
+    return {k: int(c.get(f"fxgraph_cache_{k}", 0)) for k in ("hit", "miss", "bypass")}

@@ -56,6 +56,7 @@ class Steps:
     def __init__(self, runner, buffers: StepBuffers, compile: bool = False, cache_dir: str | None = None) -> None:
         self.runner = runner
         self.buf = buffers
+        self.compiled = compile
         if compile:
             # The runner compiles its layer functions; token choice stays eager (inductor in torch 2.11 cannot
             # generate the sampler's sort + cumsum + argmax over a 128k vocabulary: "NYI TritonSplitDimKernel").
