@@ -94,4 +94,5 @@ if __name__ == "__main__":
     toks_t, logits_t = engine_tokens("triton", "cpu")
     toks_s, logits_s = engine_tokens("sdpa", "cpu")
     result["engine"] = {"same_tokens": toks_t == toks_s, "logits": (logits_t - logits_s).abs().max().item()}
+    result["probe"] = fused.probe(torch.device("cpu"), torch.float32, 32, 8, 64)
     json.dump(result, sys.stdout)

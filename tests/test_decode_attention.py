@@ -18,6 +18,7 @@ from rollgraph.config import EngineConfig, ModelConfig
 from rollgraph.engine import Engine
 from rollgraph.errors import ModelLoadError, RequestError
 from rollgraph.models import load_model
+from rollgraph.params import GenerationParams
 
 HERE = Path(__file__).parent
 
@@ -34,6 +35,7 @@ def test_fused_kernel_matches_the_reference_path_in_the_triton_interpreter():
     assert errors["float16"]["out"] < 4e-3 and errors["float16"]["cache"] <= 2e-3, errors
     assert errors["engine"]["same_tokens"], errors
     assert errors["engine"]["logits"] < 1e-4, errors
+    assert errors["probe"] is None, errors
 
 
 def test_without_cuda_auto_keeps_sdpa_and_triton_is_a_clear_load_error(monkeypatch):
@@ -41,7 +43,7 @@ def test_without_cuda_auto_keeps_sdpa_and_triton_is_a_clear_load_error(monkeypat
     model = load_model(ModelConfig("llama-tiny", device="cpu"))
     eng = Engine(model, EngineConfig(mode="eager", max_seq_len=128))
     assert eng.runner.fused_decode is False
-    with pytest.raises(ModelLoadError, match="fused decode attention needs Triton and CUDA"):
+    with pytest.raises(ModelLoadError, match="fused decode attention cannot run: it needs Triton and CUDA"):
         Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", attention="triton"))
 
 
@@ -49,6 +51,25 @@ def test_attention_choice_is_validated():
     with pytest.raises(RequestError, match="attention"):
         EngineConfig(attention="flash")
     with pytest.raises(ValueError, match="attention must be one of"):
-        llama._choose_attention("flash", torch.device("cpu"), torch.float32, 64)
-    assert llama._choose_attention("sdpa", torch.device("cuda"), torch.bfloat16, 128) is False
-    assert llama._choose_attention("auto", torch.device("cuda"), torch.bfloat16, 96) is False  # not a power of two
+        llama._choose_attention("flash", torch.device("cpu"), torch.float32, (4, 2, 64))
+    assert llama._choose_attention("sdpa", torch.device("cuda"), torch.bfloat16, (4, 2, 128)) is False
+    assert llama._choose_attention("auto", torch.device("cuda"), torch.bfloat16, (4, 2, 96)) is False  # not 2^k
+
+
+def test_a_kernel_that_cannot_be_built_falls_back_under_auto_and_is_an_error_under_triton(monkeypatch, caplog):
+    """Where the kernel should run but Triton cannot build it, `auto` serves with SDPA (and says so) instead of
+    failing every request at its first decode step; `triton` refuses to load."""
+    from rollgraph import decode_attention as fused
+
+    def broken(*args):
+        raise RuntimeError("PassManager::run failed\n(the rest of a compiler log)")
+
+    monkeypatch.setattr(fused, "available", lambda *a: True)
+    monkeypatch.setattr(fused, "decode_attention", broken)
+    with caplog.at_level("WARNING", logger="rollgraph.llama"):
+        eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", max_seq_len=64))
+    assert eng.runner.fused_decode is False
+    assert "fused decode attention unavailable (RuntimeError: PassManager::run failed)" in caplog.text
+    assert len(list(eng.generate(GenerationParams((1, 2, 3), 4)))) == 4
+    with pytest.raises(ModelLoadError, match="cannot run: RuntimeError: PassManager::run failed; use attention"):
+        Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", attention="triton"))

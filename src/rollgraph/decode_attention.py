@@ -41,6 +41,25 @@ def available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
     return device.type == "cuda" or _interpreting()
 
 
+def probe(device: torch.device, dtype: torch.dtype, n_heads: int, n_kv: int, head_dim: int) -> str | None:
+    """Build and run the kernel once on a tiny input of this model's head layout: None if that worked, else why not
+    (a Triton or driver that cannot compile it here shows up now, not at a request's first decode step)."""
+    try:
+        b, n = 1, 2 * BLOCK_T
+        opts = dict(device=device, dtype=dtype)
+        qkv = torch.ones(b, (n_heads + 2 * n_kv) * head_dim, **opts)
+        cos, sin = torch.ones(b, head_dim, **opts), torch.zeros(b, head_dim, **opts)
+        cache = torch.ones(b, n_kv, n, head_dim, **opts)
+        pos = torch.tensor([BLOCK_T + 1], device=device)
+        write = torch.zeros(1, dtype=torch.bool, device=device)
+        out = decode_attention(qkv, cos, sin, pos, write, cache, cache.clone(), n, n_heads, n_kv)
+        if not torch.allclose(out.float(), torch.ones_like(out, dtype=torch.float32)):  # attention over all-ones V
+            return "it ran but gave wrong values on a probe input"
+    except Exception as exc:  # whatever Triton or the driver raises
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
 def _interpreting() -> bool:
     import os
 

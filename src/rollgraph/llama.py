@@ -9,6 +9,7 @@ free of host syncs, so a step can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from rollgraph.config import ATTENTION
 from rollgraph.kv_cache import StaticKVCache
 
 SUPPORTED = ("llama", "mistral", "qwen2")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -89,7 +91,9 @@ class LlamaRunner:
         self.cos, self.sin = _rope_tables(inner.rotary_emb, max_seq_len, self.dtype, self.device)
         self._weights = [ly.tensors for ly in self.layers]
         self._dims = (self.n_heads, self.n_kv, self.head_dim, self.eps)
-        self.fused_decode = _choose_attention(attention, self.device, self.dtype, self.head_dim)
+        self.fused_decode = _choose_attention(
+            attention, self.device, self.dtype, (self.n_heads, self.n_kv, self.head_dim)
+        )
         self._decode_layer, self._prefill_layer, self._full_layer, self._head = (
             fused_decode_layer if self.fused_decode else decode_layer,
             prefill_layer,
@@ -286,17 +290,32 @@ def _finish(x, attn_out, w, eps):
     return x + F.linear(F.silu(gate) * up, w_down)
 
 
-def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
-    """True when decode uses the fused Triton kernel: `auto` wherever it can run, `triton` or an error, `sdpa` never."""
+def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, heads: tuple[int, int, int]) -> bool:
+    """True when decode uses the fused Triton kernel: `auto` wherever it can run, `triton` or an error, `sdpa` never.
+
+    `heads` is (query heads, KV heads, head_dim). Where the kernel should run, it is compiled and run once on a tiny
+    input first (fused.probe): a Triton that cannot build it here makes `auto` fall back to SDPA with a warning,
+    rather than failing every request at its first decode step."""
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {ATTENTION}; got {attention!r}")
-    can = fused.available(device, dtype, head_dim)
-    if attention == "triton" and not can:
-        raise RuntimeError(
-            f"the fused decode attention needs Triton and CUDA, a power-of-two head_dim and fp16/bf16/fp32 "
-            f"(here: {device.type}, {dtype}, head_dim {head_dim}); use attention 'sdpa' or 'auto'"
+    if attention == "sdpa":
+        return False
+    n_heads, n_kv, head_dim = heads
+    why = None
+    if not fused.available(device, dtype, head_dim):
+        why = (
+            f"it needs Triton and CUDA, a power-of-two head_dim and fp16/bf16/fp32 (here: {device.type}, {dtype}, "
+            f"head_dim {head_dim})"
         )
-    return attention != "sdpa" and can
+    else:
+        why = fused.probe(device, dtype, n_heads, n_kv, head_dim)
+    if why is None:
+        return True
+    if attention == "triton":
+        raise RuntimeError(f"the fused decode attention cannot run: {why}; use attention 'sdpa' or 'auto'")
+    if fused.available(device, dtype, head_dim):  # it should have run here: say why it does not
+        logger.warning("fused decode attention unavailable (%s); decode uses SDPA", why)
+    return False
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
