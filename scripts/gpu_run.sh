@@ -5,7 +5,8 @@
 #   figures:MODELS:MODES       scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs)
 #   profile:MODEL:MODES        scripts/profile_decode.py
 #   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
-#   bench:MODEL:ARGS           rollgraph bench (ARGS: extra flags, commas for spaces)
+#   "bench:MODEL:ARGS"         rollgraph bench with ARGS as they are (quote the step), e.g.
+#                              "bench:llama-2-7b:--compare-peers --modes graphs,compile+graphs --prompt-lengths 10,400"
 set -uo pipefail
 out=${1:?output folder}
 shift
@@ -26,7 +27,9 @@ for step in "$@"; do
     profile) python3 scripts/profile_decode.py --model "$a" --modes "$b" --out "$out" 2>&1 \
              | tee "$out/profile_$a.txt" | grep -v -i warn ;;
     resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
-    bench) python3 -m rollgraph bench --model "$a" ${b//,/ } --out "$out" 2>"$out/bench_$a.log" | tail -30 ;;
+    bench) python3 -m rollgraph bench --model "$a" $b --out "$out/bench_$a" 2>"$out/bench_$a.log" | tail -30
+           # one file per bench: a device call brings back at most 8 files
+           tar czf "$out/bench_$a.tgz" -C "$out" "bench_$a" && rm -rf "${out:?}/bench_$a" ;;
     *) echo "unknown step $step" ;;
   esac
 done
