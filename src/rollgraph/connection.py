@@ -19,6 +19,7 @@ import contextlib
 import logging
 import socket
 import struct
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -198,7 +199,7 @@ class Connection:
         self.busy = True
         timeout = self.ctx.config.frame_timeout_s
         try:
-            return await asyncio.wait_for(self._rest_of_frame(first), timeout)
+            return await _within(self._rest_of_frame(first), timeout)
         except asyncio.TimeoutError:
             message = f"frame not completed within {timeout:g} s of its first byte; closing the connection"
             await self._reply_error(RollgraphError(message, code="timeout"))
@@ -219,9 +220,14 @@ class Connection:
         """Send a frame; a peer that has gone, or stops reading for a frame timeout, is marked gone."""
         if self.gone:
             return
+        if self.writer.transport.is_closing():
+            self.gone = True
+            return
         self.writer.write(encode_frame(frame))
+        if not self.writer.transport.get_write_buffer_size():
+            return  # the socket took it all: nothing to drain (and no timeout to arm, per token frame)
         try:
-            await asyncio.wait_for(self.writer.drain(), self.ctx.config.frame_timeout_s)
+            await _within(self.writer.drain(), self.ctx.config.frame_timeout_s)
         except (ConnectionError, asyncio.TimeoutError):
             self.gone = True
 
@@ -338,6 +344,18 @@ class Connection:
             watch.remove_done_callback(on_peer)
             self._job = None
             job.cancel()  # a no-op once it is done; stops the engine if this task was cancelled (shutdown)
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(aw: Awaitable, seconds: float) -> Any:
+        """`asyncio.wait_for` without its extra task per call on Python < 3.12 (a frame read and a token write
+        each pass through here)."""
+        async with asyncio.timeout(seconds):
+            return await aw
+
+else:  # pragma: no cover - Python 3.10
+    _within = asyncio.wait_for
 
 
 def _post(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, event: Event) -> None:
