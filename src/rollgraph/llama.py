@@ -163,7 +163,8 @@ class LlamaRunner:
         return self._head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int, write_kv=None) -> torch.Tensor:
-        """One token per row: tokens, positions [B]; attention reads cache positions 0..kv_len-1 behind a mask.
+        """One token per row: tokens, positions [B]; attention reads cache positions 0..kv_len-1 behind a mask (the
+        fused kernel reads only up to each row's position; kv_len then only decides how it splits the work).
 
         kv_len must exceed every position; reading only the live bucket instead of the whole cache is what keeps
         a decode step's memory traffic near the weights' size. `write_kv` as in prefill.
@@ -301,19 +302,19 @@ def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, 
     if attention == "sdpa":
         return False
     n_heads, n_kv, head_dim = heads
-    why = None
-    if not fused.available(device, dtype, head_dim):
+    can = fused.available(device, dtype, head_dim)
+    if can:
+        why = fused.probe(device, dtype, n_heads, n_kv, head_dim)
+    else:
         why = (
             f"it needs Triton and CUDA, a power-of-two head_dim and fp16/bf16/fp32 (here: {device.type}, {dtype}, "
             f"head_dim {head_dim})"
         )
-    else:
-        why = fused.probe(device, dtype, n_heads, n_kv, head_dim)
     if why is None:
         return True
     if attention == "triton":
         raise RuntimeError(f"the fused decode attention cannot run: {why}; use attention 'sdpa' or 'auto'")
-    if fused.available(device, dtype, head_dim):  # it should have run here: say why it does not
+    if can:  # it should have run here: say why it does not
         logger.warning("fused decode attention unavailable (%s); decode uses SDPA", why)
     return False
 
