@@ -18,6 +18,7 @@ and softmax in float32, probabilities cast to the value dtype for the P·V produ
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -28,7 +29,8 @@ except ImportError:  # CPU-only installs: the runner keeps the SDPA path
     triton = None
 
 SPLIT_AT = 512
-"""KV buckets up to this many positions take one program per (row, KV head); longer ones split by this much."""
+"""KV buckets up to this many positions take one program per (row, KV head); longer ones are split into a power of
+two of pieces of at most this many positions (rounded up to BLOCK_T)."""
 BLOCK_T = 64
 
 
@@ -61,8 +63,6 @@ def probe(device: torch.device, dtype: torch.dtype, n_heads: int, n_kv: int, hea
 
 
 def _interpreting() -> bool:
-    import os
-
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
