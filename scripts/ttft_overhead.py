@@ -17,7 +17,8 @@ import sys
 import tempfile
 import time
 
-from rollgraph.client import Client, server_listening
+from rollgraph.bench_server import stop_process, wait_ready
+from rollgraph.client import Client
 
 
 def pct(xs: list[float], q: float) -> float:
@@ -33,15 +34,14 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=10)
     p.add_argument("--out")
     a = p.parse_args()
-    sock = os.path.join(tempfile.mkdtemp(prefix="rg-ttft-"), "s.sock")
+    folder = tempfile.mkdtemp(prefix="rg-ttft-")
+    sock, log = os.path.join(folder, "s.sock"), os.path.join(folder, "serve.log")
     cmd = [sys.executable, "-m", "rollgraph", "serve", "--model", a.model, "--socket", sock, "--mode", a.mode]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     rows: dict[str, list[float]] = {"client_ttft": [], "server_ttft": [], "gap": [], "in": [], "out": []}
+    with open(log, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        while not (os.path.exists(sock) and server_listening(sock)):
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited with code {proc.returncode}")
-            time.sleep(0.05)
+        wait_ready(proc, sock, log, timeout_s=600)
         ids = [3 + i % 200 for i in range(a.prompt_len)]
         with Client(sock) as c:
             for i in range(a.requests + 20):
@@ -62,8 +62,7 @@ def main() -> None:
                 rows["in"].append(t["frame_to_queue_ms"])
                 rows["out"].append(t["first_token_out_ms"])
     finally:
-        proc.terminate()
-        proc.wait()
+        stop_process(proc)
     summary = {
         "model": a.model,
         "mode": a.mode,
