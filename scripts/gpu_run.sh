@@ -3,7 +3,9 @@
 # Usage on the device machine: bash scripts/gpu_run.sh OUT STEP...   with STEP one of
 #   tests                      the `gpu` tests
 #   figures:MODELS:MODES       scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs)
-#   profile:MODEL:MODES        scripts/profile_decode.py
+#   profile:MODEL:MODES[:LENS] scripts/profile_decode.py (LENS: prompt lengths whose prefill to profile too)
+#   skinny:ROWS                scripts/skinny_bench.py (few-row matmuls: cuBLAS, inductor, skinny_linear)
+#   ttft:MODEL:MODE            scripts/ttft_overhead.py (the server's share of client TTFT)
 #   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
 #   "bench:MODEL:ARGS"         rollgraph bench with ARGS as they are (quote the step), e.g.
 #                              "bench:llama-2-7b:--compare-peers --modes graphs,compile+graphs --prompt-lengths 10,400"
@@ -17,15 +19,18 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$out/env.txt"
 for step in "$@"; do
-  IFS=: read -r what a b <<<"$step"
+  IFS=: read -r what a b c <<<"$step"
   echo "=== $step ($(date -u +%T))"
   case "$what" in
     tests) python3 -m pytest -m gpu tests/test_gpu.py tests/test_faults.py -q -rA -p no:cacheprovider 2>&1 \
              | tee "$out/gpu_tests.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
     figures) python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out" 2>&1 \
              | tee "$out/figures_${a//,/_}.txt" | grep "^{" ;;
-    profile) python3 scripts/profile_decode.py --model "$a" --modes "$b" --out "$out" 2>&1 \
+    profile) python3 scripts/profile_decode.py --model "$a" --modes "$b" --prefill "${c:-}" --out "$out" 2>&1 \
              | tee "$out/profile_$a.txt" | grep -v -i warn ;;
+    skinny) python3 scripts/skinny_bench.py --rows "${a:-1,16,32,64}" --out "$out" 2>&1 | tee "$out/skinny_bench.txt" | grep -v -i warn ;;
+    ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_$a.json" 2>&1 \
+            | tail -3 ;;
     resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
     bench) python3 -m rollgraph bench --model "$a" $b --out "$out/bench_$a" 2>"$out/bench_$a.log" | tail -30
            # one file per bench: a device call brings back at most 8 files

@@ -43,7 +43,8 @@ def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dic
 
 
 def engine_config(spec: str) -> EngineConfig:
-    """MODE[/OPTION...]: sdpa or triton (decode attention), share (one memory pool for prefill graphs).
+    """MODE[/OPTION...]: sdpa or triton (decode attention), share (one memory pool for prefill graphs),
+    pbN (prefill buckets 16, 32, ... up to N; longer prompts run at their exact length without a graph).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -52,9 +53,21 @@ def engine_config(spec: str) -> EngineConfig:
             kw["attention"] = opt
         elif opt == "share":
             kw["pool"] = PoolConfig(share_prefill_pool=True)
+        elif opt.startswith("pb") and opt[2:].isdigit():
+            kw["prefill_buckets"] = tuple(1 << i for i in range(4, int(opt[2:]).bit_length()))
+        elif opt in ("skp", "skd"):  # read by skinny_phases()
+            pass
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
     return EngineConfig(mode=mode, **kw)
+
+
+def skinny_phases(spec: str) -> frozenset[str]:
+    """Options skp / skd: the skinny_linear kernel for few-row matmuls in prefill / decode."""
+    opts = spec.split("/")[1:]
+    return frozenset(p for o, p in (("skp", "prefill"), ("skd", "decode")) if o in opts) | (
+        frozenset({"full"}) if "skp" in opts else frozenset()
+    )
 
 
 def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
@@ -64,6 +77,8 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         mode = spec.split("/")[0]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
+        if hasattr(engine.runner, "skinny_phases"):
+            engine.runner.skinny_phases = skinny_phases(spec)
         start = time.perf_counter()
         engine.warm_up(progress=False)
         out[f"{label}_startup_s"] = round(time.perf_counter() - start, 2)

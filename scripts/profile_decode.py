@@ -1,7 +1,10 @@
-"""Where a decode step's time goes: kernel count and device time by kernel, for each mode, from torch.profiler.
+"""Where a decode step's time goes, and a prefill's: kernel count and device time by kernel, for each mode, from
+torch.profiler.
 
 Usage: PYTHONPATH=src python scripts/profile_decode.py --model llama-3.2-1b --modes graphs,compile+graphs --out DIR
+       [--prefill 10,400]   (also profile one prefill at each of these prompt lengths)
 Writes DIR/profile_<model>.json and prints a short table. Replayed graphs show their kernels to the profiler.
+A mode is a pool_figures spec (MODE[/OPTION...]).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import collections
 import json
 
 import torch
-from pool_figures import engine_config
+from pool_figures import engine_config, skinny_phases
 from torch.profiler import ProfilerActivity, profile
 
 from rollgraph.config import ModelConfig
@@ -22,10 +25,42 @@ from rollgraph.params import GenerationParams
 STEPS = 32
 
 
-def profile_mode(name: str, mode: str) -> dict:
+def kernel_table(prof) -> tuple[int, float, list]:
+    """(kernels, device us, the 25 kernels with the most device time) of a profile."""
+    by_name: dict[str, list[float]] = collections.defaultdict(list)
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            by_name[ev.name].append(ev.device_time_total)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]
+    return (
+        sum(len(v) for v in by_name.values()),
+        sum(sum(v) for v in by_name.values()),
+        [{"name": k[:90], "calls": len(v), "us": round(sum(v), 1)} for k, v in top],
+    )
+
+
+def profile_prefill(engine: Engine, n: int) -> dict:
+    """One prefill (a request for one token) of an n-token prompt, after two unprofiled ones."""
+    ids = tuple(range(3, 3 + n))
+    for _ in range(2):
+        for _ in engine.generate(GenerationParams(ids, 1)):
+            pass
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        gen = engine.generate(GenerationParams(ids, 1))
+        for _ in gen:
+            pass
+        torch.cuda.synchronize()
+    kernels, us, top = kernel_table(prof)
+    return {"prompt": n, "kernels": kernels, "device_us": round(us, 1), "ttft_ms": gen.result.prefill_ms, "top": top}
+
+
+def profile_mode(name: str, mode: str, prefill: list[int]) -> dict:
     """`mode` is a pool_figures spec: MODE[/OPTION...]."""
     torch._dynamo.reset()
     engine = Engine(load_model(ModelConfig(name, dtype="bfloat16")), engine_config(mode))
+    if hasattr(engine.runner, "skinny_phases"):
+        engine.runner.skinny_phases = skinny_phases(mode)
     engine.warm_up(progress=False)
     ids = tuple(range(3, 103))
     for _ in engine.generate(GenerationParams(ids, STEPS + 1)):
@@ -35,19 +70,14 @@ def profile_mode(name: str, mode: str) -> dict:
         for _ in gen:
             pass
         torch.cuda.synchronize()
-    by_name: dict[str, list[float]] = collections.defaultdict(list)
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            by_name[ev.name].append(ev.device_time_total)
-    total_us = sum(sum(v) for v in by_name.values())
-    kernels = sum(len(v) for v in by_name.values())
-    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:25]
+    kernels, total_us, top = kernel_table(prof)
     return {
         "mode": mode,
         "kernels_per_token": round(kernels / (STEPS + 1), 1),
         "device_us_per_token": round(total_us / (STEPS + 1), 1),
         "itl_median_ms": sorted(gen.result.step_ms)[len(gen.result.step_ms) // 2],
-        "top": [{"name": k[:90], "calls": len(v), "us": round(sum(v), 1)} for k, v in top],
+        "top": top,
+        "prefill": [profile_prefill(engine, n) for n in prefill],
     }
 
 
@@ -56,8 +86,10 @@ def main() -> None:
     p.add_argument("--model", default="llama-3.2-1b")
     p.add_argument("--modes", default="graphs,compile+graphs")
     p.add_argument("--out", default=".")
+    p.add_argument("--prefill", default="", help="prompt lengths whose prefill to profile too, e.g. 10,400")
     a = p.parse_args()
-    rows = [profile_mode(a.model, m) for m in a.modes.split(",")]
+    prefill = [int(n) for n in a.prefill.split(",") if n]
+    rows = [profile_mode(a.model, m, prefill) for m in a.modes.split(",")]
     with open(f"{a.out}/profile_{a.model}.json", "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "model": a.model, "modes": rows}, f, indent=1)
     for r in rows:
@@ -67,6 +99,10 @@ def main() -> None:
         )
         for t in r["top"][:12]:
             print(f"   {t['us']:9.1f} us {t['calls']:6d}x  {t['name']}")
+        for pf in r["prefill"]:
+            print(f"  prefill {pf['prompt']}: {pf['kernels']} kernels, {pf['device_us']} us device, TTFT {pf['ttft_ms']} ms")
+            for t in pf["top"][:10]:
+                print(f"   {t['us']:9.1f} us {t['calls']:6d}x  {t['name']}")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from rollgraph import decode_attention as fused
+from rollgraph import skinny_linear as skinny
 from rollgraph.config import ATTENTION
 from rollgraph.kv_cache import StaticKVCache
 
@@ -90,7 +91,8 @@ class LlamaRunner:
             inner.layers = torch.nn.ModuleList()
         self.cos, self.sin = _rope_tables(inner.rotary_emb, max_seq_len, self.dtype, self.device)
         self._weights = [ly.tensors for ly in self.layers]
-        self._dims = (self.n_heads, self.n_kv, self.head_dim, self.eps)
+        self.skinny_phases: frozenset[str] = frozenset()
+        """Phases whose matmuls of at most skinny.MAX_ROWS rows use the skinny_linear kernel instead of F.linear."""
         self.fused_decode = _choose_attention(
             attention, self.device, self.dtype, (self.n_heads, self.n_kv, self.head_dim)
         )
@@ -134,6 +136,10 @@ class LlamaRunner:
             tensors += [ly.bqkv] if ly.bqkv is not None else []
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def _dims(self, phase: str) -> tuple:
+        """The layer functions' static settings: head layout, norm epsilon, whether few-row matmuls use skinny."""
+        return (self.n_heads, self.n_kv, self.head_dim, self.eps, phase in self.skinny_phases)
+
     # ---- steps -------------------------------------------------------------------------------------------------
 
     def compile(self) -> None:
@@ -158,8 +164,9 @@ class LlamaRunner:
         b, t = tokens.shape
         cos, sin = self.cos[None, :t, None, :], self.sin[None, :t, None, :]
         x = F.embedding(tokens, self.embed)
+        dims = self._dims("prefill")
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-            x = self._prefill_layer(x, w, kc, vc, cos, sin, write_kv, self._dims)
+            x = self._prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims)
         return self._head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int, write_kv=None) -> torch.Tensor:
@@ -172,15 +179,16 @@ class LlamaRunner:
         if write_kv is None:
             write_kv = self._write_on
         x = F.embedding(tokens[:, None], self.embed)
+        dims = self._dims("decode")
         if self.fused_decode:
             cos, sin = self.cos[positions], self.sin[positions]
             for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-                x = self._decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, self._dims)
+                x = self._decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims)
             return self._head(x[:, 0], self.norm, self.lm_head, self.eps)
         cos, sin = self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]
         mask = (torch.arange(kv_len, device=x.device)[None, :] <= positions[:, None])[:, None, None, :]
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-            x = self._decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, self._dims)
+            x = self._decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, dims)
         return self._head(x[:, 0], self.norm, self.lm_head, self.eps)
 
     def full(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -188,8 +196,9 @@ class LlamaRunner:
         t = tokens.shape[1]
         cos, sin = self.cos[None, :t, None, :], self.sin[None, :t, None, :]
         x = F.embedding(tokens, self.embed)
+        dims = self._dims("full")
         for w in self._weights:
-            x = self._full_layer(x, w, cos, sin, self._dims)
+            x = self._full_layer(x, w, cos, sin, dims)
         return self._head(x[:, -1], self.norm, self.lm_head, self.eps)
 
     def _prefill_after(self, tokens: torch.Tensor, start: int, last_index: torch.Tensor) -> torch.Tensor:
@@ -199,14 +208,15 @@ class LlamaRunner:
         cos, sin = self.cos[pos][None, :, None, :], self.sin[pos][None, :, None, :]
         mask = torch.arange(start + t, device=tokens.device)[None, :] <= pos[:, None]
         x = F.embedding(tokens, self.embed)
+        dims = self._dims("prefill")
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-            q, k, v = _qkv(x, w, cos, sin, self._dims)
+            q, k, v = _qkv(x, w, cos, sin, dims)
             kc[:b, :, start : start + t] = k
             vc[:b, :, start : start + t] = v
             o = F.scaled_dot_product_attention(
                 q, kc[:b, :, : start + t], vc[:b, :, : start + t], attn_mask=mask, enable_gqa=True
             )
-            x = _finish(x, _merge_heads(o), w, self.eps)
+            x = _finish(x, _merge_heads(o), w, dims)
         return head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
 
 
@@ -215,7 +225,7 @@ class LlamaRunner:
 
 def decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, dims):
     """One layer for one token per row; writes this token's K/V into the cache rows at their positions."""
-    n_heads, n_kv, head_dim, eps = dims
+    n_heads, n_kv, head_dim = dims[:3]
     b = x.shape[0]
     q, k, v = _qkv(x, w, cos, sin, dims)
     rows = torch.arange(b, device=x.device)
@@ -225,17 +235,17 @@ def decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, dims):
     # Query heads of one KV group become the "query length" axis: GQA with no repeat of K/V.
     qg = q.reshape(b, n_kv, n_heads // n_kv, head_dim)
     o = F.scaled_dot_product_attention(qg, kc[:b, :, :kv_len], vc[:b, :, :kv_len], attn_mask=mask)
-    return _finish(x, o.reshape(b, 1, n_heads * head_dim), w, eps)
+    return _finish(x, o.reshape(b, 1, n_heads * head_dim), w, dims)
 
 
 def fused_decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims):
     """decode_layer with RoPE, the cache write and attention in one Triton kernel (decode_attention.py);
     cos and sin are [B, D] at each row's position."""
-    n_heads, n_kv, _, eps = dims
+    n_heads, n_kv, _, eps, few = dims
     b = x.shape[0]
-    qkv = F.linear(_rms_norm(x, w[0], eps), w[1], w[2]).view(b, -1)
+    qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few).view(b, -1)
     o = fused.decode_attention(qkv, cos, sin, positions, write_kv, kc, vc, kv_len, n_heads, n_kv)
-    return _finish(x, o.view(b, 1, -1), w, eps)
+    return _finish(x, o.view(b, 1, -1), w, dims)
 
 
 def prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
@@ -249,14 +259,14 @@ def prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
         kc[:b, :, :t] = torch.where(write_kv, k, kc[:b, :, :t])
         vc[:b, :, :t] = torch.where(write_kv, v, vc[:b, :, :t])
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    return _finish(x, _merge_heads(o), w, dims[3])
+    return _finish(x, _merge_heads(o), w, dims)
 
 
 def full_layer(x, w, cos, sin, dims):
     """One layer over the whole sequence with no cache (the original design's algorithm)."""
     q, k, v = _qkv(x, w, cos, sin, dims)
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    return _finish(x, _merge_heads(o), w, dims[3])
+    return _finish(x, _merge_heads(o), w, dims)
 
 
 def head(h: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float) -> torch.Tensor:
@@ -266,10 +276,10 @@ def head(h: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float)
 
 def _qkv(x, w, cos, sin, dims):
     """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D], RoPE applied to q and k."""
-    n_heads, n_kv, head_dim, eps = dims
+    n_heads, n_kv, head_dim, eps, few = dims
     attn_norm, wqkv, bqkv = w[0], w[1], w[2]
     b, t, _ = x.shape
-    qkv = F.linear(_rms_norm(x, attn_norm, eps), wqkv, bqkv)
+    qkv = _linear(_rms_norm(x, attn_norm, eps), wqkv, bqkv, few)
     heads = qkv.view(b, t, n_heads + 2 * n_kv, head_dim)
     qk = _rope(heads[:, :, : n_heads + n_kv], cos, sin)  # q and k rotated in one pass
     q, k = qk[:, :, :n_heads], qk[:, :, n_heads:]
@@ -283,12 +293,20 @@ def _merge_heads(o: torch.Tensor) -> torch.Tensor:
     return o.transpose(1, 2).reshape(b, t, -1)
 
 
-def _finish(x, attn_out, w, eps):
+def _finish(x, attn_out, w, dims):
     """Output projection, residual, then the gated MLP and its residual; attn_out is [B, T, heads·D]."""
+    eps, few = dims[3], dims[4]
     wo, mlp_norm, w_gate_up, w_down = w[3], w[4], w[5], w[6]
-    x = x + F.linear(attn_out, wo)
-    gate, up = F.linear(_rms_norm(x, mlp_norm, eps), w_gate_up).chunk(2, dim=-1)
-    return x + F.linear(F.silu(gate) * up, w_down)
+    x = x + _linear(attn_out, wo, None, few)
+    gate, up = _linear(_rms_norm(x, mlp_norm, eps), w_gate_up, None, few).chunk(2, dim=-1)
+    return x + _linear(F.silu(gate) * up, w_down, None, few)
+
+
+def _linear(x, w, b, few: bool):
+    """F.linear, or the skinny_linear kernel when `few` is set and x has at most skinny.MAX_ROWS rows."""
+    if few and x.numel() <= skinny.MAX_ROWS * x.shape[-1]:
+        return skinny.skinny_linear(x, w, b)
+    return F.linear(x, w, b)
 
 
 def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, heads: tuple[int, int, int]) -> bool:

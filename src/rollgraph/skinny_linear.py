@@ -1,0 +1,138 @@
+"""y = x @ w.T (+ b) for few rows of x, as one Triton kernel that reads the weight matrix once at full bandwidth.
+
+Why: a short prompt's prefill (16-64 rows) is, like a decode step, bound by reading every weight once, but cuBLAS's
+kernels for so few rows read the weights well below the copy bandwidth on an H100 (docs/perf-notes.md, v6). Here
+each program owns BLOCK_N output columns for all rows: it streams its BLOCK_N weight rows through shared memory once
+(pipelined over K) and multiplies them with the few rows of x on the tensor cores, accumulating in float32. With
+BLOCK_N small enough the grid has a few programs per SM, enough bytes in flight to keep memory busy.
+
+Numerics: float32 accumulation, one rounding to the output dtype (as cuBLAS without split-K); fp32 inputs use IEEE
+products, never TF32. `available()` says whether it can run; callers keep F.linear otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: callers keep F.linear
+    triton = None
+
+MAX_ROWS = 64
+"""The most rows of x this kernel takes; more rows are a real matrix product, which cuBLAS does well."""
+
+
+def available(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernel can run here (CUDA, or Triton's CPU interpreter when TRITON_INTERPRET=1)."""
+    if triton is None or dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def config(m: int, n: int, k: int) -> tuple[int, int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps, num_stages) for an [m, k] x [n, k]^T product.
+
+    BLOCK_N is the largest of 64/32/16 that still gives every SM of a large GPU about two programs (fewer, larger
+    programs read longer runs of memory; too few leave SMs idle). Tuned on an H100 by scripts/skinny_bench.py."""
+    block_n = 64
+    while block_n > 16 and triton.cdiv(n, block_n) < 256:
+        block_n //= 2
+    block_k = 256 if k % 256 == 0 else 128 if k % 128 == 0 else 64
+    return block_n, block_k, 4, 4
+
+
+if triton is not None:
+
+    @triton.jit
+    def _skinny(
+        x,
+        w,
+        bias,
+        y,
+        M,
+        N,
+        K,
+        s_xm,
+        s_wn,
+        s_ym,
+        HAS_BIAS: tl.constexpr,
+        EVEN_K: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rk = tl.arange(0, BLOCK_K)
+        m_ok = rm < M
+        n_ok = rn < N
+        xp = x + rm[:, None] * s_xm + rk[None, :]
+        wp = w + rn[:, None] * s_wn + rk[None, :]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                xt = tl.load(xp, mask=m_ok[:, None], other=0.0)
+                wt = tl.load(wp, mask=n_ok[:, None], other=0.0)
+            else:
+                k_ok = (rk + k0) < K
+                xt = tl.load(xp, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+                wt = tl.load(wp, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PRECISION)
+            xp += BLOCK_K
+            wp += BLOCK_K
+        if HAS_BIAS:
+            acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        out = y + rm[:, None] * s_ym + rn[None, :]
+        tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def launch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: tuple[int, int, int, int]) -> torch.Tensor:
+    """The kernel with an explicit config (the benchmark sweeps configs through this); x [M, K], w [N, K]."""
+    m, k = x.shape
+    n = w.shape[0]
+    block_n, block_k, warps, stages = cfg
+    block_m = max(16, triton.next_power_of_2(min(m, MAX_ROWS)))
+    y = x.new_empty(m, n)
+    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    _skinny[grid](
+        x,
+        w,
+        b if b is not None else w,
+        y,
+        m,
+        n,
+        k,
+        x.stride(0),
+        w.stride(0),
+        y.stride(0),
+        HAS_BIAS=b is not None,
+        EVEN_K=k % block_k == 0,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        num_warps=warps,
+        num_stages=stages,
+    )
+    return y
+
+
+@torch.library.custom_op("rollgraph::skinny_linear", mutates_args=())
+def skinny_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """F.linear(x, w, b) for x [..., K] with few rows (at most MAX_ROWS is where it pays); w [N, K] contiguous."""
+    x2 = x.reshape(-1, x.shape[-1])
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m, k = x2.shape
+    y = launch(x2, w, b, config(m, w.shape[0], k))
+    return y.view(*x.shape[:-1], w.shape[0])
+
+
+@skinny_linear.register_fake
+def _(x, w, b):
+    return x.new_empty(*x.shape[:-1], w.shape[0])
