@@ -44,7 +44,8 @@ def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dic
 
 def engine_config(spec: str) -> EngineConfig:
     """MODE[/OPTION...]: sdpa or triton (decode attention), share (one memory pool for prefill graphs),
-    pbN (prefill buckets 16, 32, ... up to N; longer prompts run at their exact length without a graph).
+    pbN (prefill buckets 16, 32, ... up to N; longer prompts run at their exact length without a graph),
+    mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -55,19 +56,11 @@ def engine_config(spec: str) -> EngineConfig:
             kw["pool"] = PoolConfig(share_prefill_pool=True)
         elif opt.startswith("pb") and opt[2:].isdigit():
             kw["prefill_buckets"] = tuple(1 << i for i in range(4, int(opt[2:]).bit_length()))
-        elif opt in ("skp", "skd"):  # read by skinny_phases()
-            pass
+        elif opt in ("mm-torch", "mm-triton"):
+            kw["matmul"] = opt[3:]
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
     return EngineConfig(mode=mode, **kw)
-
-
-def skinny_phases(spec: str) -> frozenset[str]:
-    """Options skp / skd: the skinny_linear kernel for few-row matmuls in prefill / decode."""
-    opts = spec.split("/")[1:]
-    return frozenset(p for o, p in (("skp", "prefill"), ("skd", "decode")) if o in opts) | (
-        frozenset({"full"}) if "skp" in opts else frozenset()
-    )
 
 
 def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
@@ -77,12 +70,11 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         mode = spec.split("/")[0]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
-        if hasattr(engine.runner, "skinny_phases"):
-            engine.runner.skinny_phases = skinny_phases(spec)
         start = time.perf_counter()
         engine.warm_up(progress=False)
         out[f"{label}_startup_s"] = round(time.perf_counter() - start, 2)
         out[f"{label}_kernels"] = "fused" if getattr(engine.runner, "fused_decode", False) else "sdpa"
+        out[f"{label}_skinny"] = sorted(getattr(engine.runner, "skinny_phases", ()))
         if mode in ("graphs", "compile+graphs"):
             rep = engine.pool.report()
             out[f"{label}_pool"] = {"graphs": rep["graphs"], "bytes": rep["bytes"]}

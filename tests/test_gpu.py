@@ -174,3 +174,28 @@ def test_fused_decode_attention_equals_sdpa_on_llama_1b():
     for (a, _, la), (b, _, lb) in zip(runs["sdpa"], runs["triton"], strict=True):
         assert a == b
         torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 8e-3)])
+def test_skinny_linear_matches_f_linear(dtype, tol):
+    """Relative to the largest output: fp32 without TF32, bf16 within one rounding of the output."""
+    from skinny_check import max_error
+
+    for seed in range(3):
+        assert max_error(getattr(torch, dtype), "cuda", seed) < tol
+
+
+def test_skinny_matmul_equals_cublas_on_llama_1b():
+    """Greedy tokens equal and logits close (fp32) with skinny_linear and with F.linear, for prompts in the 16- and
+    32-row buckets (skinny) and the 64-row one (cuBLAS either way), in eager and in graphs mode."""
+    runs = {}
+    for mode in ("eager", "graphs"):
+        for matmul in ("torch", "triton"):
+            eng = engine_for("llama-3.2-1b", mode, matmul=matmul)
+            assert eng.runner.skinny_phases == (frozenset() if matmul == "torch" else {"prefill", "decode", "full"})
+            runs[mode, matmul] = [generate(eng, p) for p in PROMPTS]
+            free(eng)
+    for mode in ("eager", "graphs"):
+        for (a, _, la), (b, _, lb) in zip(runs[mode, "torch"], runs[mode, "triton"], strict=True):
+            assert a == b
+            torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from rollgraph.config import ATTENTION, DTYPES, MODES, ON_MISS, RUNNERS, EngineConfig, ModelConfig, PoolConfig
+from rollgraph.config import ATTENTION, DTYPES, MATMUL, MODES, ON_MISS, RUNNERS, EngineConfig, ModelConfig, PoolConfig
 from rollgraph.errors import RollgraphError
 
 logger = logging.getLogger("rollgraph")
@@ -38,6 +38,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=ATTENTION,
         help="decode attention of the native runner: triton (fused with RoPE and the cache write), sdpa, or auto",
+    )
+    g.add_argument(
+        "--matmul",
+        default="auto",
+        choices=MATMUL,
+        help="native runner's matmuls of at most 32 rows: triton (skinny_linear), torch (cuBLAS), or auto",
     )
     g.add_argument("--max-seq-len", type=int, default=2048)
     g.add_argument("--prefill-buckets", type=_ints, default=EngineConfig.prefill_buckets)
@@ -74,6 +80,7 @@ def engine_config(a: argparse.Namespace) -> EngineConfig:
         mode=a.mode,
         runner=a.runner,
         attention=a.attention,
+        matmul=a.matmul,
         max_seq_len=a.max_seq_len,
         prefill_buckets=a.prefill_buckets,
         kv_bucket=a.kv_bucket,

@@ -11,6 +11,7 @@ ON_MISS = ("eager", "capture")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 RUNNERS = ("auto", "native", "hf")
 ATTENTION = ("auto", "triton", "sdpa")
+MATMUL = ("auto", "triton", "torch")
 
 
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -98,10 +99,14 @@ class EngineConfig:
     attention: str = "auto"
     """Native runner's decode attention: triton (RoPE + cache write + attention in one kernel), sdpa, or auto
     (triton where it can run: CUDA with Triton installed)."""
+    matmul: str = "auto"
+    """Native runner's matmuls of at most 32 rows (short prefills; decode outside the compile modes): triton (the
+    skinny_linear kernel), torch (F.linear, i.e. cuBLAS), or auto (triton where it can run)."""
     pool: PoolConfig = field(default_factory=PoolConfig)
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, MODES)
+        _check_choice("matmul", self.matmul, MATMUL)
         _check_choice("runner", self.runner, RUNNERS)
         _check_choice("attention", self.attention, ATTENTION)
         _check_buckets("prefill_buckets", self.prefill_buckets)

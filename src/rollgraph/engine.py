@@ -39,7 +39,9 @@ class Engine:
         self.device = model.device
         self.max_seq_len = min(config.max_seq_len, model.max_position_embeddings)
         self.vocab_size = model.vocab_size
-        self.runner = runner or make_runner(model, config.max_batch, self.max_seq_len, config.runner, config.attention)
+        self.runner = runner or make_runner(
+            model, config.max_batch, self.max_seq_len, config.runner, config.attention, config.matmul
+        )
         if self.device.type == "cuda":  # hand back what building the fused weights freed (unfused copies)
             torch.cuda.empty_cache()
         self.buffers = StepBuffers(config.max_batch, self.max_seq_len, self.vocab_size, self.device)

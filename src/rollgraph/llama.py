@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from rollgraph import decode_attention as fused
 from rollgraph import skinny_linear as skinny
-from rollgraph.config import ATTENTION
+from rollgraph.config import ATTENTION, MATMUL
 from rollgraph.kv_cache import StaticKVCache
 
 SUPPORTED = ("llama", "mistral", "qwen2")
@@ -72,6 +72,7 @@ class LlamaRunner:
         max_seq_len: int,
         release: bool = True,
         attention: str = "auto",
+        matmul: str = "auto",
     ) -> None:
         cfg = hf_model.config
         self.n_heads = cfg.num_attention_heads
@@ -91,7 +92,7 @@ class LlamaRunner:
             inner.layers = torch.nn.ModuleList()
         self.cos, self.sin = _rope_tables(inner.rotary_emb, max_seq_len, self.dtype, self.device)
         self._weights = [ly.tensors for ly in self.layers]
-        self.skinny_phases: frozenset[str] = frozenset()
+        self.skinny_phases = _choose_matmul(matmul, self.device, self.dtype)
         """Phases whose matmuls of at most skinny.MAX_ROWS rows use the skinny_linear kernel instead of F.linear."""
         self.fused_decode = _choose_attention(
             attention, self.device, self.dtype, (self.n_heads, self.n_kv, self.head_dim)
@@ -147,6 +148,9 @@ class LlamaRunner:
         weights are arguments, and automatic dynamic shapes make one more cover every length bucket, so start-up
         stays short. Under compile+graphs the guards run only at capture; replays see just the kernels."""
         self._decode_layer = torch.compile(self._decode_layer, fullgraph=True)
+        # One-row matmuls: inductor's generated reductions read as fast as skinny_linear (perf-notes v6) and fuse
+        # the norms and residual adds around them, so compiled decode leaves them to inductor.
+        self.skinny_phases = self.skinny_phases - {"decode"}
         self._prefill_layer = torch.compile(prefill_layer, fullgraph=True)
         self._full_layer = torch.compile(full_layer, fullgraph=True)
         self._head = torch.compile(head, fullgraph=True)
@@ -335,6 +339,29 @@ def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, 
     if can:  # it should have run here: say why it does not
         logger.warning("fused decode attention unavailable (%s); decode uses SDPA", why)
     return False
+
+
+def _choose_matmul(matmul: str, device: torch.device, dtype: torch.dtype) -> frozenset[str]:
+    """The phases whose few-row matmuls use skinny_linear: all where it runs under `auto` (after a probe run at
+    load; a Triton that cannot build it falls back to F.linear with a warning), all or an error under `triton`, none
+    under `torch`."""
+    if matmul not in MATMUL:
+        raise ValueError(f"matmul must be one of {MATMUL}; got {matmul!r}")
+    if matmul == "torch":
+        return frozenset()
+    can = skinny.available(device, dtype)
+    why = (
+        skinny.probe(device, dtype)
+        if can
+        else f"it needs Triton and CUDA and fp16/bf16/fp32 (here: {device.type}, {dtype})"
+    )
+    if why is None:
+        return frozenset({"prefill", "decode", "full"})
+    if matmul == "triton":
+        raise RuntimeError(f"the skinny matmul kernel cannot run: {why}; use matmul 'torch' or 'auto'")
+    if can:
+        logger.warning("skinny matmul kernel unavailable (%s); few-row matmuls use F.linear", why)
+    return frozenset()
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

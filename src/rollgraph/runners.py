@@ -17,7 +17,14 @@ from rollgraph.models import LoadedModel
 logger = logging.getLogger(__name__)
 
 
-def make_runner(model: LoadedModel, max_batch: int, max_seq_len: int, runner: str = "auto", attention: str = "auto"):
+def make_runner(
+    model: LoadedModel,
+    max_batch: int,
+    max_seq_len: int,
+    runner: str = "auto",
+    attention: str = "auto",
+    matmul: str = "auto",
+):
     """The native runner where the architecture allows (or `runner="native"` demands), else the HF fallback."""
     why_not = llama.supports(model.hf_config, max_seq_len)
     if runner == "hf" or (runner == "auto" and why_not):
@@ -27,8 +34,8 @@ def make_runner(model: LoadedModel, max_batch: int, max_seq_len: int, runner: st
     if why_not:
         raise ModelLoadError(f"--runner native cannot run this model: {why_not}; use --runner auto or hf")
     try:
-        return llama.LlamaRunner(model.model, max_batch, max_seq_len, attention=attention)
-    except RuntimeError as exc:  # --attention triton where it cannot run
+        return llama.LlamaRunner(model.model, max_batch, max_seq_len, attention=attention, matmul=matmul)
+    except RuntimeError as exc:  # --attention triton or --matmul triton where it cannot run
         raise ModelLoadError(str(exc)) from None
 
 

@@ -1,8 +1,11 @@
-"""y = x @ w.T (+ b) for few rows of x, as one Triton kernel that reads the weight matrix once at full bandwidth.
+"""y = x @ w.T (+ b) for few rows of x, as one Triton kernel that reads the weight matrix once.
 
-Why: a short prompt's prefill (16-64 rows) is, like a decode step, bound by reading every weight once, but cuBLAS's
-kernels for so few rows read the weights well below the copy bandwidth on an H100 (docs/perf-notes.md, v6). Here
-each program owns BLOCK_N output columns for all rows: it streams its BLOCK_N weight rows through shared memory once
+Why: a short prompt's prefill (up to 32 rows) is, like a decode step, bound by reading every weight once. Measured
+on an H100 (docs/perf-notes.md, v6), cuBLAS reads llama-2-7b's matrices at 1.8-2.65 TB/s for 1 or 16 rows, this
+kernel at 2.0-2.75 (the copy bandwidth is ~3.0): a few percent of a short prefill, and of a decode step outside the
+compile modes (inside them inductor's generated reductions do as well at one row).
+
+Each program owns BLOCK_N output columns for all rows: it streams its BLOCK_N weight rows through shared memory once
 (pipelined over K) and multiplies them with the few rows of x on the tensor cores, accumulating in float32. With
 BLOCK_N small enough the grid has a few programs per SM, enough bytes in flight to keep memory busy.
 
@@ -22,8 +25,11 @@ try:
 except ImportError:  # CPU-only installs: callers keep F.linear
     triton = None
 
-MAX_ROWS = 64
-"""The most rows of x this kernel takes; more rows are a real matrix product, which cuBLAS does well."""
+MAX_ROWS = 32
+"""The most rows of x the runner gives this kernel. On an H100 (perf-notes v6) it reads llama-2-7b's matrices 0-10%
+faster than cuBLAS at 1 and 16 rows, and up to 20% slower at 64 rows, where cuBLAS's matrix kernels win."""
+SHARED_MEMORY = 200 << 10
+"""Shared memory a program may use for its pipeline stages (an H100 SM has 227 KiB)."""
 
 
 def available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -33,16 +39,39 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def config(m: int, n: int, k: int) -> tuple[int, int, int, int]:
+def probe(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Build and run the kernel once on a tiny input: None if it matched F.linear, else why not (a Triton or driver
+    that cannot build it shows up at load, not at a request's first step)."""
+    try:
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(3, 128, generator=gen).to(device, dtype)
+        w = torch.randn(40, 128, generator=gen).to(device, dtype)
+        b = torch.randn(40, generator=gen).to(device, dtype)
+        got = skinny_linear(x, w, b).float()
+        want = torch.nn.functional.linear(x.float(), w.float(), b.float())
+        if not torch.allclose(got, want, rtol=2e-2, atol=2e-1):
+            return "it ran but gave wrong values on a probe input"
+    except Exception as exc:  # whatever Triton or the driver raises
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    return None
+
+
+def config(m: int, n: int, k: int, itemsize: int = 2) -> tuple[int, int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps, num_stages) for an [m, k] x [n, k]^T product.
 
     BLOCK_N is the largest of 64/32/16 that still gives every SM of a large GPU about two programs (fewer, larger
-    programs read longer runs of memory; too few leave SMs idle). Tuned on an H100 by scripts/skinny_bench.py."""
+    programs read longer runs of memory; too few leave SMs idle); the pipeline is as deep as shared memory allows, up
+    to 4 stages. Chosen from scripts/skinny_bench.py's sweep on an H100 (within 2% of the best config it found at 1 and
+    16 rows)."""
     block_n = 64
     while block_n > 16 and triton.cdiv(n, block_n) < 256:
         block_n //= 2
     block_k = 256 if k % 256 == 0 else 128 if k % 128 == 0 else 64
-    return block_n, block_k, 4, 4
+    block_m = max(16, triton.next_power_of_2(m))
+    stages = 4
+    while stages > 2 and stages * (block_m + block_n) * block_k * itemsize > SHARED_MEMORY:
+        stages -= 1
+    return block_n, block_k, 4, stages
 
 
 if triton is not None:
@@ -96,7 +125,7 @@ def launch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: tuple[
     m, k = x.shape
     n = w.shape[0]
     block_n, block_k, warps, stages = cfg
-    block_m = max(16, triton.next_power_of_2(min(m, MAX_ROWS)))
+    block_m = max(16, triton.next_power_of_2(min(m, 64)))
     y = x.new_empty(m, n)
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     _skinny[grid](
@@ -129,7 +158,7 @@ def skinny_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> t
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m, k = x2.shape
-    y = launch(x2, w, b, config(m, w.shape[0], k))
+    y = launch(x2, w, b, config(m, w.shape[0], k, x2.element_size()))
     return y.view(*x.shape[:-1], w.shape[0])
 
 

@@ -1,0 +1,83 @@
+"""The few-row matmul kernel (skinny_linear.py): checked on CPU through Triton's interpreter (float32 and float16;
+bfloat16 on the GPU in test_gpu.py), and how the runner chooses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from rollgraph import llama
+from rollgraph.config import EngineConfig, ModelConfig
+from rollgraph.engine import Engine
+from rollgraph.errors import ModelLoadError, RequestError
+from rollgraph.models import load_model
+from rollgraph.params import GenerationParams
+
+HERE = Path(__file__).parent
+
+
+def test_skinny_kernel_matches_f_linear_in_the_triton_interpreter():
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE)])}
+    run = subprocess.run(
+        [sys.executable, str(HERE / "skinny_check.py")], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    errors = json.loads(run.stdout)
+    assert errors["float32"] < 1e-6, errors
+    assert errors["float16"] < 2e-3, errors  # one fp16 rounding of the output
+    assert errors["engine"]["phases"] == ["decode", "full", "prefill"], errors
+    assert errors["engine"]["same_tokens"], errors
+    assert errors["engine"]["logits"] < 1e-4, errors
+    assert errors["probe"] is None, errors
+
+
+def test_without_cuda_auto_keeps_f_linear_and_triton_is_a_clear_load_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", max_seq_len=64))
+    assert eng.runner.skinny_phases == frozenset()
+    with pytest.raises(ModelLoadError, match="skinny matmul kernel cannot run: it needs Triton and CUDA"):
+        Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", matmul="triton"))
+
+
+def test_matmul_choice_is_validated():
+    with pytest.raises(RequestError, match="matmul"):
+        EngineConfig(matmul="cutlass")
+    with pytest.raises(ValueError, match="matmul must be one of"):
+        llama._choose_matmul("cutlass", torch.device("cpu"), torch.float32)
+    assert llama._choose_matmul("torch", torch.device("cuda"), torch.bfloat16) == frozenset()
+
+
+def test_a_kernel_that_cannot_be_built_falls_back_under_auto_and_is_an_error_under_triton(monkeypatch, caplog):
+    from rollgraph import skinny_linear as sk
+
+    def broken(*args):
+        raise RuntimeError("PassManager::run failed\n(the rest of a compiler log)")
+
+    monkeypatch.setattr(sk, "available", lambda *a: True)
+    monkeypatch.setattr(sk, "skinny_linear", broken)
+    with caplog.at_level("WARNING", logger="rollgraph.llama"):
+        eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", max_seq_len=64))
+    assert eng.runner.skinny_phases == frozenset()
+    assert "skinny matmul kernel unavailable (RuntimeError: PassManager::run failed)" in caplog.text
+    assert len(list(eng.generate(GenerationParams((1, 2, 3), 4)))) == 4
+    with pytest.raises(ModelLoadError, match="cannot run: RuntimeError: PassManager::run failed; use matmul"):
+        Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", matmul="triton"))
+
+
+def test_compiled_decode_leaves_one_row_matmuls_to_inductor(monkeypatch):
+    """In compile modes decode keeps inductor's generated reductions (as fast at one row, and they fuse the norm)."""
+    from rollgraph import skinny_linear as sk
+
+    monkeypatch.setattr(sk, "available", lambda *a: True)
+    monkeypatch.setattr(sk, "probe", lambda *a: None)
+    runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
+    assert runner.skinny_phases == {"prefill", "decode", "full"}
+    runner.compile()
+    assert runner.skinny_phases == {"prefill", "full"}
