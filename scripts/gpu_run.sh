@@ -18,14 +18,16 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$out/env.txt"
+n=0
 for step in "$@"; do
+  n=$((n + 1))
   IFS=: read -r what a b c <<<"$step"
   echo "=== $step ($(date -u +%T))"
   case "$what" in
     tests) python3 -m pytest -m gpu tests/test_gpu.py tests/test_faults.py -q -rA -p no:cacheprovider 2>&1 \
              | tee "$out/gpu_tests.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
-    figures) python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out" 2>&1 \
-             | tee "$out/figures_${a//,/_}.txt" | grep "^{" ;;
+    figures) mkdir -p "$out/f$n" && python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out/f$n" 2>&1 \
+             | tee "$out/f$n/figures_${a//,/_}.txt" | grep "^{" ;;
     profile) python3 scripts/profile_decode.py --model "$a" --modes "$b" --prefill "${c:-}" --out "$out" 2>&1 \
              | tee "$out/profile_$a.txt" | grep -v -i warn ;;
     skinny) python3 scripts/skinny_bench.py --rows "${a:-1,16,32,64}" --out "$out" 2>&1 | tee "$out/skinny_bench.txt" | grep -v -i warn ;;
