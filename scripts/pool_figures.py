@@ -43,8 +43,9 @@ def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dic
 
 
 def engine_config(spec: str) -> EngineConfig:
-    """MODE[/OPTION...]: sdpa or triton (decode attention), share (one memory pool for prefill graphs),
-    pbN (prefill buckets 16, 32, ... up to N; longer prompts run at their exact length without a graph),
+    """MODE[/OPTION...]: sdpa or triton (decode attention), share or private (one memory pool for all prefill graphs,
+    the default since v7, or one per graph),
+    pbN (prefill buckets 16, 32, ... up to N, 512 by default since v7; longer prompts run without a graph),
     mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -54,6 +55,8 @@ def engine_config(spec: str) -> EngineConfig:
             kw["attention"] = opt
         elif opt == "share":
             kw["pool"] = PoolConfig(share_prefill_pool=True)
+        elif opt == "private":
+            kw["pool"] = PoolConfig(share_prefill_pool=False)
         elif opt.startswith("pb") and opt[2:].isdigit():
             kw["prefill_buckets"] = tuple(1 << i for i in range(4, int(opt[2:]).bit_length()))
         elif opt in ("mm-torch", "mm-triton"):

@@ -100,7 +100,8 @@ def test_native_runner_logits_match_transformers():
     free(native, hf)
 
 
-def test_byte_budget_holds_and_eviction_returns_memory():
+@pytest.mark.parametrize("share", [False, True], ids=["private-pools", "shared-prefill-pool"])
+def test_byte_budget_holds_and_eviction_returns_memory(share):
     eng = engine_for(
         "llama-3.2-1b",
         "graphs",
@@ -112,7 +113,7 @@ def test_byte_budget_holds_and_eviction_returns_memory():
     keys = eng.default_keys()
     one = eng.pool.capture(keys[0], "pre").graph.nbytes
     budget = 3 * max(one, 1 << 21)
-    eng.pool.config = PoolConfig(max_graphs=64, max_bytes=budget)
+    eng.pool.config = PoolConfig(max_graphs=64, max_bytes=budget, share_prefill_pool=share)
     for key in keys:
         eng.pool.capture(key, "pre")
         assert eng.pool.total_bytes <= budget

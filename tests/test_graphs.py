@@ -148,7 +148,7 @@ def test_shared_prefill_pool_evicts_all_prefill_graphs_together():
 
 
 def test_private_pools_evict_one_at_a_time():
-    pl = pool(Capturer(), max_graphs=10, max_bytes=10**6)
+    pl = pool(Capturer(), max_graphs=10, max_bytes=10**6, share_prefill_pool=False)
     for key in (p(64), p(32)):
         pl.capture(key, "pre")
     assert pl.evict_lru() == p(64) and pl.keys() == [p(32)]

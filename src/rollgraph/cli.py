@@ -53,7 +53,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-graphs", type=int, default=None, help="pool count bound (default 64; seed mode 50)")
     g.add_argument("--graph-memory", type=float, default=None, help="pool byte budget in MiB (default 2048)")
     g.add_argument("--on-miss", default=None, choices=ON_MISS, help="default eager (seed mode: capture)")
-    g.add_argument("--share-prefill-pool", action="store_true", help="all prefill graphs in one memory pool")
+    g.add_argument(
+        "--share-prefill-pool",
+        action=argparse.BooleanOptionalAction,
+        default=PoolConfig.share_prefill_pool,
+        help="all prefill graphs in one memory pool (default: on)",
+    )
     g.add_argument("--max-new-tokens-cap", type=int, default=4096)
     g.add_argument("--compile-cache-dir", default=None, help="torch.compile's on-disk cache (default: torch's own)")
 

@@ -55,10 +55,10 @@ class PoolConfig:
     """At most this many bytes of graph memory (measured at capture) are held."""
     on_miss: str = "eager"
     """eager = a missing key runs eagerly and is queued for background capture; capture = capture inline first."""
-    share_prefill_pool: bool = False
+    share_prefill_pool: bool = True
     """Capture every prefill graph into one shared memory pool: it costs about the largest prefill graph instead of
-    the sum of all, so finer prefill buckets become affordable; evicting one prefill graph evicts them all (only then
-    does the memory come back). Off by default until measured on a GPU."""
+    the sum of all; evicting one prefill graph evicts them all (only then does the memory come back). Measured on an
+    H100 (perf-notes v7): llama-3.2-1b's default set 488 -> 80 MiB with prefill buckets up to 512, same TTFT."""
 
     def __post_init__(self) -> None:
         _check_choice("on_miss", self.on_miss, ON_MISS)
@@ -78,8 +78,10 @@ class EngineConfig:
     """Longest prompt + generation; capped by the model's own maximum."""
     max_batch: int = 1
     """Rows of the static KV cache (one request per row)."""
-    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
-    """A prompt is padded to the smallest bucket that holds it; longer prompts run eagerly."""
+    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+    """A prompt is padded to the smallest bucket that holds it; longer prompts run at their exact length without a
+    graph (eager, or compiled in the compile modes). Past ~512 tokens a prefill is compute-bound, so a graph saves
+    little there and would hold the largest activations (perf-notes v5-v7)."""
     kv_bucket: int = 256
     """Decode attention reads the live KV rounded up to a multiple of this; 0 = always the whole cache."""
     batch_buckets: tuple[int, ...] = (1,)
