@@ -34,9 +34,10 @@ for step in "$@"; do
     ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_$a.json" 2>&1 \
             | tail -3 ;;
     resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
-    bench) python3 -m rollgraph bench --model "$a" $b --out "$out/bench_$a" 2>"$out/bench_$a.log" | tail -30
+    bench) name="bench${n}_$a"
+           python3 -m rollgraph bench --model "$a" $b --out "$out/$name" 2>"$out/$name.log" | tail -30
            # one file per bench: a device call brings back at most 8 files
-           tar czf "$out/bench_$a.tgz" -C "$out" "bench_$a" && rm -rf "${out:?}/bench_$a" ;;
+           tar czf "$out/$name.tgz" -C "$out" "$name" && rm -rf "${out:?}/$name" ;;
     *) echo "unknown step $step" ;;
   esac
 done
