@@ -67,7 +67,8 @@ def test_a_kernel_that_cannot_be_built_falls_back_under_auto_and_is_an_error_und
     monkeypatch.setattr(fused, "available", lambda *a: True)
     monkeypatch.setattr(fused, "decode_attention", broken)
     with caplog.at_level("WARNING", logger="rollgraph.llama"):
-        eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", max_seq_len=64))
+        # graphs mode (eager on a CPU): eager mode's `auto` never tries the Triton kernels
+        eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="graphs", max_seq_len=64))
     assert eng.runner.fused_decode is False
     assert "fused decode attention unavailable (RuntimeError: PassManager::run failed)" in caplog.text
     assert len(list(eng.generate(GenerationParams((1, 2, 3), 4)))) == 4

@@ -63,7 +63,8 @@ def test_a_kernel_that_cannot_be_built_falls_back_under_auto_and_is_an_error_und
     monkeypatch.setattr(sk, "available", lambda *a: True)
     monkeypatch.setattr(sk, "skinny_linear", broken)
     with caplog.at_level("WARNING", logger="rollgraph.llama"):
-        eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", max_seq_len=64))
+        # graphs mode (eager on a CPU): eager mode's `auto` never tries the Triton kernels
+        eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="graphs", max_seq_len=64))
     assert eng.runner.skinny_phases == frozenset()
     assert "skinny matmul kernel unavailable (RuntimeError: PassManager::run failed)" in caplog.text
     assert len(list(eng.generate(GenerationParams((1, 2, 3), 4)))) == 4
@@ -81,3 +82,16 @@ def test_compiled_decode_leaves_one_row_matmuls_to_inductor(monkeypatch):
     assert runner.skinny_phases == {"prefill", "decode", "full"}
     runner.compile()
     assert runner.skinny_phases == {"prefill", "full"}
+
+
+def test_eager_mode_auto_picks_pytorch_kernels_and_keeps_an_explicit_triton(monkeypatch):
+    """Custom-op dispatch and Triton launches cost more than they save where nothing captures or compiles them."""
+    from rollgraph import engine as engine_mod
+
+    assert engine_mod._kernel_choices(EngineConfig(mode="eager")) == ("sdpa", "torch")
+    assert engine_mod._kernel_choices(EngineConfig(mode="eager", attention="triton", matmul="triton")) == (
+        "triton",
+        "triton",
+    )
+    for mode in ("graphs", "compile", "compile+graphs", "seed"):
+        assert engine_mod._kernel_choices(EngineConfig(mode=mode)) == ("auto", "auto")

@@ -39,9 +39,8 @@ class Engine:
         self.device = model.device
         self.max_seq_len = min(config.max_seq_len, model.max_position_embeddings)
         self.vocab_size = model.vocab_size
-        self.runner = runner or make_runner(
-            model, config.max_batch, self.max_seq_len, config.runner, config.attention, config.matmul
-        )
+        attention, matmul = _kernel_choices(config)
+        self.runner = runner or make_runner(model, config.max_batch, self.max_seq_len, config.runner, attention, matmul)
         if self.device.type == "cuda":  # hand back what building the fused weights freed (unfused copies)
             torch.cuda.empty_cache()
         self.buffers = StepBuffers(config.max_batch, self.max_seq_len, self.vocab_size, self.device)
@@ -358,3 +357,14 @@ def compile_cache_counts() -> dict[str, int]:
 
     c = counters["inductor"]
     return {k: int(c.get(f"fxgraph_cache_{k}", 0)) for k in ("hit", "miss", "bypass")}
+
+
+def _kernel_choices(config: EngineConfig) -> tuple[str, str]:
+    """(attention, matmul) for the runner. In `eager` mode `auto` means PyTorch's own kernels (SDPA, F.linear): the
+    Triton kernels are custom ops whose Python dispatch and launch cost more per call than they save when no graph
+    or compiled code launches them (H100, llama-2-7b eager ITL: 12.6 ms with PyTorch's kernels in v2, 28.7 ms with the
+    Triton ones, perf-notes v7). An explicit `triton` is kept."""
+    if config.mode != "eager":
+        return config.attention, config.matmul
+    pick = {"auto": "sdpa"}.get(config.attention, config.attention), {"auto": "torch"}.get(config.matmul, config.matmul)
+    return pick

@@ -76,7 +76,7 @@ def config(m: int, n: int, k: int, itemsize: int = 2) -> tuple[int, int, int, in
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["M"])  # one build serves 1 to 16 rows (decode and 16-row prefill)
     def _skinny(
         x,
         w,
