@@ -85,7 +85,7 @@ def test_compiled_decode_leaves_one_row_matmuls_to_inductor(monkeypatch):
 
 
 def test_eager_mode_auto_picks_pytorch_kernels_and_keeps_an_explicit_triton(monkeypatch):
-    """Custom-op dispatch and Triton launches cost more than they save where nothing captures or compiles them."""
+    """`eager` stays the plain-PyTorch baseline unless the Triton kernels are named."""
     from rollgraph import engine as engine_mod
 
     assert engine_mod._kernel_choices(EngineConfig(mode="eager")) == ("sdpa", "torch")
