@@ -73,6 +73,7 @@ class StandInCapture:
         """Make `engine` (built on the CPU) capture through this stand-in."""
         engine.graphs_enabled = True
         engine._capture_stream = object()  # never used: the stand-in takes no stream
+        engine._shared_pool = object()  # nor a memory pool (prefill graphs share one by default)
         keys = {}
 
         def fn_key(fn):
