@@ -118,6 +118,7 @@ def seed_send_request(sock: socket.socket, input_tokens: list[int]) -> list[int]
 
 def test_ready_logged_and_socket_is_private(server):
     assert "ready" in server.log()
+    assert "objects frozen out of the collector's reach" in server.log()  # ServerConfig.gc_freeze, on by default
     assert stat.S_IMODE(os.stat(server.socket_path).st_mode) == 0o600
     with Client(server.socket_path) as c:
         assert c.health()["state"] == "ready"
@@ -451,3 +452,21 @@ def test_allow_uid_refuses_other_users():
         assert reply["code"] == "forbidden" and str(os.getuid()) in reply["error"]
     with ThreadServer(FakeEngine(), allowed_uids=(os.getuid(),)) as srv, Client(srv.socket_path) as c:
         assert c.health()["state"] == "ready"
+
+
+def test_gc_freeze_only_when_asked():
+    """The server freezes what start-up left alive (gc.freeze) unless --no-gc-freeze; a frozen object is never
+    collected, so the flag exists for whoever wants the collector to see everything."""
+    import gc
+
+    from rollgraph.config import EngineConfig, ModelConfig
+    from rollgraph.server import load_engine
+
+    gc.unfreeze()
+    try:
+        load_engine(ModelConfig("llama-tiny", device="cpu"), EngineConfig(mode="eager", max_seq_len=64))
+        assert gc.get_freeze_count() == 0
+        load_engine(ModelConfig("llama-tiny", device="cpu"), EngineConfig(mode="eager", max_seq_len=64), gc_freeze=True)
+        assert gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()

@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frame-timeout", type=float, default=30.0)
     s.add_argument("--allow-uid", type=int, action="append", default=[], help="serve only these user ids")
     s.add_argument("--drain-timeout", type=float, default=30.0, help="on SIGTERM, seconds requests get to finish")
+    s.add_argument(
+        "--gc-freeze",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after start-up, keep the objects then alive out of Python's garbage collector (default: on)",
+    )
 
     g = sub.add_parser("generate", help="generate in-process (--model) or through a server (--socket)")
     where = g.add_mutually_exclusive_group(required=True)

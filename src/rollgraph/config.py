@@ -142,3 +142,7 @@ class ServerConfig:
     """On SIGTERM, requests in flight get this long to finish."""
     allowed_uids: tuple[int, ...] = ()
     """If set, only peers with these user ids (SO_PEERCRED) are served."""
+    gc_freeze: bool = True
+    """Once the model is loaded and pre-captured, put every object then alive out of the cyclic garbage collector's
+    reach (gc.freeze): torch, transformers and inductor leave millions of long-lived objects that a full collection
+    would otherwise walk while tokens are being served."""

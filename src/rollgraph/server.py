@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -51,6 +52,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         frame_timeout_s=args.frame_timeout,
         drain_timeout_s=getattr(args, "drain_timeout", ServerConfig.drain_timeout_s),
         allowed_uids=tuple(args.allow_uid or ()),
+        gc_freeze=getattr(args, "gc_freeze", ServerConfig.gc_freeze),
     )
     checks = (
         ("--max-frame-bytes", config.max_frame_bytes >= 64, "an integer >= 64"),
@@ -145,8 +147,9 @@ def remove_socket(path: str, inode: int) -> None:
             os.unlink(path)
 
 
-def load_engine(model_config: ModelConfig, engine_config: EngineConfig) -> Engine:
-    """Runs on the engine thread: load the model, build the engine, pre-capture. Raises ModelLoadError."""
+def load_engine(model_config: ModelConfig, engine_config: EngineConfig, gc_freeze: bool = False) -> Engine:
+    """Runs on the engine thread: load the model, build the engine, pre-capture, then (ServerConfig.gc_freeze)
+    freeze what is alive out of the garbage collector's reach. Raises ModelLoadError."""
     from rollgraph.engine import Engine
     from rollgraph.models import load_model
 
@@ -154,6 +157,10 @@ def load_engine(model_config: ModelConfig, engine_config: EngineConfig) -> Engin
     engine = Engine(load_model(model_config), engine_config)
     engine.warm_up(progress=sys.stderr.isatty())
     logger.info("model %s loaded and pre-captured in %.1f s", model_config.name, time.perf_counter() - start)
+    if gc_freeze:
+        gc.collect()
+        gc.freeze()
+        logger.info("gc: %d objects frozen out of the collector's reach", gc.get_freeze_count())
     return engine
 
 
@@ -290,7 +297,7 @@ def run_server(args: argparse.Namespace) -> int:
     from rollgraph.cli import engine_config, model_config
 
     config = server_config(args)
-    load = partial(load_engine, model_config(args), engine_config(args))
+    load = partial(load_engine, model_config(args), engine_config(args), gc_freeze=config.gc_freeze)
     make_socket_dir(config.socket_path)  # fail before spending time on the model
     check_socket_path(config.socket_path)
     return asyncio.run(serve_until_signalled(Server(config, load)))
