@@ -155,6 +155,8 @@ def test_streamed_tokens_equal_final_frame_and_in_process(server, ref):
     assert timings["queue_ms"] >= 0 and timings["prefill_ms"] > 0 and len(timings["step_ms"]) == 19
     # the connection's own share of a client's TTFT, on both sides of the engine
     assert 0 <= timings["frame_to_queue_ms"] < 1000 and 0 <= timings["first_token_out_ms"] < 1000, timings
+    for side in ("made", "sent"):  # gaps between consecutive streamed tokens, on the server
+        assert 0 < timings[f"itl_{side}_median_ms"] <= timings[f"itl_{side}_max_ms"] < 10_000, timings
     assert "prefix_reused_tokens" in final and sum(final["graphs"].values()) >= 20
 
 

@@ -38,6 +38,17 @@ class BenchError(RollgraphError):
     code = "bench"
 
 
+TRANSPORT_KEYS = (
+    "frame_to_queue_ms",
+    "first_token_out_ms",
+    "itl_made_median_ms",
+    "itl_made_max_ms",
+    "itl_sent_median_ms",
+    "itl_sent_max_ms",
+)
+"""The final frame's timings of the server's connection (connection.final_frame) that each Sample keeps."""
+
+
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
     """The last lines of a log file ('' if it cannot be read)."""
     try:
@@ -106,7 +117,7 @@ def timed_request(client: Client, prompt: Prompt, new_tokens: int) -> Sample:
         prefix_reused=int(result.get("prefix_reused_tokens") or 0),
         server_ttft_ms=timings.get("ttft_ms"),
         server_decode_ms=timings.get("decode_ms_mean"),
-        server_transport_ms={k: timings[k] for k in ("frame_to_queue_ms", "first_token_out_ms") if k in timings},
+        server_transport_ms={k: v for k, v in timings.items() if k in TRANSPORT_KEYS},
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import socket
 import struct
@@ -326,6 +327,8 @@ class Connection:
         self._job = job
         self._transport_ms = {"frame_to_queue_ms": round((job.enqueued - self._body_at) * 1e3, 3)}
         self.ctx.engine_thread.submit(job)
+        made: list[float] = []  # when the engine thread had each streamed token, and when its frame was written
+        sent: list[float] = []
         try:
             while True:
                 event = await events.get()
@@ -333,11 +336,14 @@ class Connection:
                     raise event.error
                 if isinstance(event, Done):
                     self.ctx.counters.record_generation(event)
+                    self._transport_ms.update(_interval_figures(made, sent))
                     return event
                 if on_token is not None:
                     await on_token(event.token_id)
+                    made.append(event.at)
+                    sent.append(time.perf_counter())
                     if "first_token_out_ms" not in self._transport_ms:  # engine made it -> its frame written
-                        self._transport_ms["first_token_out_ms"] = round((time.perf_counter() - event.at) * 1e3, 3)
+                        self._transport_ms["first_token_out_ms"] = round((sent[-1] - event.at) * 1e3, 3)
                 if self.gone:
                     job.cancel()
         finally:
@@ -364,12 +370,26 @@ def _post(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, event: Event) 
         loop.call_soon_threadsafe(events.put_nowait, event)
 
 
+def _interval_figures(made: list[float], sent: list[float]) -> dict:
+    """Median and largest gap between consecutive streamed tokens as the engine thread made them and as their frames
+    were written: a client's inter-token spike that neither shows happened after the server's write."""
+    if len(made) < 2:
+        return {}
+    out = {}
+    for name, stamps in (("made", made), ("sent", sent)):
+        gaps = sorted((b - a) * 1e3 for a, b in itertools.pairwise(stamps))
+        out[f"itl_{name}_median_ms"] = round(gaps[len(gaps) // 2], 3)
+        out[f"itl_{name}_max_ms"] = round(gaps[-1], 3)
+    return out
+
+
 def final_frame(done: Done, tokenizer: Any, transport_ms: dict | None = None) -> dict:
     """The final generate frame: protocol.generate_reply plus server timings and prefix reuse.
 
     `transport_ms` is what the connection adds around the engine: `frame_to_queue_ms` (request frame read whole ->
-    job queued) and, when streaming, `first_token_out_ms` (token 0 made -> its frame written). A client's TTFT minus
-    the server's `ttft_ms` minus these is the socket and the client itself."""
+    job queued) and, when streaming, `first_token_out_ms` (token 0 made -> its frame written) and the median and
+    largest gaps between tokens as made and as sent (`itl_made_*`, `itl_sent_*`). A client's TTFT minus the server's
+    `ttft_ms` minus these is the socket and the client itself."""
     data = done.result.to_dict()
     timings = {"queue_ms": round(done.queue_ms, 3), **data["timings"], **(transport_ms or {})}
     timings["ttft_ms"] = round(done.queue_ms + done.result.prefill_ms, 3)
