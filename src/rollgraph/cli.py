@@ -132,12 +132,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="after start-up, keep the objects then alive out of Python's garbage collector (default: on)",
     )
-    s.add_argument(
-        "--gil-switch-interval-us",
-        type=int,
-        default=0,
-        help="sys.setswitchinterval in microseconds for the server (0 = Python's 5000)",
-    )
 
     g = sub.add_parser("generate", help="generate in-process (--model) or through a server (--socket)")
     where = g.add_mutually_exclusive_group(required=True)

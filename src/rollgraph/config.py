@@ -146,6 +146,3 @@ class ServerConfig:
     """Once the model is loaded and pre-captured, put every object then alive out of the cyclic garbage collector's
     reach (gc.freeze): torch, transformers and inductor leave millions of long-lived objects that a full collection
     would otherwise walk while tokens are being served."""
-    gil_switch_interval_us: int = 0
-    """If > 0, sys.setswitchinterval for the server process: the longest the asyncio thread waits for the GIL while
-    the engine thread runs Python (Python's default is 5000 us). 0 leaves Python's setting."""

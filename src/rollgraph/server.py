@@ -53,14 +53,12 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         drain_timeout_s=getattr(args, "drain_timeout", ServerConfig.drain_timeout_s),
         allowed_uids=tuple(args.allow_uid or ()),
         gc_freeze=getattr(args, "gc_freeze", ServerConfig.gc_freeze),
-        gil_switch_interval_us=getattr(args, "gil_switch_interval_us", ServerConfig.gil_switch_interval_us),
     )
     checks = (
         ("--max-frame-bytes", config.max_frame_bytes >= 64, "an integer >= 64"),
         ("--max-connections", config.max_connections >= 1, "an integer >= 1"),
         ("--frame-timeout", config.frame_timeout_s > 0, "a number of seconds > 0"),
         ("--drain-timeout", config.drain_timeout_s >= 0, "a number of seconds >= 0"),
-        ("--gil-switch-interval-us", 0 <= config.gil_switch_interval_us <= 1_000_000, "0 (Python's) to 1000000"),
         (
             "--socket",
             len(os.fsencode(config.socket_path)) < 108,
@@ -300,8 +298,6 @@ def run_server(args: argparse.Namespace) -> int:
 
     config = server_config(args)
     load = partial(load_engine, model_config(args), engine_config(args), gc_freeze=config.gc_freeze)
-    if config.gil_switch_interval_us:
-        sys.setswitchinterval(config.gil_switch_interval_us / 1e6)
     make_socket_dir(config.socket_path)  # fail before spending time on the model
     check_socket_path(config.socket_path)
     return asyncio.run(serve_until_signalled(Server(config, load)))
