@@ -4,15 +4,10 @@ and how the runner chooses it."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from interpreter import run_check
 from rollgraph import llama
 from rollgraph.config import EngineConfig, ModelConfig
 from rollgraph.engine import Engine
@@ -20,17 +15,9 @@ from rollgraph.errors import ModelLoadError, RequestError
 from rollgraph.models import load_model
 from rollgraph.params import GenerationParams
 
-HERE = Path(__file__).parent
-
 
 def test_fused_kernel_matches_the_reference_path_in_the_triton_interpreter():
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE)])}
-    run = subprocess.run(
-        [sys.executable, str(HERE / "attention_check.py")], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    errors = json.loads(run.stdout)
+    errors = run_check("attention_check.py")
     assert errors["float32"]["out"] < 1e-5 and errors["float32"]["cache"] < 1e-5, errors
     assert errors["float16"]["out"] < 4e-3 and errors["float16"]["cache"] <= 2e-3, errors
     assert errors["engine"]["same_tokens"], errors

@@ -3,15 +3,10 @@ bfloat16 on the GPU in test_gpu.py), and how the runner chooses it."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from interpreter import run_check
 from rollgraph import llama
 from rollgraph.config import EngineConfig, ModelConfig
 from rollgraph.engine import Engine
@@ -19,17 +14,9 @@ from rollgraph.errors import ModelLoadError, RequestError
 from rollgraph.models import load_model
 from rollgraph.params import GenerationParams
 
-HERE = Path(__file__).parent
-
 
 def test_skinny_kernel_matches_f_linear_in_the_triton_interpreter():
-    pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), str(HERE)])}
-    run = subprocess.run(
-        [sys.executable, str(HERE / "skinny_check.py")], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
-    errors = json.loads(run.stdout)
+    errors = run_check("skinny_check.py")
     assert errors["float32"] < 1e-6, errors
     assert errors["float16"] < 2e-3, errors  # one fp16 rounding of the output
     assert errors["engine"]["phases"] == ["decode", "full", "prefill"], errors
