@@ -315,53 +315,52 @@ def _linear(x, w, b, few: bool):
 
 def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, heads: tuple[int, int, int]) -> bool:
     """True when decode uses the fused Triton kernel: `auto` wherever it can run, `triton` or an error, `sdpa` never.
-
-    `heads` is (query heads, KV heads, head_dim). Where the kernel should run, it is compiled and run once on a tiny
-    input first (fused.probe): a Triton that cannot build it here makes `auto` fall back to SDPA with a warning,
-    rather than failing every request at its first decode step."""
+    `heads` is (query heads, KV heads, head_dim)."""
     if attention not in ATTENTION:
         raise ValueError(f"attention must be one of {ATTENTION}; got {attention!r}")
-    if attention == "sdpa":
-        return False
     n_heads, n_kv, head_dim = heads
-    can = fused.available(device, dtype, head_dim)
-    if can:
-        why = fused.probe(device, dtype, n_heads, n_kv, head_dim)
-    else:
-        why = (
-            f"it needs Triton and CUDA, a power-of-two head_dim and fp16/bf16/fp32 (here: {device.type}, {dtype}, "
-            f"head_dim {head_dim})"
-        )
-    if why is None:
-        return True
-    if attention == "triton":
-        raise RuntimeError(f"the fused decode attention cannot run: {why}; use attention 'sdpa' or 'auto'")
-    if can:  # it should have run here: say why it does not
-        logger.warning("fused decode attention unavailable (%s); decode uses SDPA", why)
-    return False
+    return _use_kernel(
+        attention,
+        "sdpa",
+        fused.available(device, dtype, head_dim),
+        lambda: fused.probe(device, dtype, n_heads, n_kv, head_dim),
+        f"a power-of-two head_dim and fp16/bf16/fp32 (here: {device.type}, {dtype}, head_dim {head_dim})",
+        ("fused decode attention", "attention", "decode uses SDPA"),
+    )
 
 
 def _choose_matmul(matmul: str, device: torch.device, dtype: torch.dtype) -> frozenset[str]:
-    """The phases whose few-row matmuls use skinny_linear: all where it runs under `auto` (after a probe run at
-    load; a Triton that cannot build it falls back to F.linear with a warning), all or an error under `triton`, none
-    under `torch`."""
+    """The phases whose few-row matmuls use skinny_linear: all where it runs under `auto`, all or an error under
+    `triton`, none under `torch`."""
     if matmul not in MATMUL:
         raise ValueError(f"matmul must be one of {MATMUL}; got {matmul!r}")
-    if matmul == "torch":
-        return frozenset()
-    can = skinny.available(device, dtype)
-    why = (
-        skinny.probe(device, dtype)
-        if can
-        else f"it needs Triton and CUDA and fp16/bf16/fp32 (here: {device.type}, {dtype})"
+    on = _use_kernel(
+        matmul,
+        "torch",
+        skinny.available(device, dtype),
+        lambda: skinny.probe(device, dtype),
+        f"fp16/bf16/fp32 (here: {device.type}, {dtype})",
+        ("skinny matmul kernel", "matmul", "few-row matmuls use F.linear"),
     )
+    return frozenset({"prefill", "decode", "full"}) if on else frozenset()
+
+
+def _use_kernel(choice: str, off: str, can: bool, probe, needs: str, words: tuple[str, str, str]) -> bool:
+    """Whether a Triton kernel runs, for a setting of auto / triton / `off`. Where the kernel should run it is first
+    built and run once on a tiny input (`probe()`: None or why not), so a Triton that cannot build it here makes
+    `auto` fall back with a warning instead of failing every request at its first step, and `triton` a load error.
+    `words` are (the kernel's name, the setting's name, what runs instead)."""
+    if choice == off:
+        return False
+    why = probe() if can else f"it needs Triton and CUDA, {needs}"
     if why is None:
-        return frozenset({"prefill", "decode", "full"})
-    if matmul == "triton":
-        raise RuntimeError(f"the skinny matmul kernel cannot run: {why}; use matmul 'torch' or 'auto'")
-    if can:
-        logger.warning("skinny matmul kernel unavailable (%s); few-row matmuls use F.linear", why)
-    return frozenset()
+        return True
+    name, setting, instead = words
+    if choice == "triton":
+        raise RuntimeError(f"the {name} cannot run: {why}; use {setting} '{off}' or 'auto'")
+    if can:  # it should have run here: say why it does not
+        logger.warning("%s unavailable (%s); %s", name, why, instead)
+    return False
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
