@@ -2,6 +2,7 @@
 parts the server reports (`frame_to_queue_ms`, `first_token_out_ms`), over many short streamed requests.
 
 Usage: PYTHONPATH=src python scripts/ttft_overhead.py --model llama-tiny --mode eager --requests 300 [--out F.json]
+       [--server-arg=--token-writes=loop ...]
 It starts a real `rollgraph serve`, warms it up with 20 requests, then prints one JSON object of medians and
 10th/90th percentiles (milliseconds).
 """
@@ -33,10 +34,11 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--prompt-len", type=int, default=10)
     p.add_argument("--out")
+    p.add_argument("--server-arg", action="append", default=[], help="one more `serve` flag (repeatable)")
     a = p.parse_args()
     folder = tempfile.mkdtemp(prefix="rg-ttft-")
     sock, log = os.path.join(folder, "s.sock"), os.path.join(folder, "serve.log")
-    cmd = [sys.executable, "-m", "rollgraph", "serve", "--model", a.model, "--socket", sock, "--mode", a.mode]
+    cmd = [sys.executable, "-m", "rollgraph", "serve", "--model", a.model, "--socket", sock, "--mode", a.mode, *a.server_arg]
     rows: dict[str, list[float]] = {"client_ttft": [], "server_ttft": [], "gap": [], "in": [], "out": []}
     with open(log, "w") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
@@ -67,6 +69,7 @@ def main() -> None:
         "model": a.model,
         "mode": a.mode,
         "requests": a.requests,
+        "server_args": a.server_arg,
         "python": sys.version.split()[0],
         **{
             k: {"median": round(statistics.median(v), 4), "p10": pct(v, 0.1), "p90": pct(v, 0.9)}

@@ -41,6 +41,7 @@ class BenchError(RollgraphError):
 TRANSPORT_KEYS = (
     "frame_to_queue_ms",
     "first_token_out_ms",
+    "token_frames_direct",
     "itl_made_median_ms",
     "itl_made_max_ms",
     "itl_sent_median_ms",

@@ -132,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="after start-up, keep the objects then alive out of Python's garbage collector (default: on)",
     )
+    s.add_argument(
+        "--token-writes",
+        choices=("engine", "loop"),
+        default="engine",
+        help="who writes streamed token frames: the engine thread, straight into the socket (default), or the "
+        "asyncio loop",
+    )
 
     g = sub.add_parser("generate", help="generate in-process (--model) or through a server (--socket)")
     where = g.add_mutually_exclusive_group(required=True)

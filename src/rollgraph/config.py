@@ -146,3 +146,7 @@ class ServerConfig:
     """Once the model is loaded and pre-captured, put every object then alive out of the cyclic garbage collector's
     reach (gc.freeze): torch, transformers and inductor leave millions of long-lived objects that a full collection
     would otherwise walk while tokens are being served."""
+    token_writes: str = "engine"
+    """Who writes streamed token frames: "engine" (the engine thread sends each frame into the socket itself the
+    moment it has the token, falling back to the loop when the socket is full) or "loop" (every frame goes through
+    the asyncio loop)."""

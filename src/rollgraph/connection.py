@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rollgraph.config import ServerConfig
-from rollgraph.engine_thread import CallJob, Done, EngineThread, Event, Failed, GenerateJob
+from rollgraph.engine_thread import CallJob, Done, EngineThread, Event, Failed, GenerateJob, Token
 from rollgraph.errors import RequestError, RollgraphError
 from rollgraph.params import GenerationParams
 from rollgraph.protocol import (
@@ -43,8 +43,8 @@ from rollgraph.protocol import (
     generate_reply,
     parse_request,
     success_reply,
-    token_frame,
 )
+from rollgraph.token_writer import DirectWriter, TokenFrames
 
 logger = logging.getLogger(__name__)
 
@@ -219,12 +219,15 @@ class Connection:
 
     async def _send(self, frame: dict) -> None:
         """Send a frame; a peer that has gone, or stops reading for a frame timeout, is marked gone."""
+        await self._write(encode_frame(frame))
+
+    async def _write(self, data: bytes) -> None:
         if self.gone:
             return
         if self.writer.transport.is_closing():
             self.gone = True
             return
-        self.writer.write(encode_frame(frame))
+        self.writer.write(data)
         if not self.writer.transport.get_write_buffer_size():
             return  # the socket took it all: nothing to drain (and no timeout to arm, per token frame)
         try:
@@ -285,7 +288,7 @@ class Connection:
     async def _generate(self, request: GenerateRequest) -> bool:
         params = request.params if request.prompt is None else request.with_tokens(self._encode(request.prompt))
         self.ctx.engine.validate(params)
-        done = await self._run(params, self._token_sender() if request.stream else None)
+        done = await self._run(params, TokenFrames(self._decode) if request.stream else None)
         if done.result.finish_reason == "cancelled":
             return False
         await self._send(final_frame(done, self.ctx.tokenizer, self._transport_ms))
@@ -299,23 +302,42 @@ class Connection:
             )
         return list(self.ctx.tokenizer.encode(prompt))
 
-    def _token_sender(self) -> Callable[[int], Awaitable[None]]:
-        tokenizer, index = self.ctx.tokenizer, 0
+    @property
+    def _decode(self) -> Callable[[list[int]], str] | None:
+        tokenizer = self.ctx.tokenizer
+        return tokenizer.decode if tokenizer is not None else None
 
-        async def send(token_id: int) -> None:
-            nonlocal index
-            text = tokenizer.decode([token_id]) if tokenizer is not None else None
-            await self._send(token_frame(token_id, index, text))
-            index += 1
+    def _direct_writer(self) -> DirectWriter | None:
+        """A writer for the engine thread (`token_writes = "engine"`), if nothing is waiting in the transport."""
+        transport = self.writer.transport
+        if self.ctx.config.token_writes != "engine" or transport.is_closing() or transport.get_write_buffer_size():
+            return None
+        sock = self.writer.get_extra_info("socket")
+        try:
+            return DirectWriter(sock.fileno()) if sock is not None else None
+        except OSError:
+            return None
 
-        return send
-
-    async def _run(self, params: GenerationParams, on_token: Callable[[int], Awaitable[None]] | None) -> Done:
+    async def _run(self, params: GenerationParams, frames: TokenFrames | None) -> Done:
         """Queue a generation on the engine thread and relay its events; cancel it if the peer goes away.
-        Raises the request's RollgraphError if it failed."""
+        Raises the request's RollgraphError if it failed.
+
+        With `frames` the tokens are streamed: the engine thread encodes each frame and, with a DirectWriter, sends
+        it itself (token_writer.py); what that cannot send comes here as a `FrameBytes` and is written in order."""
         loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event] = asyncio.Queue()
-        job = GenerateJob(params, lambda event: _post(loop, events, event))
+        events: asyncio.Queue[Event | FrameBytes] = asyncio.Queue()
+        direct = self._direct_writer() if frames is not None else None
+
+        def emit(event: Event) -> None:  # on the engine thread
+            if frames is not None and isinstance(event, Token):
+                data = frames.encode(event.token_id)
+                data = direct.send(data, event.at) if direct is not None else data
+                if not data:
+                    return
+                event = FrameBytes(data, event.at)
+            _post(loop, events, event)
+
+        job = GenerateJob(params, emit)
         watch = self._first_byte_task()
 
         def on_peer(task: asyncio.Future[bytes]) -> None:
@@ -327,7 +349,7 @@ class Connection:
         self._job = job
         self._transport_ms = {"frame_to_queue_ms": round((job.enqueued - self._body_at) * 1e3, 3)}
         self.ctx.engine_thread.submit(job)
-        made: list[float] = []  # when the engine thread had each streamed token, and when its frame was written
+        made: list[float] = []  # frames written here: when the engine thread had the token, and when it was written
         sent: list[float] = []
         try:
             while True:
@@ -336,20 +358,29 @@ class Connection:
                     raise event.error
                 if isinstance(event, Done):
                     self.ctx.counters.record_generation(event)
-                    self._transport_ms.update(_interval_figures(made, sent))
+                    if frames is not None:
+                        self._transport_ms.update(_stream_figures(direct, made, sent))
                     return event
-                if on_token is not None:
-                    await on_token(event.token_id)
+                if isinstance(event, FrameBytes):
+                    await self._write(event.data)
                     made.append(event.at)
                     sent.append(time.perf_counter())
-                    if "first_token_out_ms" not in self._transport_ms:  # engine made it -> its frame written
-                        self._transport_ms["first_token_out_ms"] = round((sent[-1] - event.at) * 1e3, 3)
                 if self.gone:
                     job.cancel()
         finally:
             watch.remove_done_callback(on_peer)
             self._job = None
             job.cancel()  # a no-op once it is done; stops the engine if this task was cancelled (shutdown)
+            if direct is not None:
+                direct.close()
+
+
+@dataclass(frozen=True)
+class FrameBytes:
+    """A token frame (or the rest of one) that the engine thread could not send itself; `at`: the token's making."""
+
+    data: bytes
+    at: float
 
 
 if sys.version_info >= (3, 11):
@@ -370,12 +401,18 @@ def _post(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, event: Event) 
         loop.call_soon_threadsafe(events.put_nowait, event)
 
 
-def _interval_figures(made: list[float], sent: list[float]) -> dict:
-    """Median and largest gap between consecutive streamed tokens as the engine thread made them and as their frames
-    were written: a client's inter-token spike that neither shows happened after the server's write."""
+def _stream_figures(direct: DirectWriter | None, made: list[float], sent: list[float]) -> dict:
+    """How a stream's frames left: `token_frames_direct` (sent by the engine thread), `first_token_out_ms` (token 0
+    made -> its frame written), and the median and largest gaps between consecutive tokens as the engine thread made
+    them and as their frames were written: a client's inter-token spike that neither shows happened after the write.
+    The engine thread's frames all precede the loop's (a writer that stops never starts again)."""
+    if direct is not None:
+        made, sent = direct.made + made, direct.sent + sent
+    out: dict = {"token_frames_direct": len(direct.sent) if direct is not None else 0}
+    if made:
+        out["first_token_out_ms"] = round((sent[0] - made[0]) * 1e3, 3)
     if len(made) < 2:
-        return {}
-    out = {}
+        return out
     for name, stamps in (("made", made), ("sent", sent)):
         gaps = sorted((b - a) * 1e3 for a, b in itertools.pairwise(stamps))
         out[f"itl_{name}_median_ms"] = round(gaps[len(gaps) // 2], 3)

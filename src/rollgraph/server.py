@@ -53,12 +53,14 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         drain_timeout_s=getattr(args, "drain_timeout", ServerConfig.drain_timeout_s),
         allowed_uids=tuple(args.allow_uid or ()),
         gc_freeze=getattr(args, "gc_freeze", ServerConfig.gc_freeze),
+        token_writes=getattr(args, "token_writes", ServerConfig.token_writes),
     )
     checks = (
         ("--max-frame-bytes", config.max_frame_bytes >= 64, "an integer >= 64"),
         ("--max-connections", config.max_connections >= 1, "an integer >= 1"),
         ("--frame-timeout", config.frame_timeout_s > 0, "a number of seconds > 0"),
         ("--drain-timeout", config.drain_timeout_s >= 0, "a number of seconds >= 0"),
+        ("--token-writes", config.token_writes in ("engine", "loop"), 'one of "engine", "loop"'),
         (
             "--socket",
             len(os.fsencode(config.socket_path)) < 108,

@@ -1,0 +1,174 @@
+"""Token frames written by the engine thread (token_writer.py): order, fallback to the loop, peers that go away."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from rollgraph.client import Client
+from rollgraph.generation import GenerationResult
+from rollgraph.params import GenerationParams
+from rollgraph.protocol import decode_payload, recv_frame, send_frame, token_frame
+from rollgraph.token_writer import DirectWriter, TokenFrames
+from serverproc import ThreadServer
+
+
+def small_pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return a, b
+
+
+def test_frames_count_their_index_and_carry_text():
+    frames = TokenFrames(lambda ids: f"<{ids[0]}>")
+    first, second = frames.encode(7), frames.encode(9)
+    assert decode_payload(first[4:]) == {"status": "token", "token_id": 7, "index": 0, "text": "<7>"}
+    assert decode_payload(second[4:]) == token_frame(9, 1, "<9>")
+    assert decode_payload(TokenFrames(None).encode(3)[4:]) == token_frame(3, 0)
+
+
+def split_frames(stream: bytes) -> list[dict]:
+    frames = []
+    while stream:
+        length = int.from_bytes(stream[:4], "big")
+        assert len(stream) >= 4 + length, "a frame was cut short"
+        frames.append(decode_payload(stream[4 : 4 + length]))
+        stream = stream[4 + length :]
+    return frames
+
+
+def test_a_full_socket_turns_the_writer_off_and_hands_back_exactly_the_unsent_bytes():
+    ours, peer = small_pair()
+    writer = DirectWriter(ours.fileno())
+    frames, rest, whole = TokenFrames(None), b"", 0
+    while not rest and whole < 5000:  # far more than the small buffers hold
+        rest = writer.send(frames.encode(whole), time.perf_counter())
+        whole += 0 if rest else 1
+    assert rest and not writer.active and writer.error is None
+    assert 0 < whole < 5000 and len(writer.sent) == len(writer.made) == whole
+    later = frames.encode(whole + 1)
+    assert writer.send(later, 0.0) == later  # off for good: every later frame comes back whole
+    taken = b""
+    peer.setblocking(False)
+    with contextlib.suppress(BlockingIOError):
+        while chunk := peer.recv(1 << 16):
+            taken += chunk
+    # What the socket took, then the handed-back rest: one unbroken stream of frames 0..whole.
+    assert [f["index"] for f in split_frames(taken + rest)] == list(range(whole + 1))
+    writer.close()
+    ours.close()
+    peer.close()
+
+
+def test_a_gone_peer_is_an_error_and_the_frame_comes_back():
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    peer.close()
+    writer = DirectWriter(ours.fileno())
+    frame = TokenFrames(None).encode(1)
+    assert writer.send(frame, 0.0) == frame
+    assert isinstance(writer.error, OSError) and not writer.active
+    writer.close()
+    ours.close()
+
+
+def test_after_close_nothing_is_sent_and_the_connection_socket_stays_open():
+    ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    writer = DirectWriter(ours.fileno())
+    writer.close()
+    frame = TokenFrames(None).encode(1)
+    assert writer.send(frame, 0.0) == frame
+    ours.sendall(b"still open")  # the writer closed its own duplicate only
+    assert peer.recv(64) == b"still open"
+    ours.close()
+    peer.close()
+
+
+# ---- through a server ----------------------------------------------------------------------------------------
+
+
+class CountingGeneration:
+    def __init__(self, params: GenerationParams) -> None:
+        self.result = GenerationResult(prompt_tokens=len(params.input_ids))
+        self._it = self._run(params.max_new_tokens)
+
+    def _run(self, n: int):
+        for i in range(n):
+            self.result.output_tokens.append(i % 1000)
+            self.result.finish_reason = "length" if i == n - 1 else None
+            yield i % 1000
+
+    def __iter__(self):
+        return self._it
+
+    def close(self) -> None:
+        self._it.close()
+        self.result.finish_reason = self.result.finish_reason or "cancelled"
+
+
+class CountingEngine:
+    """Makes tokens 0, 1, 2, ... as fast as the engine thread can: a stream much larger than a socket buffer."""
+
+    def __init__(self) -> None:
+        self.model = SimpleNamespace(name="counting", tokenizer=None)
+        self.config = SimpleNamespace(mode="eager")
+
+    def validate(self, params: GenerationParams) -> None:
+        pass
+
+    def generate(self, params: GenerationParams) -> CountingGeneration:
+        return CountingGeneration(params)
+
+    def stats(self) -> dict:
+        return {}
+
+    def idle_work(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("writes", ["engine", "loop"])
+def test_a_client_reading_at_once_gets_every_frame_in_order(writes):
+    with ThreadServer(CountingEngine(), token_writes=writes) as srv, Client(srv.socket_path) as c:
+        gen = c.generate([1], max_new_tokens=300)
+        assert list(gen) == [i % 1000 for i in range(300)]
+        timings = gen.result["timings"]
+        assert timings["token_frames_direct"] == (300 if writes == "engine" else 0)  # 12 kB: the socket takes it all
+        assert timings["first_token_out_ms"] >= 0 and "itl_sent_max_ms" in timings
+
+
+def test_a_client_that_stops_reading_gets_every_frame_in_order_when_it_reads_again():
+    n = 20000  # ~40 bytes a frame: far more than the socket buffers hold, so the engine thread's writer must stop
+    with ThreadServer(CountingEngine()) as srv:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(srv.socket_path)
+        send_frame(sock, {"type": "generate", "input_tokens": [1], "max_new_tokens": n, "stream": True})
+        time.sleep(0.5)  # the engine thread fills the socket and hands the rest to the loop
+        frames = [recv_frame(sock) for _ in range(n + 1)]
+        assert [f["index"] for f in frames[:n]] == list(range(n))
+        assert [f["token_id"] for f in frames[:n]] == [i % 1000 for i in range(n)]
+        final = frames[n]
+        assert final["status"] == "success" and final["output_tokens"] == [i % 1000 for i in range(n)]
+        assert 0 < final["timings"]["token_frames_direct"] < n
+        # The connection is still usable, and a fresh request streams straight from the engine thread again.
+        send_frame(sock, {"type": "generate", "input_tokens": [1], "max_new_tokens": 5, "stream": True})
+        frames = [recv_frame(sock) for _ in range(6)]
+        assert [f.get("index") for f in frames[:5]] == list(range(5))
+        assert frames[5]["timings"]["token_frames_direct"] == 5
+        sock.close()
+
+
+def test_a_client_gone_mid_stream_leaves_the_server_serving():
+    with ThreadServer(CountingEngine()) as srv:
+        c = Client(srv.socket_path)
+        gen = c.generate([1], max_new_tokens=200000)
+        next(iter(gen))
+        c.close()
+        time.sleep(0.2)
+        with Client(srv.socket_path) as c2:
+            assert list(c2.generate([1], max_new_tokens=3)) == [0, 1, 2]
+            assert c2.stats()["server"]["cancelled"] == 1
