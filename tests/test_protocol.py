@@ -422,3 +422,14 @@ def test_generate_reply_shape():
     assert "text" not in generate_reply([], "cancelled", 1, {}, {})
     with pytest.raises(ValueError, match="finish_reason"):
         generate_reply([], "done", 1, {}, {})
+
+
+@pytest.mark.parametrize(
+    ("values", "ok"),
+    [([], True), ([0, 5, 9], True), ([0, 10], False), ([-1, 3], False), ([1, True], False), ([1, 2.0], False)],
+)
+def test_ids_within_takes_only_plain_ints_in_range(values, ok):
+    from rollgraph.params import ids_within
+
+    assert ids_within(values, 9) is ok
+    assert ids_within(tuple(values), 9) is ok

@@ -21,7 +21,7 @@ from rollgraph.generation import Generation, GenerationResult
 from rollgraph.graphs import CudaGraphStep, GraphKey, GraphPool
 from rollgraph.host_tokens import HostTokens
 from rollgraph.models import LoadedModel
-from rollgraph.params import GenerationParams, SamplingParams
+from rollgraph.params import GenerationParams, SamplingParams, ids_within
 from rollgraph.steps import StepBuffers, Steps
 
 logger = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class Engine:
 
     def validate(self, params: GenerationParams) -> None:
         """Raise RequestError if the request cannot run on this model; nothing is changed."""
-        bad = [t for t in params.input_ids if not 0 <= t < self.vocab_size]
-        if bad:
+        if not ids_within(params.input_ids, self.vocab_size - 1):
+            bad = [t for t in params.input_ids if not 0 <= t < self.vocab_size]
             raise RequestError(
                 f"token id {bad[0]} is out of range: ids must be in [0, {self.vocab_size})",
                 code="invalid_token",

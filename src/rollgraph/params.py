@@ -18,6 +18,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def ids_within(values: tuple | list, high: int) -> bool:
+    """True when every value is an int (not a bool) in [0, high]. Built from C-level passes (a prompt of a few hundred
+    ids is checked on the request's path three times: client, protocol, engine); find the culprit separately."""
+    return not values or (set(map(type, values)) <= {int} and min(values) >= 0 and max(values) <= high)
+
+
 def _is_number(value: object) -> bool:
     """An int or a finite float; ints of any size count (math.isfinite would overflow on a huge one)."""
     return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
@@ -69,7 +75,7 @@ class GenerationParams:
     def __post_init__(self) -> None:
         if not isinstance(self.input_ids, tuple) or not self.input_ids:
             raise RequestError("input_ids must be a non-empty list of token ids")
-        if not all(_is_int(t) for t in self.input_ids):
+        if set(map(type, self.input_ids)) != {int}:
             bad = next(t for t in self.input_ids if not _is_int(t))
             raise RequestError(f"input_ids must hold integers only, got {_show(bad)}", code="invalid_token")
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from rollgraph.errors import RequestError, RollgraphError
-from rollgraph.params import MAX_SEED, GenerationParams, SamplingParams
+from rollgraph.params import MAX_SEED, GenerationParams, SamplingParams, ids_within
 
 DEFAULT_MAX_FRAME_BYTES = 1 << 20
 MAX_JSON_DEPTH = 32
@@ -321,6 +321,8 @@ def _token_list(value: object, name: str, *, required: bool) -> tuple[int, ...]:
         )
     if required and not value:
         raise RequestError(f"field '{name}' must hold at least one token id, got []", code="invalid_value")
+    if ids_within(value, MAX_TOKEN_ID):
+        return tuple(value)
     for i, token in enumerate(value):
         if not _is_int(token) or not 0 <= token <= MAX_TOKEN_ID:
             raise RequestError(
