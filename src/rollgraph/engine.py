@@ -54,6 +54,7 @@ class Engine:
         self._capture_stream: torch.cuda.Stream | None = None
         self._shared_pool: tuple | None = None  # memory pool of all prefill graphs with PoolConfig.share_prefill_pool
         self.host = HostTokens(self.device)
+        self._upload = torch.zeros(self.max_seq_len, dtype=torch.int64, pin_memory=True) if self.host.cuda else None
         self._ahead: tuple[int, SamplingParams, str] | None = None  # speculated step: handle, sampling, source
         self.counters: Counter = Counter()  # how requests started: prefill, extend, ahead_hit, ahead_wasted
         self.requests = 0
@@ -186,7 +187,8 @@ class Engine:
         ids, smp, start = list(params.input_ids), not params.sampling.greedy, time.perf_counter()
         held, ahead = self._row_tokens, self._ahead
         self._row_tokens = self._ahead = None  # row 0 is in flux until this request ends well
-        self._set_sampling(params)
+        if smp:  # greedy steps read no sampling buffer: four fewer copies before the prefill starts
+            self._set_sampling(params)
         if self.config.mode == "seed":
             first, step = None, self._seed_step(ids, smp, result)
         else:
@@ -314,14 +316,28 @@ class Engine:
         """Fill row 0 with `ids` from position 0 and leave the first sampled token in the buffers."""
         buf, n = self.buffers, len(ids)
         bucket = next((b for b in self.config.prefill_buckets if n <= b <= self.max_seq_len), None)
-        buf.prompt[0, :n] = torch.tensor(ids, dtype=torch.int64)
+        self._put_prompt(ids, bucket or n)
         buf.prompt_len[0] = n
         if bucket is None:  # longer than every bucket: one pass at its exact length, no graph
             self.steps.fn(GraphKey("prefill", 1, n, smp))()
             result.sources[self._direct] += 1
             return
-        buf.prompt[0, n:bucket].zero_()
         result.sources[self._execute(GraphKey("prefill", 1, bucket, smp))] += 1
+
+    def _put_prompt(self, ids: list[int], width: int) -> None:
+        """Row 0 of the prompt buffer = ids, then zeros up to `width`. On CUDA one copy from pinned memory: a copy
+        from pageable memory would wait for the stream first and take a second kernel for the zeros. The pinned
+        buffer is free again once token 0 is read back; a request that failed before that can only have its own
+        pending copy overwritten by the next request's prompt."""
+        n, row = len(ids), self.buffers.prompt[0]
+        if self._upload is None:
+            row[:n] = torch.tensor(ids, dtype=torch.int64)
+            row[n:width].zero_()
+            return
+        host = self._upload[:width]
+        host[:n] = torch.tensor(ids, dtype=torch.int64)
+        host[n:].zero_()
+        row[:width].copy_(host, non_blocking=True)
 
     # ---- figures -----------------------------------------------------------------------------------------------
 
