@@ -38,7 +38,19 @@ def main() -> None:
     a = p.parse_args()
     folder = tempfile.mkdtemp(prefix="rg-ttft-")
     sock, log = os.path.join(folder, "s.sock"), os.path.join(folder, "serve.log")
-    cmd = [sys.executable, "-m", "rollgraph", "serve", "--model", a.model, "--socket", sock, "--mode", a.mode, *a.server_arg]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rollgraph",
+        "serve",
+        "--model",
+        a.model,
+        "--socket",
+        sock,
+        "--mode",
+        a.mode,
+        *a.server_arg,
+    ]
     rows: dict[str, list[float]] = {"client_ttft": [], "server_ttft": [], "gap": [], "in": [], "out": []}
     with open(log, "w") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)

@@ -191,3 +191,22 @@ def test_smoke_files_and_summary_line(smoke):
     raw = json.loads((out / "requests.json").read_text())
     assert len(raw["seed"]) == len(SMOKE["lengths"]) * SMOKE["repeats"]
     assert sorted(os.listdir(out / "logs")) == ["eager.log", "hf-eager.log", "seed.log"]
+
+
+def test_timed_regions_pause_the_collector_and_restore_it():
+    import gc
+
+    from rollgraph.gc_pause import gc_paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError("inside")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # it was off before, so it stays off
+    finally:
+        gc.enable()

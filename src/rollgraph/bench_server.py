@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from rollgraph.bench_report import ModeRun, Sample
 from rollgraph.client import Client, server_listening
 from rollgraph.errors import RollgraphError
+from rollgraph.gc_pause import gc_paused
 
 if TYPE_CHECKING:
     from rollgraph.bench import BenchSettings, Prompt
@@ -97,13 +98,14 @@ def wait_ready(proc: subprocess.Popen, socket_path: str, log_path: str, timeout_
 
 
 def timed_request(client: Client, prompt: Prompt, new_tokens: int) -> Sample:
-    """One streaming greedy request, timed here: every token frame is stamped as it arrives."""
+    """One streaming greedy request, timed here: every token frame is stamped as it arrives (collector paused)."""
     stamps = []
-    start = time.perf_counter()
-    gen = client.generate(list(prompt.ids), max_new_tokens=new_tokens, temperature=0.0, stream=True)
-    for _ in gen:
-        stamps.append(time.perf_counter())
-    end = time.perf_counter()
+    with gc_paused():
+        start = time.perf_counter()
+        gen = client.generate(list(prompt.ids), max_new_tokens=new_tokens, temperature=0.0, stream=True)
+        for _ in gen:
+            stamps.append(time.perf_counter())
+        end = time.perf_counter()
     result = gen.result or {}
     timings = result.get("timings") or {}
     if not stamps:

@@ -60,7 +60,8 @@ def _header(results: dict) -> str:
     lines.append(
         f"Workload: batch 1, greedy, {s['new_tokens']} new tokens; per prompt length {s['warmup']} uncounted "
         f"warm-up request(s), then {s['repeats']} measured (random token ids, seed {s['seed']}). TTFT is the median "
-        "per length; ITL is pooled over the requests of a length."
+        "per length; ITL is pooled over the requests of a length. Timed requests run with the measuring process's "
+        "garbage collector paused (as timeit does), for rollgraph's client and the peers alike."
     )
     return "\n".join(lines)
 

@@ -32,6 +32,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from rollgraph.bench_report import PEER_MODES, Sample
 from rollgraph.config import ModelConfig
+from rollgraph.gc_pause import gc_paused
 from rollgraph.models import load_model
 
 logger = logging.getLogger(__name__)
@@ -85,16 +86,17 @@ def timed_generate(model: torch.nn.Module, ids: list[int], new_tokens: int, kwar
     streamer = TimingStreamer()
     if model.device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = model.generate(
-        input_ids=inputs,
-        attention_mask=torch.ones_like(inputs),
-        max_new_tokens=new_tokens,
-        do_sample=False,
-        streamer=streamer,
-        **kwargs,
-    )
-    end = time.perf_counter()
+    with gc_paused():  # the same rule as rollgraph's timed requests (gc_pause.py)
+        start = time.perf_counter()
+        out = model.generate(
+            input_ids=inputs,
+            attention_mask=torch.ones_like(inputs),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            streamer=streamer,
+            **kwargs,
+        )
+        end = time.perf_counter()
     tokens = out[0, len(ids) :].tolist()
     if tokens != streamer.tokens:
         raise RuntimeError(f"streamed tokens {streamer.tokens[:8]}... differ from returned {tokens[:8]}...")
