@@ -32,6 +32,10 @@ SPLIT_AT = 512
 """KV buckets up to this many positions take one program per (row, KV head); longer ones are split into a power of
 two of pieces of at most this many positions (rounded up to BLOCK_T)."""
 BLOCK_T = 64
+MERGE_PAD = 4
+"""The merge kernel reads its splits padded to this power of two (more where a bucket has more splits), so one
+build of each kernel serves every KV bucket of a cache up to 4 · SPLIT_AT positions: a fresh machine compiles them
+once, not once per bucket, before the default set is captured."""
 
 
 def available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
@@ -68,7 +72,7 @@ def _interpreting() -> bool:
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["chunk", "splits"])  # one build serves every KV bucket
     def _attend(
         qkv,
         cos,
@@ -88,13 +92,13 @@ if triton is not None:
         s_kt,
         s_out,
         qk_scale,
+        chunk,
+        splits,
         H: tl.constexpr,
         KV: tl.constexpr,
         D: tl.constexpr,
         GROUP: tl.constexpr,
         G_PAD: tl.constexpr,
-        CHUNK: tl.constexpr,
-        SPLITS: tl.constexpr,
         BLOCK: tl.constexpr,
         PRECISION: tl.constexpr,
     ):
@@ -120,8 +124,8 @@ if triton is not None:
         m = tl.full([G_PAD], float("-inf"), tl.float32)
         l_sum = tl.zeros([G_PAD], tl.float32)
         acc = tl.zeros([G_PAD, D], tl.float32)
-        start = split * CHUNK
-        end = tl.minimum(start + CHUNK, pos)
+        start = split * chunk
+        end = tl.minimum(start + chunk, pos)
         for t0 in range(start, end, BLOCK):
             t = t0 + tl.arange(0, BLOCK)
             valid = t < end
@@ -152,25 +156,26 @@ if triton is not None:
                 tl.store(k_cache + kv_base + pos * s_kt + d, k)
                 tl.store(v_cache + kv_base + pos * s_kt + d, v_new)
 
-        if SPLITS == 1:
+        if splits == 1:
             o = acc / l_sum[:, None]
             tl.store(out + b * s_out + heads[:, None] * D + d[None, :], o.to(out.dtype.element_ty), mask=live[:, None])
         else:
-            at = (b * H + heads) * SPLITS + split
+            at = (b * H + heads) * splits + split
             tl.store(part_m + at, m, mask=live)
             tl.store(part_l + at, l_sum, mask=live)
             tl.store(part_acc + at[:, None] * D + d[None, :], acc, mask=live[:, None])
 
-    @triton.jit
-    def _merge(part_m, part_l, part_acc, out, s_out, H: tl.constexpr, D: tl.constexpr, SPLITS: tl.constexpr):
+    @triton.jit(do_not_specialize=["splits"])
+    def _merge(part_m, part_l, part_acc, out, s_out, splits, H: tl.constexpr, D: tl.constexpr, PAD: tl.constexpr):
         b = tl.program_id(0)
         h = tl.program_id(1)
-        sp = tl.arange(0, SPLITS)
+        sp = tl.arange(0, PAD)
+        live = sp < splits
         d = tl.arange(0, D)
-        at = (b * H + h) * SPLITS + sp
-        m = tl.load(part_m + at)
-        l_sum = tl.load(part_l + at)
-        acc = tl.load(part_acc + at[:, None] * D + d[None, :])
+        at = (b * H + h) * splits + sp
+        m = tl.load(part_m + at, mask=live, other=float("-inf"))
+        l_sum = tl.load(part_l + at, mask=live, other=0.0)
+        acc = tl.load(part_acc + at[:, None] * D + d[None, :], mask=live[:, None], other=0.0)
         top = tl.max(m, 0)
         w = tl.exp2(m - top)  # a split that saw no position has m = -inf: weight 0
         total = tl.sum(l_sum * w, 0)
@@ -234,19 +239,20 @@ def decode_attention(
         k_cache.stride(2),
         out.stride(0),
         qk_scale,
+        chunk,
+        splits,
         H=n_heads,
         KV=n_kv,
         D=d,
         GROUP=group,
         G_PAD=max(16, triton.next_power_of_2(group)),
-        CHUNK=chunk,
-        SPLITS=splits,
         BLOCK=BLOCK_T,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
         num_warps=4,
     )
     if splits > 1:
-        _merge[(b, n_heads)](part_m, part_l, part_acc, out, out.stride(0), H=n_heads, D=d, SPLITS=splits)
+        pad = max(MERGE_PAD, splits)
+        _merge[(b, n_heads)](part_m, part_l, part_acc, out, out.stride(0), splits, H=n_heads, D=d, PAD=pad)
     return out
 
 
