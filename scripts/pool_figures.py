@@ -14,11 +14,14 @@ import time
 
 import torch
 
+from rollgraph import decode_attention as fused
 from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
 from rollgraph.floors import measure_copy_bandwidth
 from rollgraph.models import load_model
 from rollgraph.params import GenerationParams
+
+DEFAULT_SPLIT_AT = fused.SPLIT_AT
 
 
 def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dict:
@@ -46,7 +49,9 @@ def engine_config(spec: str) -> EngineConfig:
     """MODE[/OPTION...]: sdpa or triton (decode attention), share or private (one memory pool for all prefill graphs,
     the default since v7, or one per graph),
     pbN (prefill buckets 16, 32, ... up to N, 512 by default since v7; longer prompts run without a graph),
-    mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear).
+    mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear),
+    splitN (the fused decode attention splits KV buckets longer than N positions, 512 by default: an experiment knob,
+    set process-wide for this spec and put back after it).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -61,9 +66,19 @@ def engine_config(spec: str) -> EngineConfig:
             kw["prefill_buckets"] = tuple(1 << i for i in range(4, int(opt[2:]).bit_length()))
         elif opt in ("mm-torch", "mm-triton"):
             kw["matmul"] = opt[3:]
+        elif opt.startswith("split") and opt[5:].isdigit():
+            pass  # applied around the spec's run by split_at()
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
     return EngineConfig(mode=mode, **kw)
+
+
+def split_at(spec: str) -> int:
+    """The spec's splitN, or the module's default."""
+    for opt in spec.split("/")[1:]:
+        if opt.startswith("split") and opt[5:].isdigit():
+            return int(opt[5:])
+    return DEFAULT_SPLIT_AT
 
 
 def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
@@ -71,6 +86,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
     for run, spec in enumerate(modes):
         label = spec if modes.count(spec) == 1 else f"{spec}#{modes[:run].count(spec) + 1}"
         mode = spec.split("/")[0]
+        fused.SPLIT_AT = split_at(spec)
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
         start = time.perf_counter()
@@ -91,6 +107,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         torch._dynamo.reset()  # compiled code is cached per function: a later spec must compile afresh
         gc.collect()
         torch.cuda.empty_cache()
+    fused.SPLIT_AT = DEFAULT_SPLIT_AT
     return out
 
 
