@@ -91,7 +91,8 @@ def engine_tokens(attention: str, device: str, dtype: str = "float32", n: int = 
 
 if __name__ == "__main__":
     result = {str(dt).removeprefix("torch."): max_errors(dt, "cpu") for dt in (torch.float32, torch.float16)}
-    default_split_at, fused.SPLIT_AT = fused.SPLIT_AT, 128  # finer splits: 2 for a 256 bucket, 16 for 2048 (the merge padded past its default 4)
+    # finer splits: 2 for a 256 bucket, 16 for 2048 (the merge padded past its default 4)
+    default_split_at, fused.SPLIT_AT = fused.SPLIT_AT, 128
     result["split_at_128"] = max_errors(torch.float32, "cpu")
     fused.SPLIT_AT = default_split_at
     toks_t, logits_t = engine_tokens("triton", "cpu")
