@@ -136,7 +136,10 @@ def test_a_client_reading_at_once_gets_every_frame_in_order(writes):
         gen = c.generate([1], max_new_tokens=300)
         assert list(gen) == [i % 1000 for i in range(300)]
         timings = gen.result["timings"]
-        assert timings["token_frames_direct"] == (300 if writes == "engine" else 0)  # 12 kB: the socket takes it all
+        direct = timings["token_frames_direct"]
+        # The stand-in makes tokens faster than a loaded machine's client reads them, and each small frame costs the
+        # socket ~1 kB of buffer: the engine thread may hand the tail to the loop even here.
+        assert (0 < direct <= 300) if writes == "engine" else direct == 0
         assert timings["first_token_out_ms"] >= 0 and "itl_sent_max_ms" in timings
 
 
