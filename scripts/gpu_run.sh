@@ -6,6 +6,7 @@
 #   profile:MODEL:MODES[:LENS] scripts/profile_decode.py (LENS: prompt lengths whose prefill to profile too)
 #   skinny:ROWS                scripts/skinny_bench.py (few-row matmuls: cuBLAS, inductor, skinny_linear)
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (the server's share of client TTFT)
+#   capture:MODEL:MODE         scripts/capture_time.py (start-up on empty kernel caches; Triton builds counted)
 #   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
 #   "bench:MODEL:ARGS"         rollgraph bench with ARGS as they are (quote the step), e.g.
 #                              "bench:llama-2-7b:--compare-peers --modes graphs,compile+graphs --prompt-lengths 10,400"
@@ -33,6 +34,7 @@ for step in "$@"; do
     skinny) python3 scripts/skinny_bench.py --rows "${a:-1,16,32,64}" --out "$out" 2>&1 | tee "$out/skinny_bench.txt" | grep -v -i warn ;;
     ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_$a.json" 2>&1 \
             | tail -3 ;;
+    capture) python3 scripts/capture_time.py --model "$a" --mode "$b" --out "$out/capture_${a}_${b}.json" 2>&1 | tail -1 ;;
     resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
     bench) name="bench${n}_$a"
            python3 -m rollgraph bench --model "$a" $b --out "$out/$name" 2>"$out/$name.log" | tail -30
