@@ -2,8 +2,8 @@
 
 Usage: PYTHONPATH=src python scripts/capture_time.py --model llama-2-7b --mode graphs [--out F.json]
 Triton's and inductor's caches are pointed at empty folders first (unless --keep-cache), so every kernel this start
-needs is built, as on a fresh machine; each build leaves one entry there, which is what `triton_builds` counts. Prints one
-JSON object: load, engine set-up (includes the kernels' load-time probes), warm-up (pre-capture, or compile in the
+needs is built, as on a fresh machine; each build leaves one entry in Triton's, which `triton_builds` counts. Prints
+one JSON object: load, engine set-up (includes the kernels' load-time probes), warm-up (pre-capture, or compile in the
 compile modes) in seconds, graphs and bytes held, and the builds during set-up and during warm-up.
 """
 
