@@ -14,10 +14,14 @@ import sys
 import tempfile
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from rollgraph.client import server_listening
 from rollgraph.config import ServerConfig
+from rollgraph.errors import RequestError
+from rollgraph.generation import GenerationResult
+from rollgraph.params import GenerationParams
 from rollgraph.server import Server
 
 
@@ -105,3 +109,58 @@ class ThreadServer:
         self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(15)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---- a stand-in engine for in-thread servers ---------------------------------------------------------------
+
+
+class FakeGeneration:
+    def __init__(self, engine: FakeEngine, params: GenerationParams) -> None:
+        self.result = GenerationResult(prompt_tokens=len(params.input_ids))
+        self._it = self._run(engine, params)
+
+    def _run(self, engine: FakeEngine, params: GenerationParams):
+        for i in range(params.max_new_tokens):
+            engine.threads.add(threading.current_thread().name)
+            if 13 in params.input_ids:
+                raise RuntimeError("boom in /secret/path/model.py at 0x7f00deadbeef")
+            tok = (params.input_ids[-1] + i + 1) % 100
+            self.result.output_tokens.append(tok)
+            self.result.finish_reason = "length" if i == params.max_new_tokens - 1 else None
+            yield tok
+
+    def __iter__(self):
+        return self._it
+
+    def close(self) -> None:
+        self._it.close()
+        self.result.finish_reason = self.result.finish_reason or "cancelled"
+
+
+class FakeEngine:
+    """What the server needs of an Engine; ids containing 13 make the model step fail."""
+
+    def __init__(self, captures: int = 0) -> None:
+        self.model = SimpleNamespace(name="fake", tokenizer=None)
+        self.config = SimpleNamespace(mode="eager")
+        self.pending = captures
+        self.threads: set[str] = set()
+
+    def validate(self, params: GenerationParams) -> None:
+        if any(t >= 100 for t in params.input_ids):
+            raise RequestError("token id out of range: ids must be in [0, 100)", code="invalid_token")
+
+    def generate(self, params: GenerationParams) -> FakeGeneration:
+        self.validate(params)
+        return FakeGeneration(self, params)
+
+    def stats(self) -> dict:
+        self.threads.add(threading.current_thread().name)
+        return {"model": "fake", "pending": self.pending}
+
+    def idle_work(self) -> bool:
+        self.threads.add(threading.current_thread().name)
+        if self.pending:
+            self.pending -= 1
+            return True
+        return False

@@ -13,17 +13,16 @@ import struct
 import subprocess
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from rollgraph.client import Client
 from rollgraph.config import EngineConfig, ModelConfig
-from rollgraph.engine import Engine, GenerationResult
-from rollgraph.errors import RequestError, ServerError
+from rollgraph.engine import Engine
+from rollgraph.errors import ServerError
 from rollgraph.params import GenerationParams
 from rollgraph.protocol import encode_frame, recv_exactly, recv_frame
-from serverproc import ServerProcess, ThreadServer, accepts, serve_command, short_dir
+from serverproc import FakeEngine, ServerProcess, ThreadServer, accepts, serve_command, short_dir
 
 VOCAB = 320  # llama-tiny
 FRAME_TIMEOUT = 2.0
@@ -350,58 +349,6 @@ def test_stale_socket_replaced_and_sigterm_drains_the_request_in_flight():
 
 
 # ---- a stand-in engine in a thread -------------------------------------------------------------------------
-
-
-class FakeGeneration:
-    def __init__(self, engine: FakeEngine, params: GenerationParams) -> None:
-        self.result = GenerationResult(prompt_tokens=len(params.input_ids))
-        self._it = self._run(engine, params)
-
-    def _run(self, engine: FakeEngine, params: GenerationParams):
-        for i in range(params.max_new_tokens):
-            engine.threads.add(threading.current_thread().name)
-            if 13 in params.input_ids:
-                raise RuntimeError("boom in /secret/path/model.py at 0x7f00deadbeef")
-            tok = (params.input_ids[-1] + i + 1) % 100
-            self.result.output_tokens.append(tok)
-            self.result.finish_reason = "length" if i == params.max_new_tokens - 1 else None
-            yield tok
-
-    def __iter__(self):
-        return self._it
-
-    def close(self) -> None:
-        self._it.close()
-        self.result.finish_reason = self.result.finish_reason or "cancelled"
-
-
-class FakeEngine:
-    """What the server needs of an Engine; ids containing 13 make the model step fail."""
-
-    def __init__(self, captures: int = 0) -> None:
-        self.model = SimpleNamespace(name="fake", tokenizer=None)
-        self.config = SimpleNamespace(mode="eager")
-        self.pending = captures
-        self.threads: set[str] = set()
-
-    def validate(self, params: GenerationParams) -> None:
-        if any(t >= 100 for t in params.input_ids):
-            raise RequestError("token id out of range: ids must be in [0, 100)", code="invalid_token")
-
-    def generate(self, params: GenerationParams) -> FakeGeneration:
-        self.validate(params)
-        return FakeGeneration(self, params)
-
-    def stats(self) -> dict:
-        self.threads.add(threading.current_thread().name)
-        return {"model": "fake", "pending": self.pending}
-
-    def idle_work(self) -> bool:
-        self.threads.add(threading.current_thread().name)
-        if self.pending:
-            self.pending -= 1
-            return True
-        return False
 
 
 def test_failed_model_step_fails_only_that_request():

@@ -5,16 +5,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
-from types import SimpleNamespace
 
 import pytest
 
 from rollgraph.client import Client
-from rollgraph.generation import GenerationResult
-from rollgraph.params import GenerationParams
 from rollgraph.protocol import decode_payload, recv_frame, send_frame, token_frame
 from rollgraph.token_writer import DirectWriter, TokenFrames
-from serverproc import ThreadServer
+from serverproc import FakeEngine, ThreadServer
 
 
 def small_pair() -> tuple[socket.socket, socket.socket]:
@@ -91,50 +88,17 @@ def test_after_close_nothing_is_sent_and_the_connection_socket_stays_open():
 # ---- through a server ----------------------------------------------------------------------------------------
 
 
-class CountingGeneration:
-    def __init__(self, params: GenerationParams) -> None:
-        self.result = GenerationResult(prompt_tokens=len(params.input_ids))
-        self._it = self._run(params.max_new_tokens)
-
-    def _run(self, n: int):
-        for i in range(n):
-            self.result.output_tokens.append(i % 1000)
-            self.result.finish_reason = "length" if i == n - 1 else None
-            yield i % 1000
-
-    def __iter__(self):
-        return self._it
-
-    def close(self) -> None:
-        self._it.close()
-        self.result.finish_reason = self.result.finish_reason or "cancelled"
-
-
-class CountingEngine:
-    """Makes tokens 0, 1, 2, ... as fast as the engine thread can: a stream much larger than a socket buffer."""
-
-    def __init__(self) -> None:
-        self.model = SimpleNamespace(name="counting", tokenizer=None)
-        self.config = SimpleNamespace(mode="eager")
-
-    def validate(self, params: GenerationParams) -> None:
-        pass
-
-    def generate(self, params: GenerationParams) -> CountingGeneration:
-        return CountingGeneration(params)
-
-    def stats(self) -> dict:
-        return {}
-
-    def idle_work(self) -> bool:
-        return False
+def fake_tokens(n: int, last: int = 1) -> list[int]:
+    """What FakeEngine makes for a prompt ending in `last`: as fast as the engine thread can, so a long stream
+    outruns any socket buffer."""
+    return [(last + i + 1) % 100 for i in range(n)]
 
 
 @pytest.mark.parametrize("writes", ["engine", "loop"])
 def test_a_client_reading_at_once_gets_every_frame_in_order(writes):
-    with ThreadServer(CountingEngine(), token_writes=writes) as srv, Client(srv.socket_path) as c:
+    with ThreadServer(FakeEngine(), token_writes=writes) as srv, Client(srv.socket_path) as c:
         gen = c.generate([1], max_new_tokens=300)
-        assert list(gen) == [i % 1000 for i in range(300)]
+        assert list(gen) == fake_tokens(300)
         timings = gen.result["timings"]
         direct = timings["token_frames_direct"]
         # The stand-in makes tokens faster than a loaded machine's client reads them, and each small frame costs the
@@ -145,7 +109,7 @@ def test_a_client_reading_at_once_gets_every_frame_in_order(writes):
 
 def test_a_client_that_stops_reading_gets_every_frame_in_order_when_it_reads_again():
     n = 20000  # ~40 bytes a frame: far more than the socket buffers hold, so the engine thread's writer must stop
-    with ThreadServer(CountingEngine()) as srv:
+    with ThreadServer(FakeEngine()) as srv:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(srv.socket_path)
@@ -153,9 +117,9 @@ def test_a_client_that_stops_reading_gets_every_frame_in_order_when_it_reads_aga
         time.sleep(0.5)  # the engine thread fills the socket and hands the rest to the loop
         frames = [recv_frame(sock) for _ in range(n + 1)]
         assert [f["index"] for f in frames[:n]] == list(range(n))
-        assert [f["token_id"] for f in frames[:n]] == [i % 1000 for i in range(n)]
+        assert [f["token_id"] for f in frames[:n]] == fake_tokens(n)
         final = frames[n]
-        assert final["status"] == "success" and final["output_tokens"] == [i % 1000 for i in range(n)]
+        assert final["status"] == "success" and final["output_tokens"] == fake_tokens(n)
         assert 0 < final["timings"]["token_frames_direct"] < n
         # The connection is still usable, and a fresh request streams straight from the engine thread again.
         send_frame(sock, {"type": "generate", "input_tokens": [1], "max_new_tokens": 5, "stream": True})
@@ -166,12 +130,12 @@ def test_a_client_that_stops_reading_gets_every_frame_in_order_when_it_reads_aga
 
 
 def test_a_client_gone_mid_stream_leaves_the_server_serving():
-    with ThreadServer(CountingEngine()) as srv:
+    with ThreadServer(FakeEngine()) as srv:
         c = Client(srv.socket_path)
         gen = c.generate([1], max_new_tokens=200000)
         next(iter(gen))
         c.close()
         time.sleep(0.2)
         with Client(srv.socket_path) as c2:
-            assert list(c2.generate([1], max_new_tokens=3)) == [0, 1, 2]
+            assert list(c2.generate([1], max_new_tokens=3)) == fake_tokens(3)
             assert c2.stats()["server"]["cancelled"] == 1
