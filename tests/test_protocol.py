@@ -433,3 +433,17 @@ def test_ids_within_takes_only_plain_ints_in_range(values, ok):
 
     assert ids_within(values, 9) is ok
     assert ids_within(tuple(values), 9) is ok
+
+
+def test_int_subclass_ids_are_still_token_ids():
+    import enum
+
+    from rollgraph.params import GenerationParams
+
+    class Tok(enum.IntEnum):
+        A = 5
+
+    assert GenerationParams((Tok.A, 3)).input_ids == (5, 3)
+    assert parse_request({"type": "inference", "input_tokens": [Tok.A, 3]}).input_tokens == (5, 3)
+    with pytest.raises(RequestError, match="integers only"):
+        GenerationParams((Tok.A, True))

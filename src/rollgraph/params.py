@@ -19,8 +19,9 @@ def _is_int(value: object) -> bool:
 
 
 def ids_within(values: tuple | list, high: int) -> bool:
-    """True when every value is an int (not a bool) in [0, high]. Built from C-level passes (a prompt of a few hundred
-    ids is checked on the request's path three times: client, protocol, engine); find the culprit separately."""
+    """True when every value is a plain int in [0, high], from C-level passes (a prompt's ids are checked by the
+    protocol and by the engine on the request's path). False is not a verdict: int subclasses (bool excluded) are
+    valid ids too, so callers fall back to their per-id loop, which also names the culprit."""
     return not values or (set(map(type, values)) <= {int} and min(values) >= 0 and max(values) <= high)
 
 
@@ -75,7 +76,7 @@ class GenerationParams:
     def __post_init__(self) -> None:
         if not isinstance(self.input_ids, tuple) or not self.input_ids:
             raise RequestError("input_ids must be a non-empty list of token ids")
-        if set(map(type, self.input_ids)) != {int}:
+        if set(map(type, self.input_ids)) != {int} and not all(_is_int(t) for t in self.input_ids):
             bad = next(t for t in self.input_ids if not _is_int(t))
             raise RequestError(f"input_ids must hold integers only, got {_show(bad)}", code="invalid_token")
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
