@@ -92,12 +92,19 @@ def test_token_agreement_compares_each_mode_with_the_first():
 def test_settings_map_flags_and_refuse_bad_values():
     s = parse_settings(
         ["--modes", "graphs,eager", "--prompt-lengths", "10,400", "--kv-bucket", "0", "--compare-peers",
-         "--server-arg=--on-miss=capture", "--graph-memory", "512"]
+         "--server-arg=--on-miss=capture", "--graph-memory", "512", "--client-wait", "spin"]
     )  # fmt: skip
+    assert s.client_wait == "spin" and BenchSettings().client_wait == "block"
     assert s.all_modes == ("graphs", "eager", "hf-eager", "hf-static-compile")
     assert s.serve_flags() == ["--dtype", "auto", "--kv-bucket", "0", "--graph-memory", "512.0", "--on-miss=capture"]
     assert BenchSettings().prompt_lengths == (10, 50, 100, 150, 200, 250, 300, 350, 400)
-    for bad in (dict(modes=("fast",)), dict(prompt_lengths=()), dict(new_tokens=1), dict(max_seq_len=100)):
+    for bad in (
+        dict(modes=("fast",)),
+        dict(prompt_lengths=()),
+        dict(new_tokens=1),
+        dict(max_seq_len=100),
+        dict(client_wait="fast"),
+    ):
         with pytest.raises(BenchError):
             BenchSettings(**bad)
 
@@ -137,7 +144,8 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out"
     argv = ["--model", "llama-tiny", "--modes", ",".join(SMOKE["modes"]),
             "--prompt-lengths", ",".join(map(str, SMOKE["lengths"])), "--new-tokens", str(SMOKE["new_tokens"]),
-            "--repeats", str(SMOKE["repeats"]), "--compare-peers", "--out", str(out)]  # fmt: skip
+            "--repeats", str(SMOKE["repeats"]), "--compare-peers", "--client-wait", "spin",
+            "--out", str(out)]  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "rollgraph", "bench", "--", *argv]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
@@ -187,6 +195,7 @@ def test_smoke_files_and_summary_line(smoke):
     assert report.count("| Prompt Length | TTFT (ms) | P99 ITL (ms) | Graphs Used | Memory (GB) |") == 3
     assert "## `eager`" in report and "## `hf-eager` (transformers)" in report and "## Comparison" in report
     assert "| 20 tokens |" in report and "| **Average** |" in report
+    assert "polls its socket without sleeping" in report  # the smoke run measures with --client-wait spin
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     raw = json.loads((out / "requests.json").read_text())
     assert len(raw["seed"]) == len(SMOKE["lengths"]) * SMOKE["repeats"]

@@ -361,6 +361,20 @@ def test_silent_server_raises_timeout_error(serve):
     client.close()
 
 
+def test_busy_poll_reads_byte_by_byte_streams_and_still_times_out(serve):
+    server = serve(canned)
+    with Client(server.path, timeout=5, busy_poll=True) as client:
+        assert list(client.generate([1], max_new_tokens=4)) == [100, 101, 102, 103]
+        assert client.send_request([1, 2, 3]) == [4]
+    silent = serve(lambda conn, request: None)
+    client = Client(silent.path, timeout=0.2, busy_poll=True)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"0\.2 s"):
+        client.stats()
+    assert 0.2 <= time.monotonic() - started < 3
+    client.close()
+
+
 def test_open_generation_blocks_other_requests_until_closed(serve):
     server = serve(canned)
     with Client(server.path, timeout=5) as client:

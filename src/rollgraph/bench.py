@@ -47,6 +47,7 @@ from rollgraph.floors import Floors, Machine
 logger = logging.getLogger(__name__)
 
 DEFAULT_LENGTHS = (10, *range(50, 401, 50))
+CLIENT_WAITS = ("block", "spin")
 VOCAB_CAP = 30000
 FIRST_ID = 3  # ids below this are special tokens (pad/bos/eos) in the Llama family
 
@@ -83,6 +84,9 @@ class BenchSettings:
     """A server (or peer) that is not ready this long after it started fails its mode."""
     request_timeout_s: float = 600.0
     """Longest wait for any one frame from a server."""
+    client_wait: str = "block"
+    """How the measuring client waits for a frame: "block" (sleep in recv until the OS wakes it) or "spin" (poll the
+    socket without sleeping, one core busy; the OS's wake-up latency leaves the measurement, see client.py)."""
 
     def __post_init__(self) -> None:
         allowed = (*MODES, *PEER_MODES)
@@ -102,6 +106,8 @@ class BenchSettings:
             raise BenchError(f"--warmup must be >= 0; got {self.warmup}")
         if self.dtype not in DTYPES:
             raise BenchError(f"--dtype must be one of {', '.join(DTYPES)}; got {self.dtype}")
+        if self.client_wait not in CLIENT_WAITS:
+            raise BenchError(f"--client-wait must be one of {', '.join(CLIENT_WAITS)}; got {self.client_wait!r}")
         longest = max(self.prompt_lengths) + self.new_tokens
         if self.max_seq_len is not None and self.max_seq_len < longest:
             raise BenchError(f"--max-seq-len {self.max_seq_len} is below the longest prompt + new tokens ({longest})")
@@ -182,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ready-timeout", type=float, default=d.ready_timeout_s, help="seconds a server may take to start")
     p.add_argument("--request-timeout", type=float, default=d.request_timeout_s, help="seconds to wait for a frame")
+    p.add_argument(
+        "--client-wait",
+        choices=CLIENT_WAITS,
+        default=d.client_wait,
+        help="how the measuring client waits for each frame: block in recv, or spin polling the socket (default: "
+        "%(default)s)",
+    )
     return p
 
 
@@ -205,6 +218,7 @@ def parse_settings(argv: list[str]) -> BenchSettings:
         compare_peers=a.compare_peers,
         ready_timeout_s=a.ready_timeout,
         request_timeout_s=a.request_timeout,
+        client_wait=a.client_wait,
     )
 
 

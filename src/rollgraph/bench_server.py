@@ -177,7 +177,8 @@ def run_server_mode(
     try:
         wait_ready(proc, socket_path, log_path, settings.ready_timeout_s)
         startup_s = time.perf_counter() - started
-        with Client(socket_path, timeout=settings.request_timeout_s) as client:
+        busy_poll = settings.client_wait == "spin"
+        with Client(socket_path, timeout=settings.request_timeout_s, busy_poll=busy_poll) as client:
             run.info = _start_info(client.stats(), startup_s)
             _measure(client, run, settings, prompts, bar)
             run.info.update(_end_info(client.stats()))

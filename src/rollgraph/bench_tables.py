@@ -8,6 +8,11 @@ from __future__ import annotations
 import statistics
 from collections.abc import Iterable
 
+CLIENT_WAIT_NOTE = {
+    "spin": " rollgraph's client polls its socket without sleeping while it waits for a frame (`--client-wait spin`).",
+    "block": "",
+}
+
 # ---------------------------------------------------------------------------------------------------- markdown
 
 
@@ -62,6 +67,7 @@ def _header(results: dict) -> str:
         f"warm-up request(s), then {s['repeats']} measured (random token ids, seed {s['seed']}). TTFT is the median "
         "per length; ITL is pooled over the requests of a length. Timed requests run with the measuring process's "
         "garbage collector paused (as timeit does), for rollgraph's client and the peers alike."
+        + CLIENT_WAIT_NOTE.get(s.get("client_wait", "block"), "")
     )
     return "\n".join(lines)
 

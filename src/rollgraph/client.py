@@ -23,7 +23,9 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import select
 import socket
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -151,7 +153,12 @@ class Generation:
 class Client:
     """Connection to a rollgraph server at `socket_path`. `timeout` (seconds, None = wait forever) bounds
     every wait for bytes: connecting, sending, and each wait for the next piece of a reply, so a streaming
-    generation may run longer than `timeout` in total while a non-streaming one must finish within it."""
+    generation may run longer than `timeout` in total while a non-streaming one must finish within it.
+
+    `busy_poll=True` waits for each reply frame by polling the socket without sleeping, so the frame is read the
+    moment it arrives instead of when the OS gets round to waking a sleeping process (on the GPU hosts that wake
+    sometimes took ~1 ms, perf-notes v12). It keeps one CPU core busy while a reply is awaited: meant for latency
+    measurement (`rollgraph bench --client-wait spin`), not for ordinary use."""
 
     def __init__(
         self,
@@ -159,10 +166,12 @@ class Client:
         timeout: float | None = 60.0,
         *,
         max_frame_bytes: int = CLIENT_MAX_FRAME_BYTES,
+        busy_poll: bool = False,
     ) -> None:
         self.socket_path = os.fspath(socket_path)
         self.timeout = timeout
         self.max_frame_bytes = max_frame_bytes
+        self.busy_poll = busy_poll
         self._sock: socket.socket | None = None
         self._active: Generation | None = None
 
@@ -292,6 +301,8 @@ class Client:
             raise ConnectionClosed(f"not connected to the rollgraph server at {self.socket_path}")
         where = f"the rollgraph server at {self.socket_path}"
         try:
+            if self.busy_poll:
+                _spin_until_readable(self._sock, self.timeout)
             frame = recv_frame(self._sock, self.max_frame_bytes)
         except TimeoutError:
             self._drop("receive timed out")
@@ -321,6 +332,17 @@ class Client:
             logger.debug("closing connection to %s: %s", self.socket_path, why)
             self._sock.close()
             self._sock = None
+
+
+def _spin_until_readable(sock: socket.socket, timeout: float | None) -> None:
+    """Poll `sock` without sleeping until it has bytes (or EOF); TimeoutError after `timeout` seconds."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poll = poller.poll
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while not poll(0):
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError
 
 
 def server_listening(socket_path: str | os.PathLike, timeout: float = 1.0) -> bool:
