@@ -4,8 +4,10 @@ Why: a server that is right for ten requests can still lose one in ten thousand,
 or let the graph pool creep over its byte budget as keys are captured and evicted. This script sends N requests
 (random prompt lengths, greedy and sampled, random max_new_tokens, stop tokens, the original client's resend loop,
 and a fraction of clients that disconnect mid-stream) and checks:
-- greedy tokens equal an in-process eager engine's on the same model, device and limits (computed once per
-  prompt, so the reference costs prompts x max_new_tokens steps, not one generation per request);
+- greedy tokens equal an in-process eager engine's on the same model, device, limits and kernels (the server's
+  `stats()["kernels"]`: in bf16 another kernel gives other tokens; computed once per prompt, so the reference costs
+  prompts x max_new_tokens steps, not one generation per request). Exact for the eager, graphs and seed modes, whose
+  replays run the eager kernels; the compile modes run inductor's kernels, which no eager engine reproduces in bf16;
 - seeded sampling repeats give the same tokens on the same server (determinism);
 - nothing is lost: every request that was not deliberately dropped gets its final frame;
 - the pool's bytes never exceed its budget (stats sampled every --stats-every requests);
@@ -159,13 +161,15 @@ class Reference:
     """Greedy tokens from an in-process eager engine, one generation of max_new_tokens per prompt, computed when
     first needed: a shorter request's tokens are a prefix (greedy, no stop tokens)."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, kernels: dict) -> None:
         from rollgraph.config import EngineConfig, ModelConfig
         from rollgraph.engine import Engine
         from rollgraph.models import load_model
 
         model = load_model(ModelConfig(args.model, device=args.device))
-        self.engine = Engine(model, EngineConfig(mode="eager", max_seq_len=args.max_seq_len))
+        # The server's own kernel choices (eager's `auto` would pick PyTorch's, unlike graphs mode's).
+        chosen = self.kernels = {k: v for k, v in kernels.items() if k in ("attention", "matmul") and v}
+        self.engine = Engine(model, EngineConfig(mode="eager", max_seq_len=args.max_seq_len, **chosen))
         self.n = args.max_new_tokens
         self._cache: dict[int, list[int]] = {}
         self.seconds = 0.0
@@ -435,6 +439,7 @@ def summarize(args: argparse.Namespace, soak: Soak, final: dict, exit_info: dict
         },
         "memory": {"samples": soak.samples, "rss_growth_mib": rss, "gpu_growth_beyond_pool_mib": gpu},
         "reference_s": round(soak.ref.seconds, 1),
+        "reference_kernels": soak.ref.kernels,
         "elapsed_s": round(secs, 1),
         "requests_per_s": round(t.done / secs, 1) if secs else None,
         "server_exit": exit_info,
@@ -448,8 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(args)
     try:
         with Client(server.path, timeout=args.request_timeout) as c:
-            vocab = c.stats()["vocab_size"]
-        soak = Soak(args, server, Reference(args), vocab)
+            stats = c.stats()
+        soak = Soak(args, server, Reference(args, stats.get("kernels") or {}), stats["vocab_size"])
         start = time.monotonic()
         stopped = soak.run()
         secs = time.monotonic() - start

@@ -67,6 +67,14 @@ def test_every_mode_matches_eager_on_cpu(mode, caplog):
     assert engine.stats()["pool"]["graphs"] == 0
 
 
+def test_stats_name_the_kernels_the_runner_settled_on(gpt2_dir):
+    # On the CPU Triton cannot run: `auto` falls back to PyTorch's kernels in every mode, and naming them is allowed.
+    assert make_engine("llama-tiny", mode="graphs").stats()["kernels"] == {"attention": "sdpa", "matmul": "torch"}
+    eager = make_engine("llama-tiny", mode="eager", attention="sdpa", matmul="torch")
+    assert eager.kernels() == {"attention": "sdpa", "matmul": "torch"}
+    assert make_engine(gpt2_dir, mode="eager").kernels() == {"attention": None, "matmul": None}
+
+
 def test_compile_mode_matches_eager_on_cpu():
     ids = [1, 50, 60]
     want = run(make_engine("llama-tiny", mode="eager"), ids, 4)

@@ -66,7 +66,8 @@ def test_soak_checks_can_fail():
     assert soak.growth(leaking, "rss_mib") == 3000.0
     assert soak.growth(leaking[:2], "rss_mib") is None  # the start sample (before warm-up) is never compared
     args = soak.parse_args(["--socket", "/nowhere"])
-    fake = SimpleNamespace(tally=soak.Tally(done=10, wrong=1), samples=leaking, ref=SimpleNamespace(seconds=0.0))
+    ref = SimpleNamespace(seconds=0.0, kernels={})
+    fake = SimpleNamespace(tally=soak.Tally(done=10, wrong=1), samples=leaking, ref=ref)
     fake.pool = {"bytes_max_seen": 9, "max_bytes": 8, "graphs_max_seen": 1, "over_budget_samples": 1}
     checks = soak.summarize(args, fake, {}, {}, "done", 1.0)["checks"]
     assert {name for name, ok in checks.items() if not ok} == {

@@ -341,6 +341,16 @@ class Engine:
 
     # ---- figures -----------------------------------------------------------------------------------------------
 
+    def kernels(self) -> dict[str, str | None]:
+        """The decode attention and few-row matmul kernels the runner settled on after its load-time probes
+        (`triton`, or PyTorch's `sdpa` / `torch`); None for a runner without the choice (transformers' forward).
+        An eager engine given these same names runs the very kernels this one runs."""
+        fused, skinny_phases = getattr(self.runner, "fused_decode", None), getattr(self.runner, "skinny_phases", None)
+        return {
+            "attention": None if fused is None else ("triton" if fused else "sdpa"),
+            "matmul": None if skinny_phases is None else ("triton" if skinny_phases else "torch"),
+        }
+
     def stats(self) -> dict:
         cuda = self.device.type == "cuda"
         return {
@@ -354,6 +364,7 @@ class Engine:
             "requests": self.requests,
             "request_starts": {k: self.counters.get(k, 0) for k in ("prefill", "extend", "ahead_hit", "ahead_wasted")},
             "graphs_enabled": self.graphs_enabled,
+            "kernels": self.kernels(),
             "compile_cache": compile_cache_counts() if self.steps.compiled else None,
             "pool": self.pool.report(),
             "memory": {
