@@ -40,6 +40,7 @@ def _gemv(
     BK: tl.constexpr,
     PDL: tl.constexpr,
     PREFETCH: tl.constexpr,
+    FIRST: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rn = pid * BN + tl.arange(0, BN)
@@ -52,10 +53,18 @@ def _gemv(
             tl.inline_asm_elementwise(
                 "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [lines], dtype=tl.int32, is_pure=False, pack=1
             )
-    if PDL:
-        gdc_wait()
     acc = tl.zeros((BN,), dtype=tl.float32)
-    for k0 in range(0, K, BK):
+    start = 0
+    if FIRST:  # the first weight tile into registers before the wait, then the input
+        rk = tl.arange(0, BK)
+        w0 = tl.load(w_ptr + rn[:, None] * K + rk[None, :])
+        if PDL:
+            gdc_wait()
+        acc += tl.sum(w0.to(tl.float32) * tl.load(x_ptr + rk)[None, :].to(tl.float32), axis=1)
+        start = BK
+    elif PDL:
+        gdc_wait()
+    for k0 in range(start, K, BK):
         rk = k0 + tl.arange(0, BK)
         w = tl.load(w_ptr + rn[:, None] * K + rk[None, :])
         x = tl.load(x_ptr + rk)
@@ -64,13 +73,21 @@ def _gemv(
 
 
 BN, BK = 32, 256
-VARIANTS = {"triton": (False, False), "triton+pdl": (True, False), "triton+pdl+prefetch": (True, True)}
+VARIANTS = {
+    "triton": (False, False, False),
+    "triton+pdl": (True, False, False),
+    "triton+pdl+prefetch": (True, True, False),
+    "triton+first": (False, False, True),
+    "triton+pdl+first": (True, False, True),
+}
 
 
-def gemv(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, pdl: bool, prefetch: bool) -> None:
+def gemv(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, pdl: bool, prefetch: bool, first: bool = False) -> None:
     n, k = w.shape
     kw = {"launch_pdl": True} if pdl else {}
-    _gemv[(n // BN,)](x, w, y, n, k, BN=BN, BK=BK, PDL=pdl, PREFETCH=prefetch, num_warps=4, num_stages=4, **kw)
+    _gemv[(n // BN,)](
+        x, w, y, n, k, BN=BN, BK=BK, PDL=pdl, PREFETCH=prefetch, FIRST=first, num_warps=4, num_stages=4, **kw
+    )
 
 
 def chain_shapes(name: str, length: int) -> list[tuple[int, int]]:
@@ -87,6 +104,19 @@ def run_chain(weights, bufs, variant: str) -> None:
             torch.mm(w, bufs[i].unsqueeze(1), out=bufs[i + 1].unsqueeze(1))
         else:
             gemv(bufs[i], w, bufs[i + 1], *VARIANTS[variant])
+
+
+def time_stream(fn, repeats: int = 20) -> float:
+    """Milliseconds per call of `fn` launched on the stream (no graph)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
 
 
 def time_graph(fn, replays: int = 20) -> float:
@@ -133,9 +163,11 @@ def main() -> None:
                 if "pdl" in variant and gdc_wait is None:
                     raise RuntimeError("this Triton has no gdc_wait")
                 ms = time_graph(lambda ws=weights, b=bufs, v=variant: run_chain(ws, b, v))
+                stream_ms = time_stream(lambda ws=weights, b=bufs, v=variant: run_chain(ws, b, v))
                 row |= {
                     "us_per_matmul": round(ms * 1e3 / len(weights), 2),
                     "TBps": round(nbytes / (ms * 1e-3) / 1e12, 3),
+                    "stream_us_per_matmul": round(stream_ms * 1e3 / len(weights), 2),
                 }
                 results[variant] = bufs[-1].clone()
                 if variant != "triton" and variant != "cublas" and "triton" in results:
