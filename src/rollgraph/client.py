@@ -156,9 +156,10 @@ class Client:
     generation may run longer than `timeout` in total while a non-streaming one must finish within it.
 
     `busy_poll=True` waits for each reply frame by polling the socket without sleeping, so the frame is read the
-    moment it arrives instead of when the OS gets round to waking a sleeping process (on the GPU hosts that wake
-    sometimes took ~1 ms, perf-notes v12). It keeps one CPU core busy while a reply is awaited: meant for latency
-    measurement (`rollgraph bench --client-wait spin`), not for ordinary use."""
+    moment it arrives instead of when the OS gets round to waking a sleeping process. It keeps one CPU core busy
+    while a reply is awaited: an option for latency measurement (`rollgraph bench --client-wait spin`), not for
+    ordinary use. On the H100 hosts it removed some of the bench's client-only ITL spikes but not all, and the
+    server's own request handling got slower beside it (perf-notes v12)."""
 
     def __init__(
         self,
