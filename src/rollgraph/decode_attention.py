@@ -37,7 +37,7 @@ MERGE_PAD = 4
 build of each kernel serves every KV bucket of a cache up to 4 · SPLIT_AT positions: a fresh machine compiles them
 once, not once per bucket, before the default set is captured."""
 LAST_SPLIT_MERGES = False
-"""Experiment (perf-notes, "Next GPU session" 2), off by default and not yet measured on a GPU: instead of a second
+"""Experiment (perf-notes v15), off by default and not yet measured on a GPU: instead of a second
 kernel launch, the split that finishes last for a (row, KV head) merges the partials itself. Each split stores its
 partials and bumps a counter; the program that sees the count reach `splits` merges, then resets the counter to 0,
 so every graph replay starts from zeros."""
@@ -175,18 +175,16 @@ if triton is not None:
             if LAST_MERGES:
                 tl.debug_barrier()  # every thread's partials are stored before the count says so
                 arrived = tl.atomic_add(counters + b * KV + kvh, 1, sem="acq_rel", scope="gpu")
-                if (
-                    arrived == splits - 1
-                ):  # the last split of this (row, KV head): merge, split 0 first (it is never empty)
+                # The last split of this (row, KV head) merges, split 0 first (it is never empty).
+                if arrived == splits - 1:
                     top = tl.full([G_PAD], float("-inf"), tl.float32)
                     total = tl.zeros([G_PAD], tl.float32)
                     merged = tl.zeros([G_PAD, D], tl.float32)
                     for sp in range(0, splits):
                         at_sp = (b * H + heads) * splits + sp
                         m_sp = tl.load(part_m + at_sp, mask=live, other=0.0, cache_modifier=".cg")
-                        l_sp = tl.load(
-                            part_l + at_sp, mask=live, other=1.0, cache_modifier=".cg"
-                        )  # dead lanes stay finite
+                        # other=1.0: dead lanes (past GROUP) stay finite
+                        l_sp = tl.load(part_l + at_sp, mask=live, other=1.0, cache_modifier=".cg")
                         a_sp = tl.load(
                             part_acc + at_sp[:, None] * D + d[None, :],
                             mask=live[:, None],
