@@ -1,0 +1,84 @@
+"""Prefill-sized matmuls on the GPU: how the work of llama-2-7b's projections grows with the prompt's row count.
+
+perf-notes v6 found that cuBLAS does the work of 504-512 rows for a 400-token prefill (its tiles are 128 or 168 rows
+high), so a 400-token prompt costs what the 512 bucket costs. This probe asks whether any other way of running the
+same product does better at 400 rows:
+- cuBLAS (`F.linear`) at row counts from 384 to 512, to see where its time steps;
+- the swapped product `W @ x.T` (tokens on cuBLAS's other tile dimension; the result is transposed);
+- optionally (`--autotune`) inductor's max-autotune choice at 400 rows, Triton templates against cuBLAS.
+Reports microseconds and TFLOP/s counted on the rows asked for (so padding shows as a lower rate).
+
+Usage: PYTHONPATH=src python scripts/prefill_gemm_probe.py --out FILE [--autotune]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+
+SHAPES = [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008)]  # (N, K): qkv, o, gate_up, down of llama-2-7b
+ROWS = (384, 400, 416, 432, 448, 464, 480, 496, 512)
+
+
+def time_us(fn, iters: int = 20) -> float:
+    """Median microseconds per call, over 5 timed replays of a CUDA graph that calls fn `iters` times."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(iters):
+            fn()
+    times = []
+    for _ in range(6):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / iters)
+    return sorted(times[1:])[2]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", required=True)
+    p.add_argument("--autotune", action="store_true", help="also inductor max-autotune at 400 rows")
+    a = p.parse_args()
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    rows_out = []
+    for n, k in SHAPES:
+        w = torch.randn(n, k, device=dev, dtype=dt) * 0.02
+        for m in ROWS:
+            x = torch.randn(m, k, device=dev, dtype=dt)
+            row = {"n": n, "k": k, "m": m}
+            row["cublas_us"] = time_us(lambda x=x, w=w: F.linear(x, w))
+            row["swapped_us"] = time_us(lambda x=x, w=w: torch.mm(w, x.t()))
+            for key in ("cublas", "swapped"):
+                row[f"{key}_tflops"] = round(2 * m * n * k / row[f"{key}_us"] / 1e6, 1)
+            rows_out.append(row)
+            print(json.dumps(row), flush=True)
+        if a.autotune:
+            import torch._inductor.config as ic
+
+            ic.max_autotune_gemm = True
+            torch._dynamo.reset()
+            x = torch.randn(400, k, device=dev, dtype=dt)
+            fn = torch.compile(lambda x, w: F.linear(x, w), dynamic=False, mode="max-autotune-no-cudagraphs")
+            t0 = time.perf_counter()
+            fn(x, w)
+            row = {"n": n, "k": k, "m": 400, "autotune_compile_s": round(time.perf_counter() - t0, 1)}
+            row["autotune_us"] = time_us(lambda x=x, w=w, fn=fn: fn(x, w))
+            row["autotune_tflops"] = round(2 * 400 * n * k / row["autotune_us"] / 1e6, 1)
+            torch.testing.assert_close(fn(x, w), F.linear(x, w), rtol=2e-2, atol=2e-2)
+            rows_out.append(row)
+            print(json.dumps(row), flush=True)
+    with open(a.out, "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows_out}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
