@@ -51,9 +51,7 @@ def engine_config(spec: str) -> EngineConfig:
     pbN (prefill buckets 16, 32, ... up to N, 512 by default since v7; longer prompts run without a graph),
     mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear),
     splitN (the fused decode attention splits KV buckets longer than N positions, 512 by default: an experiment knob,
-    set process-wide for this spec and put back after it),
-    lastmerge (the split that finishes last merges the partials, no merge launch: decode_attention.LAST_SPLIT_MERGES,
-    process-wide for this spec like splitN).
+    set process-wide for this spec and put back after it).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -68,8 +66,8 @@ def engine_config(spec: str) -> EngineConfig:
             kw["prefill_buckets"] = tuple(1 << i for i in range(4, int(opt[2:]).bit_length()))
         elif opt in ("mm-torch", "mm-triton"):
             kw["matmul"] = opt[3:]
-        elif (opt.startswith("split") and opt[5:].isdigit()) or opt == "lastmerge":
-            pass  # applied around the spec's run by figures()
+        elif opt.startswith("split") and opt[5:].isdigit():
+            pass  # applied around the spec's run by split_at()
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
     return EngineConfig(mode=mode, **kw)
@@ -89,7 +87,6 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         label = spec if modes.count(spec) == 1 else f"{spec}#{modes[:run].count(spec) + 1}"
         mode = spec.split("/")[0]
         fused.SPLIT_AT = split_at(spec)
-        fused.LAST_SPLIT_MERGES = "lastmerge" in spec.split("/")[1:]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
         start = time.perf_counter()
@@ -110,7 +107,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         torch._dynamo.reset()  # compiled code is cached per function: a later spec must compile afresh
         gc.collect()
         torch.cuda.empty_cache()
-    fused.SPLIT_AT, fused.LAST_SPLIT_MERGES = DEFAULT_SPLIT_AT, False
+    fused.SPLIT_AT = DEFAULT_SPLIT_AT
     return out
 
 

@@ -94,11 +94,6 @@ if __name__ == "__main__":
     # finer splits: 2 for a 256 bucket, 16 for 2048 (the merge padded past its default 4)
     default_split_at, fused.SPLIT_AT = fused.SPLIT_AT, 128
     result["split_at_128"] = max_errors(torch.float32, "cpu")
-    fused.LAST_SPLIT_MERGES = True  # the experiment: the last split merges, no second launch
-    result["last_split_merges"] = max_errors(torch.float32, "cpu")
-    result["last_split_merges"]["counters_left"] = int(sum(int(c.abs().sum()) for c in fused._COUNTERS.values()))
-    result["last_split_merges"]["counter_sets"] = len(fused._COUNTERS)
-    fused.LAST_SPLIT_MERGES = False
     fused.SPLIT_AT = default_split_at
     toks_t, logits_t = engine_tokens("triton", "cpu")
     toks_s, logits_s = engine_tokens("sdpa", "cpu")

@@ -20,9 +20,6 @@ def test_fused_kernel_matches_the_reference_path_in_the_triton_interpreter():
     errors = run_check("attention_check.py")
     assert errors["float32"]["out"] < 1e-5 and errors["float32"]["cache"] < 1e-5, errors
     assert errors["split_at_128"]["out"] < 1e-5 and errors["split_at_128"]["cache"] < 1e-5, errors
-    last = errors["last_split_merges"]  # splits of 128, merged by the last split to finish
-    assert last["out"] < 1e-5 and last["cache"] < 1e-5 and last["counter_sets"] > 0, errors
-    assert last["counters_left"] == 0, errors  # every merge put its counter back to zero
     assert errors["float16"]["out"] < 4e-3 and errors["float16"]["cache"] <= 2e-3, errors
     assert errors["engine"]["same_tokens"], errors
     assert errors["engine"]["logits"] < 1e-4, errors

@@ -36,12 +36,6 @@ MERGE_PAD = 4
 """The merge kernel reads its splits padded to this power of two (more where a bucket has more splits), so one
 build of each kernel serves every KV bucket of a cache up to 4 · SPLIT_AT positions: a fresh machine compiles them
 once, not once per bucket, before the default set is captured."""
-LAST_SPLIT_MERGES = False
-"""Experiment (perf-notes v15), off by default and not yet measured on a GPU: instead of a second
-kernel launch, the split that finishes last for a (row, KV head) merges the partials itself. Each split stores its
-partials and bumps a counter; the program that sees the count reach `splits` merges, then resets the counter to 0,
-so every graph replay starts from zeros."""
-_COUNTERS: dict[tuple[str, int], torch.Tensor] = {}
 
 
 def available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
@@ -100,7 +94,6 @@ if triton is not None:
         qk_scale,
         chunk,
         splits,
-        counters,
         H: tl.constexpr,
         KV: tl.constexpr,
         D: tl.constexpr,
@@ -108,7 +101,6 @@ if triton is not None:
         G_PAD: tl.constexpr,
         BLOCK: tl.constexpr,
         PRECISION: tl.constexpr,
-        LAST_MERGES: tl.constexpr,
     ):
         b = tl.program_id(0)
         kvh = tl.program_id(1)
@@ -172,38 +164,6 @@ if triton is not None:
             tl.store(part_m + at, m, mask=live)
             tl.store(part_l + at, l_sum, mask=live)
             tl.store(part_acc + at[:, None] * D + d[None, :], acc, mask=live[:, None])
-            if LAST_MERGES:
-                tl.debug_barrier()  # every thread's partials are stored before the count says so
-                arrived = tl.atomic_add(counters + b * KV + kvh, 1, sem="acq_rel", scope="gpu")
-                # The last split of this (row, KV head) merges, split 0 first (it is never empty).
-                if arrived == splits - 1:
-                    top = tl.full([G_PAD], float("-inf"), tl.float32)
-                    total = tl.zeros([G_PAD], tl.float32)
-                    merged = tl.zeros([G_PAD, D], tl.float32)
-                    for sp in range(0, splits):
-                        at_sp = (b * H + heads) * splits + sp
-                        m_sp = tl.load(part_m + at_sp, mask=live, other=0.0, cache_modifier=".cg")
-                        # other=1.0: dead lanes (past GROUP) stay finite
-                        l_sp = tl.load(part_l + at_sp, mask=live, other=1.0, cache_modifier=".cg")
-                        a_sp = tl.load(
-                            part_acc + at_sp[:, None] * D + d[None, :],
-                            mask=live[:, None],
-                            other=0.0,
-                            cache_modifier=".cg",
-                        )
-                        new_top = tl.maximum(top, m_sp)
-                        w_old = tl.exp2(top - new_top)
-                        w_sp = tl.exp2(m_sp - new_top)  # a split that saw no position has m = -inf: weight 0
-                        total = total * w_old + l_sp * w_sp
-                        merged = merged * w_old[:, None] + a_sp * w_sp[:, None]
-                        top = new_top
-                    o = merged / total[:, None]
-                    tl.store(
-                        out + b * s_out + heads[:, None] * D + d[None, :],
-                        o.to(out.dtype.element_ty),
-                        mask=live[:, None],
-                    )
-                    tl.atomic_xchg(counters + b * KV + kvh, 0, sem="relaxed", scope="gpu")
 
     @triton.jit(do_not_specialize=["splits"])
     def _merge(part_m, part_l, part_acc, out, s_out, splits, H: tl.constexpr, D: tl.constexpr, PAD: tl.constexpr):
@@ -260,7 +220,6 @@ def decode_attention(
     else:
         part_m = part_l = part_acc = out  # unused
     qk_scale = (1.0 / math.sqrt(d)) * math.log2(math.e)
-    counters = _merge_counters(qkv.device, b * n_kv) if splits > 1 and LAST_SPLIT_MERGES else None
     _attend[(b, n_kv, splits)](
         qkv,
         cos,
@@ -282,7 +241,6 @@ def decode_attention(
         qk_scale,
         chunk,
         splits,
-        counters if counters is not None else positions,  # unused without LAST_MERGES
         H=n_heads,
         KV=n_kv,
         D=d,
@@ -290,24 +248,12 @@ def decode_attention(
         G_PAD=max(16, triton.next_power_of_2(group)),
         BLOCK=BLOCK_T,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-        LAST_MERGES=counters is not None,
         num_warps=4,
     )
-    if splits > 1 and counters is None:
+    if splits > 1:
         pad = max(MERGE_PAD, splits)
         _merge[(b, n_heads)](part_m, part_l, part_acc, out, out.stride(0), splits, H=n_heads, D=d, PAD=pad)
     return out
-
-
-def _merge_counters(device: torch.device, n: int) -> torch.Tensor | None:
-    """The zeroed merge counters for `n` (row, KV head) pairs, made once per device and size outside any graph
-    capture (the kernel leaves them at zero); None while capturing before they exist (the merge kernel runs then)."""
-    key = (str(device), n)
-    if key not in _COUNTERS:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        _COUNTERS[key] = torch.zeros(n, dtype=torch.int32, device=device)
-    return _COUNTERS[key]
 
 
 @decode_attention.register_fake
