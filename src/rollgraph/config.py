@@ -78,10 +78,12 @@ class EngineConfig:
     """Longest prompt + generation; capped by the model's own maximum."""
     max_batch: int = 1
     """Rows of the static KV cache (one request per row)."""
-    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
+    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 192, 256, 320, 384, 512)
     """A prompt is padded to the smallest bucket that holds it; longer prompts run at their exact length without a
     graph (eager, or compiled in the compile modes). Past ~512 tokens a prefill is compute-bound, so a graph saves
-    little there and would hold the largest activations (perf-notes v5-v7)."""
+    little there and would hold the largest activations (perf-notes v5-v7). Steps of 64 from 128 keep the padding
+    of a compute-bound prompt small; 448 is left out because cuBLAS takes as long at 448 rows as at 512 on the H100
+    (perf-notes v16-v17)."""
     kv_bucket: int = 256
     """Decode attention reads the live KV rounded up to a multiple of this; 0 = always the whole cache."""
     batch_buckets: tuple[int, ...] = (1,)
