@@ -8,7 +8,7 @@ same product does better at 400 rows:
 - optionally (`--autotune`) inductor's max-autotune choice at 400 rows, Triton templates against cuBLAS.
 Reports microseconds and TFLOP/s counted on the rows asked for (so padding shows as a lower rate).
 
-Usage: PYTHONPATH=src python scripts/prefill_gemm_probe.py --out FILE [--autotune]
+Usage: PYTHONPATH=src python scripts/prefill_gemm_probe.py --out FILE [--rows 160,192,256] [--autotune]
 """
 
 from __future__ import annotations
@@ -46,13 +46,14 @@ def time_us(fn, iters: int = 20) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
+    p.add_argument("--rows", default=",".join(map(str, ROWS)), help="row counts to time (comma-separated)")
     p.add_argument("--autotune", action="store_true", help="also inductor max-autotune at 400 rows")
     a = p.parse_args()
     dev, dt = torch.device("cuda"), torch.bfloat16
     rows_out = []
     for n, k in SHAPES:
         w = torch.randn(n, k, device=dev, dtype=dt) * 0.02
-        for m in ROWS:
+        for m in [int(r) for r in a.rows.split(",")]:
             x = torch.randn(m, k, device=dev, dtype=dt)
             row = {"n": n, "k": k, "m": m}
             row["cublas_us"] = time_us(lambda x=x, w=w: F.linear(x, w))
