@@ -3,7 +3,7 @@
 # Usage on the device machine: bash scripts/gpu_run.sh OUT STEP...   with STEP one of
 #   tests                      the `gpu` tests
 #   figures:MODELS:MODES       scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs)
-#   profile:MODEL:MODES[:LENS] scripts/profile_decode.py (LENS: prompt lengths whose prefill to profile too)
+#   profile:MODEL:MODES[:LENS] scripts/profile_decode.py (LENS: prompt lengths whose prefill to profile too), in OUT/pN
 #   skinny:ROWS                scripts/skinny_bench.py (few-row matmuls: cuBLAS, inductor, skinny_linear)
 #   gemm[:ROWS[:autotune]]     scripts/prefill_gemm_probe.py (7B's projections at ROWS, default 384-512; max-autotune)
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (the server's share of client TTFT)
@@ -30,8 +30,8 @@ for step in "$@"; do
              | tee "$out/gpu_tests.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
     figures) mkdir -p "$out/f$n" && python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out/f$n" 2>&1 \
              | tee "$out/f$n/figures_${a//,/_}.txt" | grep "^{" ;;
-    profile) python3 scripts/profile_decode.py --model "$a" --modes "$b" --prefill "${c:-}" --out "$out" 2>&1 \
-             | tee "$out/profile_$a.txt" | grep -v -i warn ;;
+    profile) mkdir -p "$out/p$n" && python3 scripts/profile_decode.py --model "$a" --modes "$b" --prefill "${c:-}" \
+             --out "$out/p$n" 2>&1 | tee "$out/p$n/profile_$a.txt" | grep -v -i warn ;;
     skinny) python3 scripts/skinny_bench.py --rows "${a:-1,16,32,64}" --out "$out" 2>&1 | tee "$out/skinny_bench.txt" | grep -v -i warn ;;
     gemm) python3 scripts/prefill_gemm_probe.py --out "$out/prefill_gemm.json" ${a:+--rows $a} ${b:+--$b} 2>&1 \
             | tee "$out/prefill_gemm.txt" | grep "^{" ;;

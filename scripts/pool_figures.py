@@ -48,7 +48,8 @@ def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dic
 def engine_config(spec: str) -> EngineConfig:
     """MODE[/OPTION...]: sdpa or triton (decode attention), share or private (one memory pool for all prefill graphs,
     the default since v7, or one per graph),
-    pbN (prefill buckets 16, 32, ... up to N, 512 by default since v7; longer prompts run without a graph),
+    pbN (prefill buckets the powers of two 16, 32, ... up to N, longer prompts without a graph; the default since v17
+    is EngineConfig's, which adds steps of 64 from 128 to 384),
     mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear),
     splitN (the fused decode attention splits KV buckets longer than N positions, 512 by default: an experiment knob,
     set process-wide for this spec and put back after it).
