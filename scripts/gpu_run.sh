@@ -5,7 +5,8 @@
 #   figures:MODELS:MODES       scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs)
 #   profile:MODEL:MODES[:LENS] scripts/profile_decode.py (LENS: prompt lengths whose prefill to profile too), in OUT/pN
 #   skinny:ROWS                scripts/skinny_bench.py (few-row matmuls: cuBLAS, inductor, skinny_linear)
-#   gemm[:ROWS[:autotune]]     scripts/prefill_gemm_probe.py (7B's projections at ROWS, default 384-512; max-autotune)
+#   gemm[:ROWS[:autotune[:MODEL]]]  scripts/prefill_gemm_probe.py (MODEL's projections, default 7B's, at ROWS,
+#                              default 384-512; "autotune" adds max-autotune, "-" leaves it out), in OUT/gN
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (the server's share of client TTFT)
 #   capture:MODEL:MODE         scripts/capture_time.py (start-up on empty kernel caches; Triton builds counted)
 #   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
@@ -33,8 +34,9 @@ for step in "$@"; do
     profile) mkdir -p "$out/p$n" && python3 scripts/profile_decode.py --model "$a" --modes "$b" --prefill "${c:-}" \
              --out "$out/p$n" 2>&1 | tee "$out/p$n/profile_$a.txt" | grep -v -i warn ;;
     skinny) python3 scripts/skinny_bench.py --rows "${a:-1,16,32,64}" --out "$out" 2>&1 | tee "$out/skinny_bench.txt" | grep -v -i warn ;;
-    gemm) python3 scripts/prefill_gemm_probe.py --out "$out/prefill_gemm.json" ${a:+--rows $a} ${b:+--$b} 2>&1 \
-            | tee "$out/prefill_gemm.txt" | grep "^{" ;;
+    gemm) mkdir -p "$out/g$n" && [ "${b:-}" != - ] && tune=${b:+--$b} || tune=
+          python3 scripts/prefill_gemm_probe.py --out "$out/g$n/prefill_gemm.json" ${a:+--rows $a} $tune \
+            ${c:+--model $c} 2>&1 | tee "$out/g$n/prefill_gemm.txt" | grep "^{" ;;
     ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_$a.json" 2>&1 \
             | tail -3 ;;
     capture) python3 scripts/capture_time.py --model "$a" --mode "$b" --out "$out/capture_${a}_${b}.json" 2>&1 | tail -1 ;;

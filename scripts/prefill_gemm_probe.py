@@ -9,6 +9,7 @@ same product does better at 400 rows:
 Reports microseconds and TFLOP/s counted on the rows asked for (so padding shows as a lower rate).
 
 Usage: PYTHONPATH=src python scripts/prefill_gemm_probe.py --out FILE [--rows 160,192,256] [--autotune]
+       [--model llama-3.2-1b]   (that model's shapes instead of llama-2-7b's)
 """
 
 from __future__ import annotations
@@ -21,7 +22,10 @@ import torch
 import torch.nn.functional as F
 from skinny_bench import time_us
 
-SHAPES = [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008)]  # (N, K): qkv, o, gate_up, down of llama-2-7b
+SHAPES = {  # (N, K) of the fused qkv, o, gate_up and down projections
+    "llama-2-7b": [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008)],
+    "llama-3.2-1b": [(3072, 2048), (2048, 2048), (16384, 2048), (2048, 8192)],
+}
 ROWS = (384, 400, 416, 432, 448, 464, 480, 496, 512)
 REPEATS = 20
 
@@ -37,14 +41,15 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--rows", default=",".join(map(str, ROWS)), help="row counts to time (comma-separated)")
     p.add_argument("--autotune", action="store_true", help="also inductor max-autotune at 400 rows")
+    p.add_argument("--model", default="llama-2-7b", choices=sorted(SHAPES), help="whose projection shapes")
     a = p.parse_args()
     dev, dt = torch.device("cuda"), torch.bfloat16
     rows_out = []
-    for n, k in SHAPES:
+    for n, k in SHAPES[a.model]:
         w = torch.randn(n, k, device=dev, dtype=dt) * 0.02
         for m in [int(r) for r in a.rows.split(",")]:
             x = torch.randn(m, k, device=dev, dtype=dt)
-            row = {"n": n, "k": k, "m": m}
+            row = {"model": a.model, "n": n, "k": k, "m": m}
             row["cublas_us"] = timed(F.linear, x, w)
             row["swapped_us"] = timed(lambda x, w: torch.mm(w, x.t()), x, w)
             for key in ("cublas", "swapped"):
