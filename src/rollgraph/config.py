@@ -78,12 +78,12 @@ class EngineConfig:
     """Longest prompt + generation; capped by the model's own maximum."""
     max_batch: int = 1
     """Rows of the static KV cache (one request per row)."""
-    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 192, 256, 320, 384, 512)
+    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 320, 384, 432, 512)
     """A prompt is padded to the smallest bucket that holds it; longer prompts run at their exact length without a
     graph (eager, or compiled in the compile modes). Past ~512 tokens a prefill is compute-bound, so a graph saves
-    little there and would hold the largest activations (perf-notes v5-v7). Steps of 64 from 128 keep the padding
-    of a compute-bound prompt small; 448 is left out because cuBLAS takes as long at 448 rows as at 512 on the H100
-    (perf-notes v16-v17)."""
+    little there and would hold the largest activations (perf-notes v5-v7). Above 256 the buckets sit where cuBLAS's
+    time per row count steps down on the H100 (perf-notes v16-v18: its matmuls for 7B and 1B take as long at 192
+    rows as at 256, and less at 432 rows than at 400 or 448), so padding costs little compute there."""
     kv_bucket: int = 256
     """Decode attention reads the live KV rounded up to a multiple of this; 0 = always the whole cache."""
     batch_buckets: tuple[int, ...] = (1,)
