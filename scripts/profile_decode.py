@@ -69,8 +69,13 @@ def profile_mode(name: str, mode: str, prefill: list[int]) -> dict:
             pass
         torch.cuda.synchronize()
     kernels, total_us, top = kernel_table(prof)
+    from torch._dynamo.utils import counters
+
     return {
         "mode": mode,
+        # Inductor's work in this process so far: FX graph cache hits and misses, and how many configs coordinate
+        # descent benchmarked (0 on a warm cache when the tuned configs were found there).
+        "inductor_counters": {k: int(v) for k, v in counters["inductor"].items() if "cache" in k or "coordesc" in k},
         "kernels_per_token": round(kernels / (STEPS + 1), 1),
         "device_us_per_token": round(total_us / (STEPS + 1), 1),
         "itl_median_ms": sorted(gen.result.step_ms)[len(gen.result.step_ms) // 2],
