@@ -5,7 +5,8 @@ for each prefill bucket asked for, the pieces of that path in one process:
 - `launch_us`: host time inside `graph.replay()` (cudaGraphLaunch of a graph of ~20 kernels per layer);
 - `gpu_us`: CUDA-event time from just before the replay to just after it, on the stream;
 - `wall_us`: host time from before the replay until the sampled token is on the host (event sync + the copy);
-- `engine_ms`: the engine's own prefill_ms for a one-token request of that length (prompt upload included).
+- `engine_ms`: the engine's own prefill_ms for a two-token request of that length (prompt upload included; a
+  one-token request would leave a speculated decode step queued in front of the next request's prefill).
 `wall_us - gpu_us` is what the host adds to a replayed prefill outside the engine's bookkeeping.
 
 Usage: PYTHONPATH=src python scripts/prefill_launch_probe.py --model llama-2-7b --mode graphs --out FILE
@@ -36,7 +37,7 @@ def probe(engine: Engine, n: int) -> dict:
     ids = tuple(range(3, 3 + n))
     engine_ms = []
     for _ in range(REPEATS):
-        gen = engine.generate(GenerationParams(ids, 1))
+        gen = engine.generate(GenerationParams(ids, 2))
         list(gen)
         engine_ms.append(gen.result.prefill_ms)
     entry = engine.pool.get(GraphKey("prefill", 1, bucket, False))

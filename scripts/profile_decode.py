@@ -98,7 +98,7 @@ def main() -> None:
     for r in rows:
         print(
             f"{a.model} {r['mode']}: {r['kernels_per_token']} kernels/token, {r['device_us_per_token']} us device "
-            f"time/token, ITL median {r['itl_median_ms']:.3f} ms"
+            f"time/token, ITL median {r['itl_median_ms']:.3f} ms, inductor {r['inductor_counters']}"
         )
         for t in r["top"][:12]:
             print(f"   {t['us']:9.1f} us {t['calls']:6d}x  {t['name']}")

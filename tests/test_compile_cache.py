@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from rollgraph.steps import static_launcher_keeps_tuning
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 START = """
 import json, sys
@@ -39,3 +43,13 @@ def test_a_second_start_finds_every_compiled_graph_in_the_cache(tmp_path):
     assert second["cache"] == {"hit": first["cache"]["miss"], "miss": 0, "bypass": 0}, second
     assert second["tokens"] == first["tokens"]
     assert any((tmp_path / "inductor").iterdir())
+
+
+@pytest.mark.parametrize(
+    ("version", "keeps"),
+    [("2.11.0+cu130", False), ("2.11.1", False), ("2.12.0", True), ("2.13.0+cpu", True), ("3.0.0a0", True)],
+)
+def test_the_static_launcher_is_trusted_with_tuned_configs_from_torch_2_12(version, keeps):
+    """torch 2.11's static launcher forgets tuned configs of cached kernels (perf-notes v18); the engine turns it off
+    there, and only there."""
+    assert static_launcher_keeps_tuning(version) is keeps

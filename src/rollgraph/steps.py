@@ -143,6 +143,22 @@ def _generate_batch1_matmuls() -> None:
     import torch._inductor.config as inductor_config
 
     inductor_config.coordinate_descent_tuning = True
+    if not static_launcher_keeps_tuning(torch.__version__):
+        inductor_config.use_static_cuda_launcher = False
+
+
+def static_launcher_keeps_tuning(version: str) -> bool:
+    """Whether inductor's static CUDA launcher keeps the tuned configs of kernels it loads from the compile cache.
+
+    In torch 2.11 it does not: a kernel whose graph comes from the FX graph cache is rebuilt from the static launcher's
+    bundle, and `CachingAutotuner.recheck_autotune_cache` drops the mark that coordinate descent found its config
+    (and skips single-config kernels altogether), so every process tunes again. On an H100 two warm processes
+    benchmarked 111 and 126 configs, and the chosen down-projection kernel of llama-2-7b took 36 µs in one and 38.5
+    in the other (perf-notes v18). torch 2.12 keeps the mark. Where it is dropped, the engine turns the static
+    launcher off: kernels then load through the autotune cache itself, which keeps it. Inside CUDA graphs the
+    launcher's host cost does not count."""
+    major, minor = (int(part) for part in version.split(".")[:2])
+    return (major, minor) >= (2, 12)
 
 
 def _raise_recompile_limits() -> None:
