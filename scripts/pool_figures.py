@@ -15,6 +15,7 @@ import time
 import torch
 
 from rollgraph import decode_attention as fused
+from rollgraph import prefill_attention
 from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
 from rollgraph.floors import measure_copy_bandwidth
@@ -49,10 +50,11 @@ def engine_config(spec: str) -> EngineConfig:
     """MODE[/OPTION...]: sdpa or triton (decode attention), share or private (one memory pool for all prefill graphs,
     the default since v7, or one per graph),
     pbN (prefill buckets the powers of two 16, 32, ... up to N, longer prompts without a graph; the default since v17
-    is EngineConfig's, which adds steps of 64 from 128 to 384),
+    is EngineConfig's),
     mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear),
     splitN (the fused decode attention splits KV buckets longer than N positions, 512 by default: an experiment knob,
-    set process-wide for this spec and put back after it).
+    set process-wide for this spec and put back after it),
+    pa (prefill's RoPE, cache write and attention in one Triton kernel, prefill_attention.py: likewise a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -69,6 +71,8 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
+        elif opt == "pa":
+            pass  # applied around the spec's run: prefill_attention.ENABLED
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
     return EngineConfig(mode=mode, **kw)
@@ -88,12 +92,14 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         label = spec if modes.count(spec) == 1 else f"{spec}#{modes[:run].count(spec) + 1}"
         mode = spec.split("/")[0]
         fused.SPLIT_AT = split_at(spec)
+        prefill_attention.ENABLED = "pa" in spec.split("/")[1:]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
         start = time.perf_counter()
         engine.warm_up(progress=False)
         out[f"{label}_startup_s"] = round(time.perf_counter() - start, 2)
         out[f"{label}_kernels"] = "fused" if getattr(engine.runner, "fused_decode", False) else "sdpa"
+        out[f"{label}_prefill_kernel"] = "fused" if getattr(engine.runner, "fused_prefill", False) else "sdpa"
         out[f"{label}_skinny"] = sorted(getattr(engine.runner, "skinny_phases", ()))
         if mode in ("graphs", "compile+graphs"):
             rep = engine.pool.report()
@@ -109,6 +115,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         gc.collect()
         torch.cuda.empty_cache()
     fused.SPLIT_AT = DEFAULT_SPLIT_AT
+    prefill_attention.ENABLED = False
     return out
 
 

@@ -181,6 +181,34 @@ def test_fused_decode_attention_equals_sdpa_on_llama_1b():
         torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize(("dtype", "out_tol", "cache_tol"), [("float32", 1e-4, 1e-5), ("bfloat16", 3e-2, 6.3e-2)])
+def test_fused_prefill_attention_kernel_matches_the_reference(dtype, out_tol, cache_tol):
+    """bf16 here (the CPU interpreter cannot): outputs within bf16 rounding of P, cache entries within one ulp."""
+    from prefill_attention_check import max_errors
+
+    for seed in range(3):
+        errors = max_errors(getattr(torch, dtype), "cuda", seed)
+        assert errors["out"] < out_tol and errors["cache"] <= cache_tol, errors
+
+
+@pytest.mark.parametrize("mode", ["eager", "compile+graphs"])
+def test_fused_prefill_attention_equals_sdpa_on_llama_1b(mode, monkeypatch):
+    """Greedy tokens equal and logits close (fp32) with the fused prefill kernel and with SDPA, for prompts in the
+    16- and 64-row buckets, eagerly and compiled into graphs."""
+    from rollgraph import prefill_attention
+
+    runs = {}
+    for on in (False, True):
+        monkeypatch.setattr(prefill_attention, "ENABLED", on)
+        eng = engine_for("llama-3.2-1b", mode, attention="triton")
+        assert eng.runner.fused_prefill is on
+        runs[on] = [generate(eng, p, 16) for p in PROMPTS]
+        free(eng)
+    for (a, _, la), (b, _, lb) in zip(runs[False], runs[True], strict=True):
+        assert a == b
+        torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+
+
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 8e-3)])
 def test_skinny_linear_matches_f_linear(dtype, tol):
     """Relative to the largest output: fp32 without TF32, bf16 within one rounding of the output."""

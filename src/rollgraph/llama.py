@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from rollgraph import decode_attention as fused
+from rollgraph import prefill_attention
 from rollgraph import skinny_linear as skinny
 from rollgraph.config import ATTENTION, MATMUL
 from rollgraph.kv_cache import StaticKVCache
@@ -97,9 +98,11 @@ class LlamaRunner:
         self.fused_decode = _choose_attention(
             attention, self.device, self.dtype, (self.n_heads, self.n_kv, self.head_dim)
         )
+        self.fused_prefill = self.fused_decode and prefill_attention.ENABLED
+        """Prefill's RoPE, cache write and attention in one Triton kernel (prefill_attention.py, an experiment)."""
         self._decode_layer, self._prefill_layer, self._full_layer, self._head = (
             fused_decode_layer if self.fused_decode else decode_layer,
-            prefill_layer,
+            fused_prefill_layer if self.fused_prefill else prefill_layer,
             full_layer,
             head,
         )
@@ -151,7 +154,9 @@ class LlamaRunner:
         # One-row matmuls: inductor's generated reductions read as fast as skinny_linear (perf-notes v6) and fuse
         # the norms and residual adds around them, so compiled decode leaves them to inductor.
         self.skinny_phases = self.skinny_phases - {"decode"}
-        self._prefill_layer = torch.compile(prefill_layer, fullgraph=True)
+        self._prefill_layer = torch.compile(
+            fused_prefill_layer if self.fused_prefill else prefill_layer, fullgraph=True
+        )
         self._full_layer = torch.compile(full_layer, fullgraph=True)
         self._head = torch.compile(head, fullgraph=True)
 
@@ -167,6 +172,9 @@ class LlamaRunner:
             return self._prefill_after(tokens, start, last_index)
         b, t = tokens.shape
         cos, sin = self.cos[None, :t, None, :], self.sin[None, :t, None, :]
+        if self.fused_prefill:  # the kernel takes [T, D] tables and a flag tensor
+            cos, sin = self.cos[:t], self.sin[:t]
+            write_kv = self._write_on if write_kv is None else write_kv
         x = F.embedding(tokens, self.embed)
         dims = self._dims("prefill")
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
@@ -264,6 +272,15 @@ def prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
         vc[:b, :, :t] = torch.where(write_kv, v, vc[:b, :, :t])
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     return _finish(x, _merge_heads(o), w, dims)
+
+
+def fused_prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
+    """prefill_layer with RoPE, the cache write and attention in one Triton kernel (prefill_attention.py); cos and
+    sin are [T, D], write_kv a one-element bool tensor."""
+    n_heads, n_kv, _, eps, few = dims
+    qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few)
+    o = prefill_attention.prefill_attention(qkv, cos, sin, write_kv, kc, vc, n_heads, n_kv)
+    return _finish(x, o, w, dims)
 
 
 def full_layer(x, w, cos, sin, dims):

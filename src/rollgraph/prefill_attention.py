@@ -1,0 +1,207 @@
+"""Prefill attention as one Triton kernel: RoPE on q and k, causal attention of a prompt over itself, and the
+rotated K and V written into the cache, for every query head of a KV group at once (GQA, no repeat).
+
+Why: a compiled prefill layer spends four to five kernels between the QKV and output projections (RoPE on q, RoPE on
+k fused with its cache write, the V cache write, cuDNN's attention). On an H100 they take ~11 µs a layer for a
+16-token prompt and ~30 µs for 432 tokens on llama-2-7b (perf-notes v18's profiles), most of it ramp-up and launch
+gaps, not bytes. Here one launch reads the QKV rows and writes the output and the cache.
+
+Each program owns BLOCK_M prompt positions of one (row, KV head): their GROUP query heads are the rows of its tiles.
+It walks the key positions up to its last own position from the QKV rows themselves (rotating k as it loads it), so
+no program waits for another's cache write, and it writes the cache entries of its own positions only.
+
+Numerics follow the reference path (llama._rope + SDPA), as decode_attention.py does: RoPE rounds `x * cos` to the
+input dtype before the fused multiply-add, scores and softmax in float32, probabilities cast to the value dtype for
+the P·V product, IEEE products for float32 inputs.
+
+Status: an experiment, off by default (`ENABLED`), checked on the CPU in Triton's interpreter; its GPU test and
+timing are the next GPU session's (perf-notes v21).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from rollgraph import decode_attention
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the runner keeps SDPA
+    triton = None
+
+ENABLED = False
+"""Whether LlamaRunner uses this kernel for prefill (where the fused decode kernel runs too). Read when a runner is
+made; scripts/pool_figures.py's `pa` option sets it for one spec."""
+ROWS = 64
+"""Query rows (positions × heads of a group) per program; fewer for prompts shorter than this."""
+BLOCK_N = 64
+
+
+def available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
+    """The decode kernel's conditions (Triton, CUDA or the interpreter, a power-of-two head_dim)."""
+    return decode_attention.available(device, dtype, head_dim)
+
+
+if triton is not None:
+
+    @triton.jit(do_not_specialize=["T"])
+    def _prefill_attend(
+        qkv,
+        cos,
+        sin,
+        write_kv,
+        k_cache,
+        v_cache,
+        out,
+        T,
+        s_qb,
+        s_qt,
+        s_cos,
+        s_kb,
+        s_kh,
+        s_kt,
+        s_ob,
+        s_ot,
+        qk_scale,
+        H: tl.constexpr,
+        KV: tl.constexpr,
+        D: tl.constexpr,
+        GROUP: tl.constexpr,
+        G_PAD: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        mb = tl.program_id(0)
+        b = tl.program_id(1) // KV
+        kvh = tl.program_id(1) % KV
+        dt = qkv.dtype.element_ty
+        d = tl.arange(0, D)
+        d_swap = (d + D // 2) % D  # rotate_half's partner; its sign lives in the signed sin table
+        r = tl.arange(0, BLOCK_M * G_PAD)
+        tok = mb * BLOCK_M + r // G_PAD
+        g = r % G_PAD
+        tok_ok = tok < T
+        live = tok_ok & (g < GROUP)
+        base = qkv + b * s_qb
+
+        qp = base + tok[:, None] * s_qt + (kvh * GROUP + g)[:, None] * D
+        q = tl.load(qp + d[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        q_sw = tl.load(qp + d_swap[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        c = tl.load(cos + tok[:, None] * s_cos + d[None, :], mask=tok_ok[:, None], other=0.0).to(tl.float32)
+        s = tl.load(sin + tok[:, None] * s_cos + d[None, :], mask=tok_ok[:, None], other=0.0).to(tl.float32)
+        q = ((q * c).to(dt).to(tl.float32) + q_sw * s).to(dt)
+
+        m = tl.full([BLOCK_M * G_PAD], float("-inf"), tl.float32)
+        l_sum = tl.zeros([BLOCK_M * G_PAD], tl.float32)
+        acc = tl.zeros([BLOCK_M * G_PAD, D], tl.float32)
+        hi = tl.minimum((mb + 1) * BLOCK_M, T)
+        for n0 in range(0, hi, BLOCK_N):
+            tk = n0 + tl.arange(0, BLOCK_N)
+            k_ok = tk < hi
+            kp = base + tk[:, None] * s_qt + (H + kvh) * D
+            k = tl.load(kp + d[None, :], mask=k_ok[:, None], other=0.0).to(tl.float32)
+            k_sw = tl.load(kp + d_swap[None, :], mask=k_ok[:, None], other=0.0).to(tl.float32)
+            ck = tl.load(cos + tk[:, None] * s_cos + d[None, :], mask=k_ok[:, None], other=0.0).to(tl.float32)
+            sk = tl.load(sin + tk[:, None] * s_cos + d[None, :], mask=k_ok[:, None], other=0.0).to(tl.float32)
+            k = ((k * ck).to(dt).to(tl.float32) + k_sw * sk).to(dt)
+            v = tl.load(base + tk[:, None] * s_qt + (H + KV + kvh) * D + d[None, :], mask=k_ok[:, None], other=0.0)
+            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+            seen = (tk[None, :] <= tok[:, None]) & k_ok[None, :]
+            qk = tl.where(seen, qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(qk, 1))  # finite from the first block on: position 0 is seen by every row
+            p = tl.exp2(qk - m_new[:, None])
+            alpha = tl.exp2(m - m_new)
+            l_sum = l_sum * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m = m_new
+
+        o = acc / l_sum[:, None]
+        op = out + b * s_ob + tok[:, None] * s_ot + (kvh * GROUP + g)[:, None] * D + d[None, :]
+        tl.store(op, o.to(out.dtype.element_ty), mask=live[:, None])
+
+        if tl.load(write_kv) != 0:  # off during a capture's warm-ups: they must leave the cache as it was
+            tw = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+            w_ok = tw < T
+            kp = base + tw[:, None] * s_qt + (H + kvh) * D
+            k = tl.load(kp + d[None, :], mask=w_ok[:, None], other=0.0).to(tl.float32)
+            k_sw = tl.load(kp + d_swap[None, :], mask=w_ok[:, None], other=0.0).to(tl.float32)
+            ck = tl.load(cos + tw[:, None] * s_cos + d[None, :], mask=w_ok[:, None], other=0.0).to(tl.float32)
+            sk = tl.load(sin + tw[:, None] * s_cos + d[None, :], mask=w_ok[:, None], other=0.0).to(tl.float32)
+            k = ((k * ck).to(dt).to(tl.float32) + k_sw * sk).to(dt)
+            v = tl.load(base + tw[:, None] * s_qt + (H + KV + kvh) * D + d[None, :], mask=w_ok[:, None], other=0.0)
+            cp = b * s_kb + kvh * s_kh + tw[:, None] * s_kt + d[None, :]
+            tl.store(k_cache + cp, k, mask=w_ok[:, None])
+            tl.store(v_cache + cp, v, mask=w_ok[:, None])
+
+
+def _blocks(t: int, group: int) -> tuple[int, int, int]:
+    """(G_PAD, BLOCK_M, BLOCK_N): the group padded to a power of two, positions per program so that a program has
+    about ROWS query rows (at least 16, the smallest tile the tensor-core dot takes; fewer for a short prompt), and
+    key positions per step."""
+    g_pad = triton.next_power_of_2(group)
+    rows = max(16, min(ROWS, triton.next_power_of_2(t) * g_pad))
+    return g_pad, max(1, rows // g_pad), max(16, min(BLOCK_N, triton.next_power_of_2(t)))
+
+
+@torch.library.custom_op("rollgraph::prefill_attention", mutates_args=("k_cache", "v_cache"))
+def prefill_attention(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    write_kv: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    n_heads: int,
+    n_kv: int,
+) -> torch.Tensor:
+    """qkv [B, T, (H + 2·KV)·D] straight from the fused projection (q, k, v not yet rotated), for positions 0..T-1;
+    cos, sin [T, D] (or longer); caches [rows, KV, max_len, D]. Returns the causal attention output [B, T, H·D] and,
+    if the one-element bool `write_kv` is set, writes the rotated K and V at positions 0..T-1 of rows 0..B-1."""
+    b, t, width = qkv.shape
+    d = width // (n_heads + 2 * n_kv)
+    group = n_heads // n_kv
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    out = qkv.new_empty(b, t, n_heads * d)
+    g_pad, block_m, block_n = _blocks(t, group)
+    qk_scale = (1.0 / math.sqrt(d)) * math.log2(math.e)
+    _prefill_attend[(triton.cdiv(t, block_m), b * n_kv)](
+        qkv,
+        cos,
+        sin,
+        write_kv,
+        k_cache,
+        v_cache,
+        out,
+        t,
+        qkv.stride(0),
+        qkv.stride(1),
+        cos.stride(0),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        out.stride(0),
+        out.stride(1),
+        qk_scale,
+        H=n_heads,
+        KV=n_kv,
+        D=d,
+        GROUP=group,
+        G_PAD=g_pad,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
+        num_warps=4,
+    )
+    return out
+
+
+@prefill_attention.register_fake
+def _(qkv, cos, sin, write_kv, k_cache, v_cache, n_heads, n_kv):
+    b, t, width = qkv.shape
+    d = width // (n_heads + 2 * n_kv)
+    return qkv.new_empty(b, t, n_heads * d)

@@ -1,0 +1,22 @@
+"""The fused prefill attention kernel (prefill_attention.py, an experiment off by default): checked on CPU through
+Triton's interpreter in float32 and float16 (bfloat16 on the GPU, test_gpu.py), and how the runner takes it."""
+
+from __future__ import annotations
+
+from interpreter import run_check
+from rollgraph.config import EngineConfig, ModelConfig
+from rollgraph.engine import Engine
+from rollgraph.models import load_model
+
+
+def test_fused_prefill_kernel_matches_the_reference_path_in_the_triton_interpreter():
+    errors = run_check("prefill_attention_check.py")
+    assert errors["float32"]["out"] < 1e-5 and errors["float32"]["cache"] < 1e-5, errors
+    assert errors["float16"]["out"] < 4e-3 and errors["float16"]["cache"] <= 2e-3, errors
+    assert errors["engine"]["fused"] and errors["engine"]["same_tokens"], errors
+    assert errors["engine"]["logits"] < 1e-4, errors
+
+
+def test_the_runner_keeps_sdpa_for_prefill_unless_the_experiment_is_on():
+    eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", max_seq_len=64))
+    assert eng.runner.fused_prefill is False
