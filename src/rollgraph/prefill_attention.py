@@ -195,7 +195,7 @@ def prefill_attention(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-        num_warps=4,
+        num_warps=8 if d >= 128 else 4,  # a 64 x 128 float32 accumulator: 64 registers a thread at 4 warps
     )
     return out
 
