@@ -47,6 +47,18 @@ def available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
 
 if triton is not None:
 
+    @triton.jit
+    def _rotated(rows, ok, pos, cos, sin, s_cos, D: tl.constexpr):
+        """The D-wide rows at pointers `rows` ([N, 1]) rotated by RoPE at positions `pos` ([N]), in their own dtype;
+        rows not `ok` are zeros."""
+        d = tl.arange(0, D)
+        d_swap = (d + D // 2) % D  # rotate_half's partner; its sign lives in the signed sin table
+        x = tl.load(rows + d[None, :], mask=ok[:, None], other=0.0)
+        x_sw = tl.load(rows + d_swap[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        c = tl.load(cos + pos[:, None] * s_cos + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        s = tl.load(sin + pos[:, None] * s_cos + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        return ((x.to(tl.float32) * c).to(x.dtype).to(tl.float32) + x_sw * s).to(x.dtype)
+
     @triton.jit(do_not_specialize=["T"])
     def _prefill_attend(
         qkv,
@@ -78,22 +90,13 @@ if triton is not None:
         mb = tl.program_id(0)
         b = tl.program_id(1) // KV
         kvh = tl.program_id(1) % KV
-        dt = qkv.dtype.element_ty
         d = tl.arange(0, D)
-        d_swap = (d + D // 2) % D  # rotate_half's partner; its sign lives in the signed sin table
         r = tl.arange(0, BLOCK_M * G_PAD)
         tok = mb * BLOCK_M + r // G_PAD
         g = r % G_PAD
-        tok_ok = tok < T
-        live = tok_ok & (g < GROUP)
+        live = (tok < T) & (g < GROUP)
         base = qkv + b * s_qb
-
-        qp = base + tok[:, None] * s_qt + (kvh * GROUP + g)[:, None] * D
-        q = tl.load(qp + d[None, :], mask=live[:, None], other=0.0).to(tl.float32)
-        q_sw = tl.load(qp + d_swap[None, :], mask=live[:, None], other=0.0).to(tl.float32)
-        c = tl.load(cos + tok[:, None] * s_cos + d[None, :], mask=tok_ok[:, None], other=0.0).to(tl.float32)
-        s = tl.load(sin + tok[:, None] * s_cos + d[None, :], mask=tok_ok[:, None], other=0.0).to(tl.float32)
-        q = ((q * c).to(dt).to(tl.float32) + q_sw * s).to(dt)
+        q = _rotated(base + tok[:, None] * s_qt + (kvh * GROUP + g)[:, None] * D, live, tok, cos, sin, s_cos, D)
 
         m = tl.full([BLOCK_M * G_PAD], float("-inf"), tl.float32)
         l_sum = tl.zeros([BLOCK_M * G_PAD], tl.float32)
@@ -102,12 +105,7 @@ if triton is not None:
         for n0 in range(0, hi, BLOCK_N):
             tk = n0 + tl.arange(0, BLOCK_N)
             k_ok = tk < hi
-            kp = base + tk[:, None] * s_qt + (H + kvh) * D
-            k = tl.load(kp + d[None, :], mask=k_ok[:, None], other=0.0).to(tl.float32)
-            k_sw = tl.load(kp + d_swap[None, :], mask=k_ok[:, None], other=0.0).to(tl.float32)
-            ck = tl.load(cos + tk[:, None] * s_cos + d[None, :], mask=k_ok[:, None], other=0.0).to(tl.float32)
-            sk = tl.load(sin + tk[:, None] * s_cos + d[None, :], mask=k_ok[:, None], other=0.0).to(tl.float32)
-            k = ((k * ck).to(dt).to(tl.float32) + k_sw * sk).to(dt)
+            k = _rotated(base + tk[:, None] * s_qt + (H + kvh) * D, k_ok, tk, cos, sin, s_cos, D)
             v = tl.load(base + tk[:, None] * s_qt + (H + KV + kvh) * D + d[None, :], mask=k_ok[:, None], other=0.0)
             qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
             seen = (tk[None, :] <= tok[:, None]) & k_ok[None, :]
@@ -126,12 +124,7 @@ if triton is not None:
         if tl.load(write_kv) != 0:  # off during a capture's warm-ups: they must leave the cache as it was
             tw = mb * BLOCK_M + tl.arange(0, BLOCK_M)
             w_ok = tw < T
-            kp = base + tw[:, None] * s_qt + (H + kvh) * D
-            k = tl.load(kp + d[None, :], mask=w_ok[:, None], other=0.0).to(tl.float32)
-            k_sw = tl.load(kp + d_swap[None, :], mask=w_ok[:, None], other=0.0).to(tl.float32)
-            ck = tl.load(cos + tw[:, None] * s_cos + d[None, :], mask=w_ok[:, None], other=0.0).to(tl.float32)
-            sk = tl.load(sin + tw[:, None] * s_cos + d[None, :], mask=w_ok[:, None], other=0.0).to(tl.float32)
-            k = ((k * ck).to(dt).to(tl.float32) + k_sw * sk).to(dt)
+            k = _rotated(base + tw[:, None] * s_qt + (H + kvh) * D, w_ok, tw, cos, sin, s_cos, D)
             v = tl.load(base + tw[:, None] * s_qt + (H + KV + kvh) * D + d[None, :], mask=w_ok[:, None], other=0.0)
             cp = b * s_kb + kvh * s_kh + tw[:, None] * s_kt + d[None, :]
             tl.store(k_cache + cp, k, mask=w_ok[:, None])
