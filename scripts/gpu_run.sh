@@ -8,6 +8,7 @@
 #   gemm[:ROWS[:autotune[:MODEL]]]  scripts/prefill_gemm_probe.py (MODEL's projections, default 7B's, at ROWS,
 #                              default 384-512; "autotune" adds max-autotune, "-" leaves it out), in OUT/gN
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (the server's share of client TTFT)
+#   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
 #   capture:MODEL:MODE         scripts/capture_time.py (start-up on empty kernel caches; Triton builds counted)
 #   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
 #   "bench:MODEL:ARGS"         rollgraph bench with ARGS as they are (quote the step), e.g.
@@ -39,6 +40,8 @@ for step in "$@"; do
             ${c:+--model $c} 2>&1 | tee "$out/g$n/prefill_gemm.txt" | grep "^{" ;;
     ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_$a.json" 2>&1 \
             | tail -3 ;;
+    launch) PYTHONPATH=src:scripts python3 scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
+              --out "$out/launch_${a}_${b//+/_}.json" 2>&1 | grep "^{" ;;
     capture) python3 scripts/capture_time.py --model "$a" --mode "$b" --out "$out/capture_${a}_${b}.json" 2>&1 | tail -1 ;;
     resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
     bench) name="bench${n}_$a"

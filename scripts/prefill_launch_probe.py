@@ -7,7 +7,10 @@ for each prefill bucket asked for, the pieces of that path in one process:
 - `wall_us`: host time from before the replay until the sampled token is on the host (event sync + the copy);
 - `engine_ms`: the engine's own prefill_ms for a two-token request of that length (prompt upload included; a
   one-token request would leave a speculated decode step queued in front of the next request's prefill).
-`wall_us - gpu_us` is what the host adds to a replayed prefill outside the engine's bookkeeping.
+`wall_us - gpu_us` is what the host adds to a replayed prefill outside the engine's bookkeeping. Two more split it:
+- `gpu_busy_us`: the same event time with the replay queued behind ~2 ms of `torch.cuda._sleep`, so the launch is
+  over before the graph's turn comes: the graph's own time. `gpu_us - gpu_busy_us` is the launch the GPU waited for.
+- `readback_us`: pushing and popping a token with nothing else pending (the copy, the event and its sync, `int()`).
 
 Usage: PYTHONPATH=src python scripts/prefill_launch_probe.py --model llama-2-7b --mode graphs --out FILE
        [--lengths 10,100,400]
@@ -30,6 +33,7 @@ from rollgraph.models import load_model
 from rollgraph.params import GenerationParams
 
 REPEATS = 30
+SLEEP_CYCLES = 4_000_000  # ~2 ms at an H100's 1.98 GHz: longer than any launch call measured (v19: <= 0.32 ms)
 
 
 def probe(engine: Engine, n: int) -> dict:
@@ -41,7 +45,7 @@ def probe(engine: Engine, n: int) -> dict:
         list(gen)
         engine_ms.append(gen.result.prefill_ms)
     entry = engine.pool.get(GraphKey("prefill", 1, bucket, False))
-    launch, gpu, wall = [], [], []
+    launch, gpu, wall, busy, readback = [], [], [], [], []
     for _ in range(REPEATS):
         torch.cuda.synchronize()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -56,6 +60,16 @@ def probe(engine: Engine, n: int) -> dict:
         wall.append((t2 - t0) * 1e6)
         gpu.append(a.elapsed_time(b) * 1e3)
         assert 0 <= tok < engine.vocab_size
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(SLEEP_CYCLES)
+        a.record()
+        entry.graph.replay()
+        b.record()
+        b.synchronize()
+        busy.append(a.elapsed_time(b) * 1e3)
+        t0 = time.perf_counter()
+        engine.host.pop(engine.host.push(engine.buffers.tokens[:1]))
+        readback.append((time.perf_counter() - t0) * 1e6)
     med = statistics.median
     return {
         "prompt": n,
@@ -64,6 +78,8 @@ def probe(engine: Engine, n: int) -> dict:
         "gpu_us": round(med(gpu), 1),
         "wall_us": round(med(wall), 1),
         "host_extra_us": round(med(w - g for w, g in zip(wall, gpu, strict=True)), 1),
+        "gpu_busy_us": round(med(busy), 1),
+        "readback_us": round(med(readback), 1),
         "engine_ms": round(med(engine_ms), 3),
     }
 
