@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from rollgraph.sampling import sample, uniform_noise
+from rollgraph.sampling import _parts, argmax_rows, sample, uniform_noise
 
 
 def _args(b, temperature=1.0, top_k=0, top_p=1.0, seed=0):
@@ -50,3 +51,20 @@ def test_temperature_zero_rows_are_greedy():
     _, k, p, s = _args(3)
     out = sample(logits, t, k, p, s, torch.tensor([0, 0, 0]))
     assert out[0] == logits[0].argmax() and out[2] == logits[2].argmax()
+
+
+@pytest.mark.parametrize("vocab", [128256, 32000, 151936, 512, 509, 40])
+def test_argmax_in_parts_is_torch_argmax_ties_and_nan_included(vocab):
+    gen = torch.Generator().manual_seed(vocab)
+    x = torch.randn(5, vocab, generator=gen)
+    x[1, vocab // 3] = x[1, vocab - 1] = x[1, 7 % vocab] = 50.0  # ties across parts: the first index wins
+    x[2] = 1.0  # a flat row: index 0
+    x[3, vocab // 2] = float("nan")  # argmax takes NaN as the largest value
+    x[4, -1] = 50.0  # the last index of the last part
+    assert torch.equal(argmax_rows(x), torch.argmax(x, dim=-1))
+    assert torch.equal(argmax_rows(x.to(torch.bfloat16)), torch.argmax(x.to(torch.bfloat16), dim=-1))
+
+
+def test_rows_split_into_many_parts_where_the_vocabulary_allows():
+    assert _parts(128256) == 501 and _parts(32000) == 500 and _parts(151936) == 128
+    assert _parts(509) == 1 and _parts(40) == 1  # prime, or too short to split

@@ -7,6 +7,8 @@ exponential race: argmax(p_i / E_i) with E_i ~ Exp(1) picks token i with probabi
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 _M32 = 0xFFFFFFFF
@@ -31,7 +33,31 @@ def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, token_ids: torch.Ten
 
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """The argmax token of each row: [B, V] -> [B] int64."""
-    return torch.argmax(logits, dim=-1)
+    return argmax_rows(logits)
+
+
+def argmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(x, dim=-1) of a [B, V] tensor, the first maximum on ties, as two reductions over many blocks.
+
+    PyTorch reduces a single long row in one thread block: on an H100, 28 µs for llama-3.2-1b's 128256 logits and
+    10 µs for llama-2-7b's 32000, 2.5% and 0.2% of a decode step (perf-notes v18's profiles). Here each of up to 512
+    equal parts of the row finds its maximum and that maximum's first index, then the first part holding the
+    largest maximum gives the token: the same index as torch.argmax, NaN included (max and argmax both treat it as
+    the largest value)."""
+    b, v = x.shape
+    parts = _parts(v)
+    if parts == 1:
+        return torch.argmax(x, dim=-1)
+    width = v // parts
+    best, where = x.reshape(b, parts, width).max(dim=-1)
+    part = torch.argmax(best, dim=-1, keepdim=True)
+    return (part * width + torch.gather(where, 1, part)).squeeze(1)
+
+
+@functools.cache
+def _parts(v: int) -> int:
+    """The most equal parts (at most 512, each at least 32 wide) that a row of v splits into; 1 if none does."""
+    return next((p for p in range(min(512, v // 32), 1, -1) if v % p == 0), 1)
 
 
 def sample(
@@ -56,5 +82,5 @@ def sample(
     mass_before = torch.cumsum(probs, dim=-1) - probs
     probs = probs.masked_fill(mass_before > top_p[:, None], 0.0)
     race = probs / -torch.log(uniform_noise(seeds, steps, order))
-    choice = torch.gather(order, 1, torch.argmax(race, dim=-1, keepdim=True)).squeeze(1)
-    return torch.where(temperature > 0, choice, torch.argmax(logits, dim=-1))
+    choice = torch.gather(order, 1, argmax_rows(race)[:, None]).squeeze(1)
+    return torch.where(temperature > 0, choice, argmax_rows(logits))
