@@ -42,8 +42,8 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     PyTorch reduces a single long row in one thread block: on an H100, 28 µs for llama-3.2-1b's 128256 logits and
     10 µs for llama-2-7b's 32000, 2.5% and 0.2% of a decode step (perf-notes v18's profiles). Here each of up to 512
     equal parts of the row finds its maximum and that maximum's first index, then the first part holding the
-    largest maximum gives the token: the same index as torch.argmax, NaN included (max and argmax both treat it as
-    the largest value)."""
+    largest maximum gives the token: the same index as torch.argmax, ties and NaN included (ATen's max and argmax
+    reductions share one comparison: the larger value, NaN above all, the lower index on a tie)."""
     b, v = x.shape
     parts = _parts(v)
     if parts == 1:
