@@ -24,8 +24,6 @@ import math
 
 import torch
 
-from rollgraph import decode_attention
-
 try:
     import triton
     import triton.language as tl
@@ -38,11 +36,6 @@ made; scripts/pool_figures.py's `pa` option sets it for one spec."""
 ROWS = 64
 """Query rows (positions × heads of a group) per program; fewer for prompts shorter than this."""
 BLOCK_N = 64
-
-
-def available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
-    """The decode kernel's conditions (Triton, CUDA or the interpreter, a power-of-two head_dim)."""
-    return decode_attention.available(device, dtype, head_dim)
 
 
 if triton is not None:

@@ -155,8 +155,8 @@ def static_launcher_keeps_tuning(version: str) -> bool:
     (and skips single-config kernels altogether), so every process tunes again. On an H100 two warm processes
     benchmarked 111 and 126 configs, and the chosen down-projection kernel of llama-2-7b took 36 µs in one and 38.5
     in the other (perf-notes v18). torch 2.12 keeps the mark. Where it is dropped, the engine turns the static
-    launcher off: kernels then load through the autotune cache itself, which keeps it. Inside CUDA graphs the
-    launcher's host cost does not count."""
+    launcher off: kernels then load through the autotune cache itself, which keeps it. The cost is host time per
+    launch: none inside CUDA graphs, a few microseconds per kernel in `compile` mode, which runs without graphs."""
     major, minor = (int(part) for part in version.split(".")[:2])
     return (major, minor) >= (2, 12)
 
