@@ -15,7 +15,7 @@ import time
 import torch
 
 from rollgraph import decode_attention as fused
-from rollgraph import prefill_attention
+from rollgraph import prefill_attention, sampling
 from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
 from rollgraph.floors import measure_copy_bandwidth
@@ -54,7 +54,8 @@ def engine_config(spec: str) -> EngineConfig:
     mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear),
     splitN (the fused decode attention splits KV buckets longer than N positions, 512 by default: an experiment knob,
     set process-wide for this spec and put back after it),
-    pa (prefill's RoPE, cache write and attention in one Triton kernel, prefill_attention.py: likewise a knob).
+    pa (prefill's RoPE, cache write and attention in one Triton kernel, prefill_attention.py: likewise a knob),
+    am-aten (ATen's single-block argmax instead of sampling.argmax_rows's two reductions: likewise a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -71,8 +72,8 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt == "pa":
-            pass  # applied around the spec's run: prefill_attention.ENABLED
+        elif opt in ("pa", "am-aten"):
+            pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
     return EngineConfig(mode=mode, **kw)
@@ -93,6 +94,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         mode = spec.split("/")[0]
         fused.SPLIT_AT = split_at(spec)
         prefill_attention.ENABLED = "pa" in spec.split("/")[1:]
+        sampling.SPLIT_ARGMAX = "am-aten" not in spec.split("/")[1:]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
         start = time.perf_counter()
@@ -116,6 +118,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         torch.cuda.empty_cache()
     fused.SPLIT_AT = DEFAULT_SPLIT_AT
     prefill_attention.ENABLED = False
+    sampling.SPLIT_ARGMAX = True
     return out
 
 

@@ -13,6 +13,10 @@ import torch
 
 _M32 = 0xFFFFFFFF
 
+# argmax_rows's two reductions (True) or ATen's single-block argmax (False): an A/B knob for perf-notes v22,
+# read when a step is traced or run, so set it before an engine is built.
+SPLIT_ARGMAX = True
+
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer mixer held in int64; each product stays below 2**63, so nothing overflows."""
@@ -45,7 +49,7 @@ def argmax_rows(x: torch.Tensor) -> torch.Tensor:
     largest maximum gives the token: the same index as torch.argmax, ties and NaN included (ATen's max and argmax
     reductions share one comparison: the larger value, NaN above all, the lower index on a tie)."""
     b, v = x.shape
-    parts = _parts(v)
+    parts = _parts(v) if SPLIT_ARGMAX else 1
     if parts == 1:
         return torch.argmax(x, dim=-1)
     width = v // parts
