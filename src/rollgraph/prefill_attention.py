@@ -52,6 +52,46 @@ if triton is not None:
         s = tl.load(sin + pos[:, None] * s_cos + d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
         return ((x.to(tl.float32) * c).to(x.dtype).to(tl.float32) + x_sw * s).to(x.dtype)
 
+    @triton.jit
+    def _attend_block(
+        q,
+        m,
+        l_sum,
+        acc,
+        base,
+        tok,
+        n0,
+        hi,
+        cos,
+        sin,
+        s_qt,
+        s_cos,
+        qk_scale,
+        H,
+        KV,
+        kvh,
+        D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+        CAUSAL: tl.constexpr,
+    ):
+        """One step of the online softmax over key positions n0..n0+BLOCK_N-1 (those below `hi`); the causal mask
+        only where a block reaches the program's own positions."""
+        d = tl.arange(0, D)
+        tk = n0 + tl.arange(0, BLOCK_N)
+        k_ok = tk < hi
+        k = _rotated(base + tk[:, None] * s_qt + (H + kvh) * D, k_ok, tk, cos, sin, s_cos, D)
+        v = tl.load(base + tk[:, None] * s_qt + (H + KV + kvh) * D + d[None, :], mask=k_ok[:, None], other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+        if CAUSAL:
+            qk = tl.where((tk[None, :] <= tok[:, None]) & k_ok[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m, tl.max(qk, 1))  # finite from the first block on: position 0 is seen by every row
+        p = tl.exp2(qk - m_new[:, None])
+        alpha = tl.exp2(m - m_new)
+        l_sum = l_sum * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+        return m_new, l_sum, acc
+
     @triton.jit(do_not_specialize=["T"])
     def _prefill_attend(
         qkv,
@@ -79,8 +119,10 @@ if triton is not None:
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
         PRECISION: tl.constexpr,
+        HEAVY_FIRST: tl.constexpr,
     ):
-        mb = tl.program_id(0)
+        # the longest walks first: with more programs than SMs, the last wave then holds the short ones
+        mb = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
         b = tl.program_id(1) // KV
         kvh = tl.program_id(1) % KV
         d = tl.arange(0, D)
@@ -95,20 +137,53 @@ if triton is not None:
         l_sum = tl.zeros([BLOCK_M * G_PAD], tl.float32)
         acc = tl.zeros([BLOCK_M * G_PAD, D], tl.float32)
         hi = tl.minimum((mb + 1) * BLOCK_M, T)
-        for n0 in range(0, hi, BLOCK_N):
-            tk = n0 + tl.arange(0, BLOCK_N)
-            k_ok = tk < hi
-            k = _rotated(base + tk[:, None] * s_qt + (H + kvh) * D, k_ok, tk, cos, sin, s_cos, D)
-            v = tl.load(base + tk[:, None] * s_qt + (H + KV + kvh) * D + d[None, :], mask=k_ok[:, None], other=0.0)
-            qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-            seen = (tk[None, :] <= tok[:, None]) & k_ok[None, :]
-            qk = tl.where(seen, qk * qk_scale, float("-inf"))
-            m_new = tl.maximum(m, tl.max(qk, 1))  # finite from the first block on: position 0 is seen by every row
-            p = tl.exp2(qk - m_new[:, None])
-            alpha = tl.exp2(m - m_new)
-            l_sum = l_sum * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m = m_new
+        lo = (mb * BLOCK_M // BLOCK_N) * BLOCK_N  # key blocks below every own position: no causal mask
+        for n0 in range(0, lo, BLOCK_N):
+            m, l_sum, acc = _attend_block(
+                q,
+                m,
+                l_sum,
+                acc,
+                base,
+                tok,
+                n0,
+                hi,
+                cos,
+                sin,
+                s_qt,
+                s_cos,
+                qk_scale,
+                H,
+                KV,
+                kvh,
+                D,
+                BLOCK_N,
+                PRECISION,
+                False,
+            )
+        for n0 in range(lo, hi, BLOCK_N):
+            m, l_sum, acc = _attend_block(
+                q,
+                m,
+                l_sum,
+                acc,
+                base,
+                tok,
+                n0,
+                hi,
+                cos,
+                sin,
+                s_qt,
+                s_cos,
+                qk_scale,
+                H,
+                KV,
+                kvh,
+                D,
+                BLOCK_N,
+                PRECISION,
+                True,
+            )
 
         o = acc / l_sum[:, None]
         op = out + b * s_ob + tok[:, None] * s_ot + (kvh * GROUP + g)[:, None] * D + d[None, :]
@@ -124,13 +199,20 @@ if triton is not None:
             tl.store(v_cache + cp, v, mask=w_ok[:, None])
 
 
-def _blocks(t: int, group: int) -> tuple[int, int, int]:
-    """(G_PAD, BLOCK_M, BLOCK_N): the group padded to a power of two, positions per program so that a program has
-    about ROWS query rows (at least 16, the smallest tile the tensor-core dot takes; fewer for a short prompt), and
-    key positions per step."""
+OVERRIDE: tuple[int, int, int, int, bool] | None = None
+"""(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of the defaults below: for
+scripts/prefill_attention_probe.py, which times the choices."""
+
+
+def _launch(t: int, group: int, d: int) -> tuple[int, int, int, int, int, bool]:
+    """(G_PAD, BLOCK_M, BLOCK_N, num_warps, num_stages, heavy_first): the group padded to a power of two, positions
+    per program so that a program has about ROWS query rows (at least 16, the smallest tile the tensor-core dot
+    takes; fewer for a short prompt), key positions per step, and the launch's warps and pipeline stages."""
+    rows, block_n, warps, stages, heavy_first = OVERRIDE or (ROWS, BLOCK_N, 8 if d >= 128 else 4, 3, True)
     g_pad = triton.next_power_of_2(group)
-    rows = max(16, min(ROWS, triton.next_power_of_2(t) * g_pad))
-    return g_pad, max(1, rows // g_pad), max(16, min(BLOCK_N, triton.next_power_of_2(t)))
+    rows = max(16, min(rows, triton.next_power_of_2(t) * g_pad))
+    block_n = max(16, min(block_n, triton.next_power_of_2(t)))
+    return g_pad, max(1, rows // g_pad), block_n, warps, stages, heavy_first
 
 
 @torch.library.custom_op("rollgraph::prefill_attention", mutates_args=("k_cache", "v_cache"))
@@ -153,7 +235,7 @@ def prefill_attention(
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     out = qkv.new_empty(b, t, n_heads * d)
-    g_pad, block_m, block_n = _blocks(t, group)
+    g_pad, block_m, block_n, warps, stages, heavy_first = _launch(t, group, d)
     qk_scale = (1.0 / math.sqrt(d)) * math.log2(math.e)
     _prefill_attend[(triton.cdiv(t, block_m), b * n_kv)](
         qkv,
@@ -181,7 +263,9 @@ def prefill_attention(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-        num_warps=8 if d >= 128 else 4,  # a 64 x 128 float32 accumulator: 64 registers a thread at 4 warps
+        HEAVY_FIRST=heavy_first,
+        num_warps=warps,  # 8 for D = 128: a 64 x 128 float32 accumulator takes 64 registers a thread at 4 warps
+        num_stages=stages,
     )
     return out
 

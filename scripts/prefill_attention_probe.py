@@ -1,0 +1,133 @@
+"""Time prefill_attention.py's fused kernel against what a compiled prefill layer runs in its place (RoPE, the cache
+write and cuDNN/flash attention, compiled by inductor), at each prefill bucket, for llama-2-7b's and llama-3.2-1b's
+attention shapes, over a grid of launch choices (perf-notes v23). Each time is one call's share of a CUDA graph that
+holds 20 calls, so launch gaps count as they do in a replayed prefill. Every fused result is checked against the
+reference before it is timed.
+
+    PYTHONPATH=src python3 scripts/prefill_attention_probe.py --out OUT/prefill_attention.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+
+import torch
+import torch.nn.functional as F
+
+from rollgraph import llama
+from rollgraph import prefill_attention as pa
+
+SHAPES = {"llama-2-7b": (32, 32, 128), "llama-3.2-1b": (32, 8, 64)}  # query heads, KV heads, head dim
+LENGTHS = (16, 32, 64, 128, 256, 320, 384, 432, 512)
+REFERENCE_LENGTHS = (16, 128, 256, 432)
+GRID = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (1, 3)))  # rows, BLOCK_N, warps, stages
+
+
+def reference(qkv, cos, sin, write, kc, vc, h: int, kv: int):
+    """prefill_layer's part between the QKV and output projections (llama.py), as the compiled step runs it."""
+    b, t, _ = qkv.shape
+    d = kc.shape[-1]
+    heads = qkv.view(b, t, h + 2 * kv, d)
+    qk = llama._rope(heads[:, :, : h + kv], cos[None, :t, None, :], sin[None, :t, None, :])
+    q, k = qk[:, :, :h].transpose(1, 2), qk[:, :, h:].transpose(1, 2)
+    v = heads[:, :, h + kv :].transpose(1, 2)
+    kc[:b, :, :t] = torch.where(write, k, kc[:b, :, :t])
+    vc[:b, :, :t] = torch.where(write, v, vc[:b, :, :t])
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    return o.transpose(1, 2).reshape(b, t, h * d)
+
+
+def graph_time_us(fn, calls: int = 20, replays: int = 20) -> float:
+    """One call's share of a replayed graph of `calls` calls, in µs."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    for _ in range(3):
+        g.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    best = float("inf")
+    for _ in range(3):
+        start.record()
+        for _ in range(replays):
+            g.replay()
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) * 1e3 / (calls * replays))
+    return round(best, 2)
+
+
+def sdpa_only(qkv, h: int, kv: int, d: int):
+    """cuDNN/flash causal attention alone on the (unrotated) heads, what the fused kernel's attention part races."""
+    heads = qkv.view(qkv.shape[0], qkv.shape[1], h + 2 * kv, d).transpose(1, 2)
+    return F.scaled_dot_product_attention(
+        heads[:, :h], heads[:, h : h + kv], heads[:, h + kv :], is_causal=True, enable_gqa=True
+    )
+
+
+def probe_length(name: str, t: int, h: int, kv: int, d: int, tables, compiled) -> dict:
+    """One shape and prompt length: the references' times, then every launch choice's error and time."""
+    cos, sin, write, kc, vc = tables
+    qkv = torch.randn(1, t, (h + 2 * kv) * d, device="cuda", dtype=kc.dtype)
+    row = {"model": name, "T": t}
+    want = reference(qkv, cos, sin, write, kc.clone(), vc.clone(), h, kv).float()
+    row["sdpa_us"] = graph_time_us(functools.partial(sdpa_only, qkv, h, kv, d))
+    row["eager_ref_us"] = graph_time_us(functools.partial(reference, qkv, cos, sin, write, kc, vc, h, kv))
+    if t in REFERENCE_LENGTHS:
+        row["compiled_ref_us"] = graph_time_us(functools.partial(compiled, qkv, cos, sin, write, kc, vc, h, kv))
+    fused_call = functools.partial(pa.prefill_attention, qkv, cos[:t], sin[:t], write, kc, vc, h, kv)
+    fused = {}
+    old = (64, 64, 8 if d >= 128 else 4, 3, False)  # v21's choice: positions in order
+    for choice in [old] + [(*c, True) for c in GRID]:
+        key = "r{}_n{}_w{}_s{}".format(*choice) + ("_hf" if choice[4] else "_old")
+        pa.OVERRIDE = choice
+        try:
+            err = (fused_call().float() - want).abs().max().item()
+            fused[key] = {"us": graph_time_us(fused_call), "err": round(err, 4)}
+        except Exception as e:  # a choice that does not fit (shared memory, registers)
+            fused[key] = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
+    pa.OVERRIDE = None
+    ok = {k: v for k, v in fused.items() if "us" in v and v["err"] < 0.06}
+    best = min(ok, key=lambda k: ok[k]["us"])
+    row.update(best=best, best_us=ok[best]["us"], old_us=fused[next(iter(fused))].get("us"), fused=fused)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch._inductor.config.coordinate_descent_tuning = True  # as the compile modes set it (steps.py)
+    torch._dynamo.config.recompile_limit = 64  # one compiled reference per shape and length
+    dev, dt = "cuda", torch.bfloat16
+    rows_out = []
+    for name, (h, kv, d) in SHAPES.items():
+        max_len = 2048
+        kc = torch.randn(1, kv, max_len, d, device=dev, dtype=dt)
+        pos = torch.arange(max_len, device=dev, dtype=torch.float32)[:, None]
+        freqs = pos * (10000.0 ** (-torch.arange(0, d, 2, device=dev) / d))[None, :]
+        emb = torch.cat((freqs, freqs), -1)
+        sign = torch.cat((-torch.ones(d // 2, device=dev), torch.ones(d // 2, device=dev)))
+        write = torch.ones(1, dtype=torch.bool, device=dev)
+        tables = (emb.cos().to(dt), (emb.sin() * sign).to(dt), write, kc, torch.randn_like(kc))
+        compiled = torch.compile(reference, fullgraph=True, dynamic=False)
+        for t in LENGTHS:
+            row = probe_length(name, t, h, kv, d, tables, compiled)
+            print(json.dumps({k: v for k, v in row.items() if k != "fused"}), flush=True)
+            rows_out.append(row)
+    with open(args.out, "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows_out}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
