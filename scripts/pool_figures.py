@@ -54,7 +54,8 @@ def engine_config(spec: str) -> EngineConfig:
     mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear),
     splitN (the fused decode attention splits KV buckets longer than N positions, 512 by default: an experiment knob,
     set process-wide for this spec and put back after it),
-    pa (prefill's RoPE, cache write and attention in one Triton kernel, prefill_attention.py: likewise a knob),
+    no-pa (prefill's RoPE, cache write and attention as separate kernels instead of prefill_attention.py's one Triton
+    kernel, on by default since v23: likewise a knob; `pa`, its name while it was off by default, is still taken),
     am-aten (ATen's single-block argmax instead of sampling.argmax_rows's two reductions: likewise a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -72,7 +73,7 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in ("pa", "am-aten"):
+        elif opt in ("pa", "no-pa", "am-aten"):
             pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
@@ -93,7 +94,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         label = spec if modes.count(spec) == 1 else f"{spec}#{modes[:run].count(spec) + 1}"
         mode = spec.split("/")[0]
         fused.SPLIT_AT = split_at(spec)
-        prefill_attention.ENABLED = "pa" in spec.split("/")[1:]
+        prefill_attention.ENABLED = "no-pa" not in spec.split("/")[1:]
         sampling.SPLIT_ARGMAX = "am-aten" not in spec.split("/")[1:]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
@@ -117,7 +118,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         gc.collect()
         torch.cuda.empty_cache()
     fused.SPLIT_AT = DEFAULT_SPLIT_AT
-    prefill_attention.ENABLED = False
+    prefill_attention.ENABLED = True
     sampling.SPLIT_ARGMAX = True
     return out
 

@@ -74,12 +74,12 @@ def engine_tokens(fused: bool, device: str, dtype: str = "float32", n: int = 12)
     from rollgraph.models import load_model
     from rollgraph.params import GenerationParams
 
-    pa.ENABLED = fused
+    was, pa.ENABLED = pa.ENABLED, fused
     try:
         model = load_model(ModelConfig("llama-tiny", dtype=dtype, device=device))
         eng = Engine(model, EngineConfig(mode="eager", attention="triton", max_seq_len=256))
     finally:
-        pa.ENABLED = False
+        pa.ENABLED = was
     gen = eng.generate(GenerationParams(tuple(range(3, 40)), n))
     return list(gen), eng.buffers.logits[0].clone(), eng.runner.fused_prefill
 

@@ -194,15 +194,15 @@ def test_fused_prefill_attention_kernel_matches_the_reference(dtype, out_tol, ca
 @pytest.mark.parametrize("mode", ["eager", "compile+graphs"])
 def test_fused_prefill_attention_equals_sdpa_on_llama_1b(mode, monkeypatch):
     """Greedy tokens equal and logits close (fp32) with the fused prefill kernel and with SDPA, for prompts in the
-    16- and 64-row buckets, eagerly and compiled into graphs."""
+    16- and 64-row buckets and one of 400 tokens (the long-prompt launch choice), eagerly and compiled into graphs."""
     from rollgraph import prefill_attention
 
     runs = {}
     for on in (False, True):
         monkeypatch.setattr(prefill_attention, "ENABLED", on)
-        eng = engine_for("llama-3.2-1b", mode, attention="triton")
+        eng = engine_for("llama-3.2-1b", mode, attention="triton", max_seq_len=512, prefill_buckets=(16, 64, 432))
         assert eng.runner.fused_prefill is on
-        runs[on] = [generate(eng, p, 16) for p in PROMPTS]
+        runs[on] = [generate(eng, p, 16) for p in [*PROMPTS, [(7 * i) % 1000 + 3 for i in range(400)]]]
         free(eng)
     for (a, _, la), (b, _, lb) in zip(runs[False], runs[True], strict=True):
         assert a == b

@@ -1,5 +1,6 @@
-"""The fused prefill attention kernel (prefill_attention.py, an experiment off by default): checked on CPU through
-Triton's interpreter in float32 and float16 (bfloat16 on the GPU, test_gpu.py), and how the runner takes it."""
+"""The fused prefill attention kernel (prefill_attention.py, on by default where the fused decode kernel runs):
+checked on CPU through Triton's interpreter in float32 and float16 (bfloat16 on the GPU, test_gpu.py), and how the
+runner takes it."""
 
 from __future__ import annotations
 
@@ -17,6 +18,6 @@ def test_fused_prefill_kernel_matches_the_reference_path_in_the_triton_interpret
     assert errors["engine"]["logits"] < 1e-4, errors
 
 
-def test_the_runner_keeps_sdpa_for_prefill_unless_the_experiment_is_on():
+def test_the_runner_fuses_prefill_attention_only_where_the_fused_decode_kernel_runs():
     eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", max_seq_len=64))
-    assert eng.runner.fused_prefill is False
+    assert eng.runner.fused_decode is False and eng.runner.fused_prefill is False

@@ -99,7 +99,7 @@ class LlamaRunner:
             attention, self.device, self.dtype, (self.n_heads, self.n_kv, self.head_dim)
         )
         self.fused_prefill = self.fused_decode and prefill_attention.ENABLED
-        """Prefill's RoPE, cache write and attention in one Triton kernel (prefill_attention.py, an experiment)."""
+        """Prefill's RoPE, cache write and attention in one Triton kernel (prefill_attention.py), where fused_decode."""
         self._decode_layer, self._prefill_layer, self._full_layer, self._head = (
             fused_decode_layer if self.fused_decode else decode_layer,
             fused_prefill_layer if self.fused_prefill else prefill_layer,

@@ -14,8 +14,9 @@ Numerics follow the reference path (llama._rope + SDPA), as decode_attention.py 
 input dtype before the fused multiply-add, scores and softmax in float32, probabilities cast to the value dtype for
 the P·V product, IEEE products for float32 inputs.
 
-Status: an experiment, off by default (`ENABLED`), checked on the CPU in Triton's interpreter; its GPU test and
-timing are the next GPU session's (perf-notes v21).
+Checked on the CPU in Triton's interpreter and on the GPU (tests/test_gpu.py); on by default where the fused decode
+kernel runs (`ENABLED`). Timed against inductor's compiled RoPE, cache writes and cuDNN attention in perf-notes v21
+and v23.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ try:
 except ImportError:  # CPU-only installs: the runner keeps SDPA
     triton = None
 
-ENABLED = False
-"""Whether LlamaRunner uses this kernel for prefill (where the fused decode kernel runs too). Read when a runner is
-made; scripts/pool_figures.py's `pa` option sets it for one spec."""
-ROWS = 64
-"""Query rows (positions × heads of a group) per program; fewer for prompts shorter than this."""
-BLOCK_N = 64
+ENABLED = True
+"""Whether LlamaRunner uses this kernel for prefill wherever the fused decode kernel runs (`--attention triton`, the
+default on CUDA; `sdpa` turns both off). Read when a runner is made; pool_figures.py's `pa` option sets it per spec."""
+LONG = 320
+"""Prompts of at least this many positions take the long-prompt launch choice (LAUNCH)."""
+LAUNCH = {"long": (128, 128, 8, 1), 128: (64, 64, 8, 1), 64: (64, 128, 4, 1)}
+"""(query rows per program, key positions per step, warps, pipeline stages) for prompts of LONG positions or more,
+and below that by head dim; the fastest or within 12% of it at every prefill bucket on an H100 for llama-2-7b's and
+llama-3.2-1b's shapes, among 36 choices (scripts/prefill_attention_probe.py, perf-notes v23)."""
 
 
 if triton is not None:
@@ -200,15 +204,19 @@ if triton is not None:
 
 
 OVERRIDE: tuple[int, int, int, int, bool] | None = None
-"""(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of the defaults below: for
+"""(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of LAUNCH's: for
 scripts/prefill_attention_probe.py, which times the choices."""
 
 
 def _launch(t: int, group: int, d: int) -> tuple[int, int, int, int, int, bool]:
     """(G_PAD, BLOCK_M, BLOCK_N, num_warps, num_stages, heavy_first): the group padded to a power of two, positions
-    per program so that a program has about ROWS query rows (at least 16, the smallest tile the tensor-core dot
+    per program so that a program has about `rows` query rows (at least 16, the smallest tile the tensor-core dot
     takes; fewer for a short prompt), key positions per step, and the launch's warps and pipeline stages."""
-    rows, block_n, warps, stages, heavy_first = OVERRIDE or (ROWS, BLOCK_N, 8 if d >= 128 else 4, 3, True)
+    if OVERRIDE is not None:
+        rows, block_n, warps, stages, heavy_first = OVERRIDE
+    else:
+        rows, block_n, warps, stages = LAUNCH["long" if t >= LONG else 128 if d >= 128 else 64]
+        heavy_first = True
     g_pad = triton.next_power_of_2(group)
     rows = max(16, min(rows, triton.next_power_of_2(t) * g_pad))
     block_n = max(16, min(block_n, triton.next_power_of_2(t)))
@@ -264,7 +272,7 @@ def prefill_attention(
         BLOCK_N=block_n,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
         HEAVY_FIRST=heavy_first,
-        num_warps=warps,  # 8 for D = 128: a 64 x 128 float32 accumulator takes 64 registers a thread at 4 warps
+        num_warps=warps,
         num_stages=stages,
     )
     return out
