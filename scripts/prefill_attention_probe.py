@@ -30,10 +30,7 @@ def reference(qkv, cos, sin, write, kc, vc, h: int, kv: int):
     """prefill_layer's part between the QKV and output projections (llama.py), as the compiled step runs it."""
     b, t, _ = qkv.shape
     d = kc.shape[-1]
-    heads = qkv.view(b, t, h + 2 * kv, d)
-    qk = llama._rope(heads[:, :, : h + kv], cos[None, :t, None, :], sin[None, :t, None, :])
-    q, k = qk[:, :, :h].transpose(1, 2), qk[:, :, h:].transpose(1, 2)
-    v = heads[:, :, h + kv :].transpose(1, 2)
+    q, k, v = llama.rotated_heads(qkv, cos[None, :t, None, :], sin[None, :t, None, :], h, kv, d)
     kc[:b, :, :t] = torch.where(write, k, kc[:b, :, :t])
     vc[:b, :, :t] = torch.where(write, v, vc[:b, :, :t])
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)

@@ -31,10 +31,7 @@ def reference(qkv, cos, sin, kc, vc, h, kv):
     """What prefill_layer does: rotate, write K/V at positions 0..T-1, causal attention (float32)."""
     b, t, _ = qkv.shape
     d = kc.shape[-1]
-    heads = qkv.view(b, t, h + 2 * kv, d)
-    qk = llama._rope(heads[:, :, : h + kv], cos[None, :t, None, :], sin[None, :t, None, :])
-    q, k = qk[:, :, :h].transpose(1, 2), qk[:, :, h:].transpose(1, 2)
-    v = heads[:, :, h + kv :].transpose(1, 2)
+    q, k, v = llama.rotated_heads(qkv, cos[None, :t, None, :], sin[None, :t, None, :], h, kv, d)
     kc[:b, :, :t] = k
     vc[:b, :, :t] = v
     o = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)

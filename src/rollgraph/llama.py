@@ -301,6 +301,13 @@ def _qkv(x, w, cos, sin, dims):
     attn_norm, wqkv, bqkv = w[0], w[1], w[2]
     b, t, _ = x.shape
     qkv = _linear(_rms_norm(x, attn_norm, eps), wqkv, bqkv, few)
+    return rotated_heads(qkv.view(b, t, -1), cos, sin, n_heads, n_kv, head_dim)
+
+
+def rotated_heads(qkv, cos, sin, n_heads: int, n_kv: int, head_dim: int):
+    """The fused projection's output [B, T, (heads + 2·kv_heads)·D] -> q [B, heads, T, D], k and v [B, kv_heads, T,
+    D], RoPE applied to q and k (cos and sin broadcast against [B, T, heads, D])."""
+    b, t, _ = qkv.shape
     heads = qkv.view(b, t, n_heads + 2 * n_kv, head_dim)
     qk = _rope(heads[:, :, : n_heads + n_kv], cos, sin)  # q and k rotated in one pass
     q, k = qk[:, :, :n_heads], qk[:, :, n_heads:]

@@ -142,52 +142,14 @@ if triton is not None:
         acc = tl.zeros([BLOCK_M * G_PAD, D], tl.float32)
         hi = tl.minimum((mb + 1) * BLOCK_M, T)
         lo = (mb * BLOCK_M // BLOCK_N) * BLOCK_N  # key blocks below every own position: no causal mask
+        # fmt: off
         for n0 in range(0, lo, BLOCK_N):
-            m, l_sum, acc = _attend_block(
-                q,
-                m,
-                l_sum,
-                acc,
-                base,
-                tok,
-                n0,
-                hi,
-                cos,
-                sin,
-                s_qt,
-                s_cos,
-                qk_scale,
-                H,
-                KV,
-                kvh,
-                D,
-                BLOCK_N,
-                PRECISION,
-                False,
-            )
+            m, l_sum, acc = _attend_block(q, m, l_sum, acc, base, tok, n0, hi, cos, sin, s_qt, s_cos, qk_scale,
+                                          H, KV, kvh, D, BLOCK_N, PRECISION, False)
         for n0 in range(lo, hi, BLOCK_N):
-            m, l_sum, acc = _attend_block(
-                q,
-                m,
-                l_sum,
-                acc,
-                base,
-                tok,
-                n0,
-                hi,
-                cos,
-                sin,
-                s_qt,
-                s_cos,
-                qk_scale,
-                H,
-                KV,
-                kvh,
-                D,
-                BLOCK_N,
-                PRECISION,
-                True,
-            )
+            m, l_sum, acc = _attend_block(q, m, l_sum, acc, base, tok, n0, hi, cos, sin, s_qt, s_cos, qk_scale,
+                                          H, KV, kvh, D, BLOCK_N, PRECISION, True)
+        # fmt: on
 
         o = acc / l_sum[:, None]
         op = out + b * s_ob + tok[:, None] * s_ot + (kvh * GROUP + g)[:, None] * D + d[None, :]
