@@ -37,7 +37,8 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
         "--attention",
         default="auto",
         choices=ATTENTION,
-        help="decode attention of the native runner: triton (fused with RoPE and the cache write), sdpa, or auto",
+        help="attention of the native runner, decode and prefill: triton (fused with RoPE and the cache write), "
+        "sdpa, or auto",
     )
     g.add_argument(
         "--matmul",

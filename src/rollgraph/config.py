@@ -101,8 +101,8 @@ class EngineConfig:
     runner: str = "auto"
     """auto = rollgraph's native Llama-family runner where the architecture allows, else transformers' forward."""
     attention: str = "auto"
-    """Native runner's decode attention: triton (RoPE + cache write + attention in one kernel), sdpa, or auto
-    (triton where it can run: CUDA with Triton installed)."""
+    """Native runner's attention: triton (RoPE + cache write + attention in one kernel, for decode and for a prompt's
+    prefill), sdpa, or auto (triton where it can run: CUDA with Triton installed)."""
     matmul: str = "auto"
     """Native runner's matmuls of at most 32 rows (short prefills; decode outside the compile modes): triton (the
     skinny_linear kernel), torch (F.linear, i.e. cuBLAS), or auto (triton where it can run)."""
