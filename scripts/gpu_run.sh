@@ -10,6 +10,7 @@
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (the server's share of client TTFT)
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
 #   pattn                      scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23)
+#   coldpath                   scripts/cold_path_probe.py (request parsing after an idle gap; CPU only, v25)
 #   capture:MODEL:MODE         scripts/capture_time.py (start-up on empty kernel caches; Triton builds counted)
 #   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
 #   "bench:MODEL:ARGS"         rollgraph bench with ARGS as they are (quote the step), e.g.
@@ -44,6 +45,7 @@ for step in "$@"; do
     launch) PYTHONPATH=src:scripts python3 scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
               --out "$out/launch_${a}_${b//+/_}.json" 2>&1 | grep "^{" ;;
     pattn) python3 scripts/prefill_attention_probe.py --out "$out/prefill_attention.json" 2>&1 | grep -E "^\{|Error" ;;
+    coldpath) python3 scripts/cold_path_probe.py | tee "$out/cold_path.json" ;;
     capture) python3 scripts/capture_time.py --model "$a" --mode "$b" --out "$out/capture_${a}_${b}.json" 2>&1 | tail -1 ;;
     resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
     bench) name="bench${n}_$a"
