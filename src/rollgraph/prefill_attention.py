@@ -8,7 +8,9 @@ gaps, not bytes. Here one launch reads the QKV rows and writes the output and th
 
 Each program owns BLOCK_M prompt positions of one (row, KV head): their GROUP query heads are the rows of its tiles.
 It walks the key positions up to its last own position from the QKV rows themselves (rotating k as it loads it), so
-no program waits for another's cache write, and it writes the cache entries of its own positions only.
+no program waits for another's cache write, and it writes the cache entries of its own positions only. Programs
+start with the longest walks (the last positions), and key blocks wholly below a program's positions skip the
+causal mask.
 
 Numerics follow the reference path (llama._rope + SDPA), as decode_attention.py does: RoPE rounds `x * cos` to the
 input dtype before the fused multiply-add, scores and softmax in float32, probabilities cast to the value dtype for
@@ -33,7 +35,8 @@ except ImportError:  # CPU-only installs: the runner keeps SDPA
 
 ENABLED = True
 """Whether LlamaRunner uses this kernel for prefill wherever the fused decode kernel runs (`--attention triton`, the
-default on CUDA; `sdpa` turns both off). Read when a runner is made; pool_figures.py's `pa` option sets it per spec."""
+default on CUDA; `sdpa` turns both off). Read when a runner is made; pool_figures.py's `no-pa` option clears it for
+one spec."""
 LONG = 320
 """Prompts of at least this many positions take the long-prompt launch choice (LAUNCH)."""
 LAUNCH = {"long": (128, 128, 8, 1), 128: (64, 64, 8, 1), 64: (64, 128, 4, 1)}
