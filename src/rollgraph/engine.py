@@ -342,8 +342,9 @@ class Engine:
     # ---- figures -----------------------------------------------------------------------------------------------
 
     def kernels(self) -> dict[str, str | None]:
-        """The decode attention and few-row matmul kernels the runner settled on after its load-time probes
-        (`triton`, or PyTorch's `sdpa` / `torch`); None for a runner without the choice (transformers' forward).
+        """The attention kernels (decode, and prefill with prefill_attention.ENABLED) and few-row matmul kernel the
+        runner settled on after its load-time probes (`triton`, or PyTorch's `sdpa` / `torch`); None for a runner
+        without the choice (transformers' forward).
         An eager engine given these same names runs the very kernels this one runs."""
         fused, skinny_phases = getattr(self.runner, "fused_decode", None), getattr(self.runner, "skinny_phases", None)
         return {

@@ -38,11 +38,12 @@ ENABLED = True
 default on CUDA; `sdpa` turns both off). Read when a runner is made; pool_figures.py's `no-pa` option clears it for
 one spec."""
 LONG = 320
-"""Prompts of at least this many positions take the long-prompt launch choice (LAUNCH)."""
-LAUNCH = {"long": (128, 128, 8, 1), 128: (64, 64, 8, 1), 64: (64, 128, 4, 1)}
-"""(query rows per program, key positions per step, warps, pipeline stages) for prompts of LONG positions or more,
-and below that by head dim; the fastest or within 12% of it at every prefill bucket on an H100 for llama-2-7b's and
-llama-3.2-1b's shapes, among 36 choices (scripts/prefill_attention_probe.py, perf-notes v23)."""
+"""Prompts of at least this many positions take LAUNCH_LONG; shorter ones LAUNCH_SHORT by head dim."""
+LAUNCH_LONG = (128, 128, 8, 1)
+LAUNCH_SHORT = {128: (64, 64, 8, 1), 64: (64, 128, 4, 1)}
+"""(query rows per program, key positions per step, warps, pipeline stages): for short prompts keyed by head dim (128
+for 128 and up, else 64). Each is the fastest or within 12% of it at every prefill bucket on an H100 for
+llama-2-7b's and llama-3.2-1b's shapes, among 36 choices (scripts/prefill_attention_probe.py, perf-notes v23)."""
 
 
 if triton is not None:
@@ -169,7 +170,7 @@ if triton is not None:
 
 
 OVERRIDE: tuple[int, int, int, int, bool] | None = None
-"""(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of LAUNCH's: for
+"""(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of the tables above: for
 scripts/prefill_attention_probe.py, which times the choices."""
 
 
@@ -180,7 +181,7 @@ def _launch(t: int, group: int, d: int) -> tuple[int, int, int, int, int, bool]:
     if OVERRIDE is not None:
         rows, block_n, warps, stages, heavy_first = OVERRIDE
     else:
-        rows, block_n, warps, stages = LAUNCH["long" if t >= LONG else 128 if d >= 128 else 64]
+        rows, block_n, warps, stages = LAUNCH_LONG if t >= LONG else LAUNCH_SHORT[128 if d >= 128 else 64]
         heavy_first = True
     g_pad = triton.next_power_of_2(group)
     rows = max(16, min(rows, triton.next_power_of_2(t) * g_pad))

@@ -13,9 +13,9 @@ import torch
 
 _M32 = 0xFFFFFFFF
 
-# argmax_rows's two reductions (True) or ATen's single-block argmax (False): an A/B knob for perf-notes v22,
-# read when a step is traced or run, so set it before an engine is built.
 SPLIT_ARGMAX = True
+"""argmax_rows's two reductions (True) or ATen's single-block argmax (False): an A/B knob for perf-notes v22 (the
+`am-aten` option of scripts/pool_figures.py), read when a step is traced or run, so set it before an engine is built."""
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
