@@ -11,7 +11,10 @@
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
 #   pattn                      scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23)
 #   coldpath                   scripts/cold_path_probe.py (request parsing after an idle gap; CPU only, v25)
-#   capture:MODEL:MODE         scripts/capture_time.py (start-up on empty kernel caches; Triton builds counted)
+#   capture:MODEL:MODE[:DIR]   scripts/capture_time.py (start-up on empty kernel caches, or on DIR's, kept between
+#                              steps; Triton builds counted, seconds per graph)
+#   skinny16                   scripts/skinny16_probe.py (16-row matmul variants against skinny_linear, v26)
+#   tbuild                     scripts/triton_build_probe.py (Triton builds from threads against one by one, v27)
 #   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
 #   "bench:MODEL:ARGS"         rollgraph bench with ARGS as they are (quote the step), e.g.
 #                              "bench:llama-2-7b:--compare-peers --modes graphs,compile+graphs --prompt-lengths 10,400"
@@ -46,7 +49,11 @@ for step in "$@"; do
               --out "$out/launch_${a}_${b//+/_}.json" 2>&1 | grep "^{" ;;
     pattn) python3 scripts/prefill_attention_probe.py --out "$out/prefill_attention.json" 2>&1 | grep -E "^\{|Error" ;;
     coldpath) python3 scripts/cold_path_probe.py | tee "$out/cold_path.json" ;;
-    capture) python3 scripts/capture_time.py --model "$a" --mode "$b" --out "$out/capture_${a}_${b}.json" 2>&1 | tail -1 ;;
+    capture) python3 scripts/capture_time.py --model "$a" --mode "$b" ${c:+--cache "$c"} \
+               --out "$out/capture${n}_${a}_${b//+/_}.json" 2>&1 | tail -1 ;;
+    skinny16) PYTHONPATH=src:scripts python3 scripts/skinny16_probe.py --out "$out/skinny16.json" 2>&1 \
+                | grep -E "^\{|Error" ;;
+    tbuild) python3 scripts/triton_build_probe.py --out "$out/triton_build.json" 2>&1 | tail -1 ;;
     resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
     bench) name="bench${n}_$a"
            python3 -m rollgraph bench --model "$a" $b --out "$out/$name" 2>"$out/$name.log" | tail -30
