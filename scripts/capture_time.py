@@ -42,10 +42,13 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rg-inductor-")
     builds_before = builds(cache)
 
+    from rollgraph import engine as engine_module
     from rollgraph.config import EngineConfig, ModelConfig  # after TRITON_CACHE_DIR is set: Triton reads it once
     from rollgraph.engine import Engine
     from rollgraph.models import load_model
 
+    if a.build_threads is not None:
+        engine_module.BUILD_THREADS = a.build_threads
     t0 = time.perf_counter()
     model = load_model(ModelConfig(a.model, dtype=a.dtype))
     t1 = time.perf_counter()
@@ -63,6 +66,7 @@ def main() -> None:
         "load_s": round(t1 - t0, 2),
         "engine_setup_s": round(t2 - t1, 2),
         "warm_up_s": round(t3 - t2, 2),
+        "build_threads": engine_module.BUILD_THREADS,
         "graphs": report["graphs"],
         "graph_bytes": report["bytes"],
         "triton_builds_setup": at_setup - builds_before,

@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="rg-build-probe-")  # before Triton reads it
 
-import torch  # noqa: E402
+import torch
 
-from rollgraph import skinny_linear as sk  # noqa: E402
+from rollgraph import skinny_linear as sk
 
 
 def main() -> None:

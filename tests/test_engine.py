@@ -196,3 +196,26 @@ def test_bad_sampling_values(kw):
 def test_bad_engine_config(kw):
     with pytest.raises(ValueError, match="must"):
         EngineConfig(**kw)
+
+
+def test_steps_run_from_threads_leave_the_cache_and_buffers_as_they_were(caplog):
+    """What warm_up does before capturing on a GPU (to build Triton kernels in parallel), here on CPU: every default
+    key's step from four threads, none failing, no cache entry written, the engine's buffers untouched, and the
+    engine's tokens the same afterwards; a step that cannot run is counted and logged, not raised."""
+    from rollgraph.graphs import GraphKey
+    from rollgraph.steps import _spread, run_once_in_threads
+
+    engine = make_engine("llama-tiny", mode="eager")
+    ids = [1, 50, 60, 70, 80]
+    want = run(engine, ids)  # row 0 now holds this sequence
+    cache = [t.clone() for t in engine.runner.cache.keys + engine.runner.cache.values]
+    buffers = engine.buffers.snapshot()
+    keys = engine._bucket_keys()
+    assert sorted(map(str, _spread(keys))) == sorted(map(str, keys))
+    assert run_once_in_threads(engine.runner, keys, engine.vocab_size, engine.device, 4) == 0
+    assert all(torch.equal(a, b) for a, b in zip(cache, engine.runner.cache.keys + engine.runner.cache.values))
+    assert all(torch.equal(v, getattr(engine.buffers, k)) for k, v in buffers.items())
+    assert run(engine, ids) == want
+    too_wide = GraphKey("prefill", 4, 16)  # four rows against a one-row cache
+    assert run_once_in_threads(engine.runner, [too_wide], engine.vocab_size, engine.device, 2) == 1
+    assert "building the kernels of prefill/b4/T16/greedy failed" in caplog.text

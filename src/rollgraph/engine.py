@@ -22,10 +22,13 @@ from rollgraph.graphs import CudaGraphStep, GraphKey, GraphPool
 from rollgraph.host_tokens import HostTokens
 from rollgraph.models import LoadedModel
 from rollgraph.params import GenerationParams, SamplingParams, ids_within
-from rollgraph.steps import StepBuffers, Steps
+from rollgraph.steps import StepBuffers, Steps, run_once_in_threads
 
 logger = logging.getLogger(__name__)
 
+BUILD_THREADS = 8
+"""Threads that run the default keys' eager steps once before the captures, so their Triton kernels build in parallel
+(steps.run_once_in_threads); 0 or 1 builds them one after another, as the captures would."""
 SEED_POOL = PoolConfig(max_graphs=50, max_bytes=1 << 62, on_miss="capture")
 
 
@@ -92,6 +95,7 @@ class Engine:
     def warm_up(self, progress: bool = True) -> None:
         """Pre-capture the default key set (graph modes on CUDA); compile modes compile them instead."""
         if self.graphs_enabled and self.config.precapture:
+            self._build_kernels()
             self.pool.precapture(self.default_keys(), progress=progress)
         elif self.config.uses_compile and self.config.precapture and self.device.type == "cuda":
             start = time.perf_counter()
@@ -102,6 +106,19 @@ class Engine:
             self.buffers.restore(snap)
             secs, cache = time.perf_counter() - start, compile_cache_counts()
             logger.info("compiled %d step shapes in %.1f s (inductor cache: %s)", len(self.default_keys()), secs, cache)
+
+    def _build_kernels(self) -> None:
+        """Build the default keys' Triton kernels from threads before capturing (steps.run_once_in_threads); only
+        where steps run eagerly and the runner has kernels of its own."""
+        if BUILD_THREADS < 2 or self._direct != "eager" or not getattr(self.runner, "triton_kernels", False):
+            return
+        start, keys = time.perf_counter(), self.default_keys()
+        failed = run_once_in_threads(self.runner, keys, self.vocab_size, self.device, BUILD_THREADS)
+        torch.cuda.empty_cache()  # the threads' activations: each capture measures reserved memory
+        secs = time.perf_counter() - start
+        logger.info("ran %d steps from %d threads to build their kernels in %.1f s", len(keys), BUILD_THREADS, secs)
+        if failed:
+            logger.warning("%d of those steps failed; their captures will say why", failed)
 
     def idle_work(self) -> bool:
         """Capture one queued key; call between requests. True if a capture ran."""

@@ -10,6 +10,7 @@ free of host syncs, so a step can be captured in a CUDA graph.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -93,11 +94,14 @@ class LlamaRunner:
             inner.layers = torch.nn.ModuleList()
         self.cos, self.sin = _rope_tables(inner.rotary_emb, max_seq_len, self.dtype, self.device)
         self._weights = [ly.tensors for ly in self.layers]
-        self.skinny_phases = _choose_matmul(matmul, self.device, self.dtype)
+        _start_triton(self.device)
+        with ThreadPoolExecutor(2) as pool:  # each choice builds its kernel once: two Triton builds side by side
+            matmul_choice = pool.submit(_choose_matmul, matmul, self.device, self.dtype)
+            heads = (self.n_heads, self.n_kv, self.head_dim)
+            attention_choice = pool.submit(_choose_attention, attention, self.device, self.dtype, heads)
+        self.skinny_phases = matmul_choice.result()
         """Phases whose matmuls of at most skinny.MAX_ROWS rows use the skinny_linear kernel instead of F.linear."""
-        self.fused_decode = _choose_attention(
-            attention, self.device, self.dtype, (self.n_heads, self.n_kv, self.head_dim)
-        )
+        self.fused_decode = attention_choice.result()
         self.fused_prefill = self.fused_decode and prefill_attention.ENABLED
         """Prefill's RoPE, cache write and attention in one Triton kernel (prefill_attention.py), where fused_decode."""
         self._decode_layer, self._prefill_layer, self._full_layer, self._head = (
@@ -130,6 +134,11 @@ class LlamaRunner:
             w_gate_up=w_gate_up,
             w_down=m.down_proj.weight,
         )
+
+    @property
+    def triton_kernels(self) -> bool:
+        """Whether some step runs a Triton kernel of rollgraph's own (built at its first call)."""
+        return self.fused_decode or bool(self.skinny_phases)
 
     @property
     def weight_bytes(self) -> int:
@@ -367,6 +376,16 @@ def _choose_matmul(matmul: str, device: torch.device, dtype: torch.dtype) -> fro
         ("skinny matmul kernel", "matmul", "few-row matmuls use F.linear"),
     )
     return frozenset({"prefill", "decode", "full"}) if on else frozenset()
+
+
+def _start_triton(device: torch.device) -> None:
+    """Triton's driver starts lazily at the first launch; start it here, before threads build kernels at once."""
+    if skinny.triton is None or device.type != "cuda":
+        return
+    try:
+        skinny.triton.runtime.driver.active.get_current_device()
+    except Exception:  # the kernels' probes then fail with their own message and fall back
+        logger.debug("Triton's driver did not start", exc_info=True)
 
 
 def _use_kernel(choice: str, off: str, can: bool, probe, needs: str, words: tuple[str, str, str]) -> bool:
