@@ -31,6 +31,7 @@ def main() -> None:
         help="use this folder for Triton's and inductor's caches (made if missing; a second run "
         "with the same folder shows a start whose kernels are already built)",
     )
+    p.add_argument("--build-threads", type=int, help="engine.BUILD_THREADS for this start (1: builds one by one)")
     p.add_argument("--out")
     a = p.parse_args()
     cache = os.environ.get("TRITON_CACHE_DIR", "")
