@@ -219,3 +219,13 @@ def test_timed_regions_pause_the_collector_and_restore_it():
         assert not gc.isenabled()  # it was off before, so it stays off
     finally:
         gc.enable()
+
+
+def test_the_start_note_counts_kernel_builds_apart_from_capture():
+    from rollgraph.bench_tables import _mode_note
+
+    m = {"kind": "server", "graphs_enabled": True, "startup_s": 20.0, "capture_s": 1.9, "graphs": 17}
+    m.update(kernel_build_s=5.6, graph_bytes=110 << 20)
+    assert "(graph capture 1.90 s after 5.60 s of kernel builds, 17 graphs, 110.0 MiB)" in _mode_note(m)
+    m["kernel_build_s"] = 0.0  # compile modes and CPU runs build nothing beforehand
+    assert "(graph capture 1.90 s, 17 graphs, 110.0 MiB)" in _mode_note(m)

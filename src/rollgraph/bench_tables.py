@@ -105,9 +105,11 @@ def _mode_note(m: dict) -> str:
     if m["kind"] == "server" and not m.get("graphs_enabled"):
         text += " (CUDA graphs off)"
     elif m["kind"] == "server":
+        built = m.get("kernel_build_s") or 0
         text += (
-            f" (graph capture {m.get('capture_s') or 0:.2f} s, {m.get('graphs', 0)} graphs, "
-            f"{(m.get('graph_bytes') or 0) / 2**20:.1f} MiB)"
+            f" (graph capture {m.get('capture_s') or 0:.2f} s"
+            + (f" after {built:.2f} s of kernel builds" if built else "")
+            + f", {m.get('graphs', 0)} graphs, {(m.get('graph_bytes') or 0) / 2**20:.1f} MiB)"
         )
     mem = m.get("memory_after_start_bytes")
     if mem is not None:

@@ -61,6 +61,7 @@ class Engine:
         self._ahead: tuple[int, SamplingParams, str] | None = None  # speculated step: handle, sampling, source
         self.counters: Counter = Counter()  # how requests started: prefill, extend, ahead_hit, ahead_wasted
         self.requests = 0
+        self.kernel_build_s = 0.0  # warm_up's kernel builds from threads, before the captures (_build_kernels)
         self.graphs_enabled = config.uses_graphs and self.device.type == "cuda"
         if config.uses_graphs and not self.graphs_enabled:
             logger.warning("mode %s: no CUDA device, so CUDA graphs are off and every step runs eagerly", config.mode)
@@ -115,7 +116,7 @@ class Engine:
         start, keys = time.perf_counter(), self.default_keys()
         failed = run_once_in_threads(self.runner, keys, self.vocab_size, self.device, BUILD_THREADS)
         torch.cuda.empty_cache()  # the threads' activations: each capture measures reserved memory
-        secs = time.perf_counter() - start
+        secs = self.kernel_build_s = time.perf_counter() - start
         logger.info("ran %d steps from %d threads to build their kernels in %.1f s", len(keys), BUILD_THREADS, secs)
         if failed:
             logger.warning("%d of those steps failed; their captures will say why", failed)
@@ -383,6 +384,7 @@ class Engine:
             "request_starts": {k: self.counters.get(k, 0) for k in ("prefill", "extend", "ahead_hit", "ahead_wasted")},
             "graphs_enabled": self.graphs_enabled,
             "kernels": self.kernels(),
+            "kernel_build_s": round(self.kernel_build_s, 3),
             "compile_cache": compile_cache_counts() if self.steps.compiled else None,
             "pool": self.pool.report(),
             "memory": {
