@@ -43,6 +43,8 @@ def main() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="rg-inductor-")
     builds_before = builds(cache)
 
+    import torch
+
     from rollgraph import engine as engine_module
     from rollgraph.config import EngineConfig, ModelConfig  # after TRITON_CACHE_DIR is set: Triton reads it once
     from rollgraph.engine import Engine
@@ -70,6 +72,8 @@ def main() -> None:
         "build_threads": engine_module.BUILD_THREADS,
         "graphs": report["graphs"],
         "graph_bytes": report["bytes"],
+        "reserved_after_bytes": torch.cuda.memory_reserved(),
+        "peak_allocated_bytes": torch.cuda.max_memory_allocated(),
         "triton_builds_setup": at_setup - builds_before,
         "triton_builds_warm_up": builds(cache) - at_setup,
         "capture_s": {str(e.key): round(e.capture_s, 3) for e in engine.pool._entries.values()},
