@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from skinny_bench import SHAPES, time_us
+from skinny_bench import operands, time_us
 
 from rollgraph import skinny_linear as sk
 
@@ -116,47 +116,39 @@ def main() -> None:
     if TensorDescriptor is not None:
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=dev))
     rows_out = []
-    for model, shapes in SHAPES.items():
-        for n, k in shapes:
-            copies = max(2, -(-(96 << 20) // (n * k * 2)))
-            ws = [torch.randn(n, k, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
-            for m in [int(r) for r in a.rows.split(",")]:
-                xs = [torch.randn(m, k, device=dev, dtype=dt) for _ in range(copies)]
-                ref = F.linear(xs[0].float(), ws[0].float())
-                tol = 2e-2 * ref.abs().max().item() + 1e-2
-                base = {"model": model, "n": n, "k": k, "m": m, "cublas_us": round(time_us(F.linear, xs, ws), 2)}
-                for name in a.variants.split(","):
-                    fn, configs = VARIANTS[name]
-                    if name == "tma" and TensorDescriptor is None:
-                        print(json.dumps({**base, "variant": name, "error": "no TensorDescriptor"}), flush=True)
+    for model, n, k, m, xs, ws, ref in operands(a.rows, dev, dt):
+        tol = 2e-2 * ref.abs().max().item() + 1e-2
+        base = {"model": model, "n": n, "k": k, "m": m, "cublas_us": round(time_us(F.linear, xs, ws), 2)}
+        for name in a.variants.split(","):
+            fn, configs = VARIANTS[name]
+            if name == "tma" and TensorDescriptor is None:
+                print(json.dumps({**base, "variant": name, "error": "no TensorDescriptor"}), flush=True)
+                continue
+            if name != "skinny" and m != 16:
+                continue
+            best, errors, last = None, 0, "wrong values"
+            for cfg in configs:
+                if n % cfg[0] or k % cfg[1]:
+                    continue
+                try:
+                    err = (fn(xs[0], ws[0], cfg).float() - ref).abs().max().item()
+                    if err > tol:
+                        errors += 1
                         continue
-                    if name != "skinny" and m != 16:
-                        continue
-                    best, errors, last = None, 0, "wrong values"
-                    for cfg in configs:
-                        if n % cfg[0] or k % cfg[1]:
-                            continue
-                        try:
-                            err = (fn(xs[0], ws[0], cfg).float() - ref).abs().max().item()
-                            if err > tol:
-                                errors += 1
-                                continue
-                            us = time_us(lambda x, w, c=cfg, f=fn: f(x, w, c), xs, ws)
-                        except Exception as exc:
-                            errors += 1
-                            last = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
-                            continue
-                        if best is None or us < best[0]:
-                            best = (us, cfg)
-                    row = {**base, "variant": name, "failed_configs": errors}
-                    if best:
-                        row.update(us=round(best[0], 2), cfg=best[1], TBps=round(n * k * 2 / best[0] / 1e6, 3))
-                    elif errors:
-                        row["last_error"] = last
-                    print(json.dumps(row), flush=True)
-                    rows_out.append(row)
-            del ws
-            torch.cuda.empty_cache()
+                    us = time_us(lambda x, w, c=cfg, f=fn: f(x, w, c), xs, ws)
+                except Exception as exc:
+                    errors += 1
+                    last = f"{type(exc).__name__}: {str(exc).splitlines()[0][:100] if str(exc) else ''}"
+                    continue
+                if best is None or us < best[0]:
+                    best = (us, cfg)
+            row = {**base, "variant": name, "failed_configs": errors}
+            if best:
+                row.update(us=round(best[0], 2), cfg=best[1], TBps=round(n * k * 2 / best[0] / 1e6, 3))
+            elif errors:
+                row["last_error"] = last
+            print(json.dumps(row), flush=True)
+            rows_out.append(row)
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"gpu": torch.cuda.get_device_name(), "triton": triton.__version__, "rows": rows_out}, f)

@@ -49,6 +49,20 @@ def time_us(fn, xs, ws) -> float:
     return sorted(times[1:])[1]
 
 
+def operands(rows: str, dev: torch.device, dt: torch.dtype):
+    """(model, n, k, m, xs, ws, ref) for every shape of SHAPES and row count in `rows` ("1,16"): enough copies of the
+    weight that they exceed L2, inputs for each copy, and F.linear's float32 result on the first pair."""
+    for model, shapes in SHAPES.items():
+        for n, k in shapes:
+            copies = max(2, -(-(96 << 20) // (n * k * 2)))
+            ws = [torch.randn(n, k, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
+            for m in [int(r) for r in rows.split(",")]:
+                xs = [torch.randn(m, k, device=dev, dtype=dt) for _ in range(copies)]
+                yield model, n, k, m, xs, ws, F.linear(xs[0].float(), ws[0].float())
+            del ws
+            torch.cuda.empty_cache()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rows", default="1,16,32,64")
@@ -63,44 +77,36 @@ def main() -> None:
         torch._dynamo.config.recompile_limit = 256
     compiled = torch.compile(lambda x, w: F.linear(x, w), dynamic=False)
     rows_out = []
-    for model, shapes in SHAPES.items():
-        for n, k in shapes:
-            copies = max(2, -(-(96 << 20) // (n * k * 2)))
-            ws = [torch.randn(n, k, device=dev, dtype=dt) * 0.02 for _ in range(copies)]
-            for m in [int(r) for r in a.rows.split(",")]:
-                xs = [torch.randn(m, k, device=dev, dtype=dt) for _ in range(copies)]
-                ref = F.linear(xs[0].float(), ws[0].float())
-                row = {"model": model, "n": n, "k": k, "m": m, "weight_mb": round(n * k * 2 / 1e6, 1)}
-                row["cublas_us"] = time_us(F.linear, xs, ws)
-                try:
-                    row["inductor_us"] = time_us(compiled, xs, ws)
-                except Exception as exc:
-                    row["inductor_error"] = str(exc).splitlines()[0][:120]
-                best = None
-                for cfg in CONFIGS:
-                    try:
-                        y = sk.launch(xs[0], ws[0], None, cfg)
-                        err = (y.float() - ref).abs().max().item()
-                        us = time_us(lambda x, w, c=cfg: sk.launch(x, w, None, c), xs, ws)
-                    except Exception:
-                        continue
-                    if best is None or us < best[0]:
-                        best = (us, cfg, err)
-                row["skinny_default_cfg"] = sk.config(m, n, k, 2)
-                try:
-                    row["skinny_default_us"] = time_us(lambda x, w: sk.skinny_linear(x, w, None), xs, ws)
-                except Exception as exc:
-                    row["skinny_default_error"] = str(exc).splitlines()[0][:120]
-                if best:
-                    row["skinny_best_us"], row["skinny_best_cfg"], row["skinny_err"] = best
-                for key in ("cublas", "inductor", "skinny_default", "skinny_best"):
-                    if f"{key}_us" in row:
-                        row[f"{key}_TBps"] = round(n * k * 2 / row[f"{key}_us"] / 1e6, 2)
-                        row[f"{key}_us"] = round(row[f"{key}_us"], 2)
-                print(json.dumps(row), flush=True)
-                rows_out.append(row)
-            del ws
-            torch.cuda.empty_cache()
+    for model, n, k, m, xs, ws, ref in operands(a.rows, dev, dt):
+        row = {"model": model, "n": n, "k": k, "m": m, "weight_mb": round(n * k * 2 / 1e6, 1)}
+        row["cublas_us"] = time_us(F.linear, xs, ws)
+        try:
+            row["inductor_us"] = time_us(compiled, xs, ws)
+        except Exception as exc:
+            row["inductor_error"] = str(exc).splitlines()[0][:120]
+        best = None
+        for cfg in CONFIGS:
+            try:
+                y = sk.launch(xs[0], ws[0], None, cfg)
+                err = (y.float() - ref).abs().max().item()
+                us = time_us(lambda x, w, c=cfg: sk.launch(x, w, None, c), xs, ws)
+            except Exception:
+                continue
+            if best is None or us < best[0]:
+                best = (us, cfg, err)
+        row["skinny_default_cfg"] = sk.config(m, n, k, 2)
+        try:
+            row["skinny_default_us"] = time_us(lambda x, w: sk.skinny_linear(x, w, None), xs, ws)
+        except Exception as exc:
+            row["skinny_default_error"] = str(exc).splitlines()[0][:120]
+        if best:
+            row["skinny_best_us"], row["skinny_best_cfg"], row["skinny_err"] = best
+        for key in ("cublas", "inductor", "skinny_default", "skinny_best"):
+            if f"{key}_us" in row:
+                row[f"{key}_TBps"] = round(n * k * 2 / row[f"{key}_us"] / 1e6, 2)
+                row[f"{key}_us"] = round(row[f"{key}_us"], 2)
+        print(json.dumps(row), flush=True)
+        rows_out.append(row)
     with open(f"{a.out}/skinny_bench.json", "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows_out}, f, indent=1)
 
