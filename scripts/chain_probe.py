@@ -138,7 +138,7 @@ def run_chain(name: str, na: int, ka: int, pairs: int, m: int, dev, sms: int) ->
     acts = torch.zeros(2 * pairs + 1, stride, device=dev, dtype=dt)
     acts[0, : m * ka] = torch.randn(m * ka, device=dev, dtype=dt, generator=gen)
     counter = torch.zeros(1, device=dev, dtype=torch.int32)
-    sink = torch.zeros(sms, device=dev, dtype=torch.float32)
+    sink = torch.zeros(16 * sms, device=dev, dtype=torch.float32)
     n_mm = 2 * pairs
     weight_bytes = 2 * pairs * na * ka * 2
     block_n = 32
@@ -159,11 +159,20 @@ def run_chain(name: str, na: int, ka: int, pairs: int, m: int, dev, sms: int) ->
             y = sk.skinny_linear(sk.skinny_linear(y, wa[i], None), wb[i], None)
         views(2 * pairs, ka).copy_(y)
 
-    def persistent(pre: bool):
+    def persistent(pre: bool, per_sm: int):
+        args = (acts, wa, wb, counter, sink, m, na, ka, pairs, stride, BLOCK_M, block_n, BLOCK_K, pre)
+        kern = _chain.warmup(*args, grid=(1,))
+        # Every program must be resident at once, or the barrier never opens: cap by registers and shared memory.
+        fits = min(
+            65536 // max(1, kern.n_regs * 32 * kern.metadata.num_warps), (227 << 10) // max(1, kern.metadata.shared)
+        )
+        grid = sms * max(1, min(per_sm, fits, 16 // kern.metadata.num_warps))
+
         def fn() -> None:
             counter.zero_()
-            _chain[(sms,)](acts, wa, wb, counter, sink, m, na, ka, pairs, stride, BLOCK_M, block_n, BLOCK_K, pre)
+            _chain[(grid,)](*args)
 
+        fn.grid = grid
         return fn
 
     rows = []
@@ -172,10 +181,10 @@ def run_chain(name: str, na: int, ka: int, pairs: int, m: int, dev, sms: int) ->
     for variant, fn in (
         ("launches", launches),
         ("skinny", skinny),
-        ("persistent", persistent(False)),
-        ("persistent+pre", persistent(True)),
+        *((f"persistent x{k}", persistent(False, k)) for k in (1, 2, 4)),
+        ("persistent+pre x4", persistent(True, 4)),
     ):
-        row = {"chain": name, "m": m, "matmuls": n_mm, "variant": variant}
+        row = {"chain": name, "m": m, "matmuls": n_mm, "variant": variant, "grid": getattr(fn, "grid", None)}
         try:
             acts[1:].zero_()
             fn()
