@@ -162,6 +162,7 @@ def run_chain(name: str, na: int, ka: int, pairs: int, m: int, dev, sms: int) ->
     def persistent(pre: bool, per_sm: int):
         args = (acts, wa, wb, counter, sink, m, na, ka, pairs, stride, BLOCK_M, block_n, BLOCK_K, pre)
         kern = _chain.warmup(*args, grid=(1,))
+        getattr(kern, "_init_handles", lambda: None)()  # loads the binary, which sets n_regs
         # Every program must be resident at once, or the barrier never opens: cap by registers and shared memory.
         fits = min(
             65536 // max(1, kern.n_regs * 32 * kern.metadata.num_warps), (227 << 10) // max(1, kern.metadata.shared)
