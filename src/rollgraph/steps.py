@@ -124,9 +124,8 @@ def run_once_in_threads(runner, keys: Iterable[GraphKey], vocab: int, device: to
     keys = list(keys)
 
     def run(key: GraphKey) -> bool:
-        buf = StepBuffers(key.batch, runner.max_seq_len, vocab, device)
-        steps = Steps(runner, buf)
         try:
+            steps = Steps(runner, StepBuffers(key.batch, runner.max_seq_len, vocab, device))
             with torch.no_grad():  # grad mode is per thread
                 steps.prepare_warmup(key)
                 steps.fn(key)()
