@@ -15,6 +15,7 @@
 #                              steps; Triton builds counted, seconds per graph)
 #   skinny16                   scripts/skinny16_probe.py (16-row matmul variants against skinny_linear, v26)
 #   tbuild                     scripts/triton_build_probe.py (Triton builds from threads against one by one, v27)
+#   fusion                     scripts/skinny_fusion_probe.py (SiLU · up and the residual inside the down projection)
 #   chain                      scripts/chain_probe.py (a chain of few-row matmuls: launches against one persistent
 #                              kernel with grid barriers, v29; killed after 180 s should a barrier hang)
 #   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
@@ -56,6 +57,8 @@ for step in "$@"; do
     skinny16) PYTHONPATH=src:scripts python3 scripts/skinny16_probe.py --out "$out/skinny16.json" 2>&1 \
                 | grep -E "^\{|Error" ;;
     tbuild) python3 scripts/triton_build_probe.py --out "$out/triton_build.json" 2>&1 | tail -1 ;;
+    fusion) PYTHONPATH=src:scripts python3 scripts/skinny_fusion_probe.py --out "$out/fusion.json" 2>&1 \
+              | grep -E "^\{|Error" ;;
     chain) timeout 180 python3 scripts/chain_probe.py --out "$out/chain.json" 2>&1 | grep -E "^\{|Error" ;;
     resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
     bench) name="bench${n}_$a"
