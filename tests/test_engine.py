@@ -213,7 +213,8 @@ def test_steps_run_from_threads_leave_the_cache_and_buffers_as_they_were(caplog)
     keys = engine._bucket_keys()
     assert sorted(map(str, _spread(keys))) == sorted(map(str, keys))
     assert run_once_in_threads(engine.runner, keys, engine.vocab_size, engine.device, 4) == 0
-    assert all(torch.equal(a, b) for a, b in zip(cache, engine.runner.cache.keys + engine.runner.cache.values))
+    after = engine.runner.cache.keys + engine.runner.cache.values
+    assert all(torch.equal(a, b) for a, b in zip(cache, after, strict=True))
     assert all(torch.equal(v, getattr(engine.buffers, k)) for k, v in buffers.items())
     assert run(engine, ids) == want
     too_wide = GraphKey("prefill", 4, 16)  # four rows against a one-row cache
