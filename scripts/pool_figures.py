@@ -16,6 +16,7 @@ import torch
 
 from rollgraph import decode_attention as fused
 from rollgraph import prefill_attention, sampling
+from rollgraph import skinny_linear as skinny
 from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
 from rollgraph.floors import measure_copy_bandwidth
@@ -56,7 +57,8 @@ def engine_config(spec: str) -> EngineConfig:
     set process-wide for this spec and put back after it),
     no-pa (prefill's RoPE, cache write and attention as separate kernels instead of prefill_attention.py's one Triton
     kernel, on by default since v23: likewise a knob; `pa`, its name while it was off by default, is still taken),
-    am-aten (ATen's single-block argmax instead of sampling.argmax_rows's two reductions: likewise a knob).
+    am-aten (ATen's single-block argmax instead of sampling.argmax_rows's two reductions: likewise a knob),
+    no-res (the residual added in a kernel of its own after skinny_linear, not in its epilogue: likewise a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -73,8 +75,8 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in ("pa", "no-pa", "am-aten"):
-            pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX
+        elif opt in ("pa", "no-pa", "am-aten", "no-res"):
+            pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX, FUSE_RESIDUAL
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
     return EngineConfig(mode=mode, **kw)
@@ -96,6 +98,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         fused.SPLIT_AT = split_at(spec)
         prefill_attention.ENABLED = "no-pa" not in spec.split("/")[1:]
         sampling.SPLIT_ARGMAX = "am-aten" not in spec.split("/")[1:]
+        skinny.FUSE_RESIDUAL = "no-res" not in spec.split("/")[1:]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
         start = time.perf_counter()

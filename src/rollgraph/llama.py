@@ -334,16 +334,20 @@ def _finish(x, attn_out, w, dims):
     """Output projection, residual, then the gated MLP and its residual; attn_out is [B, T, heads·D]."""
     eps, few = dims[3], dims[4]
     wo, mlp_norm, w_gate_up, w_down = w[3], w[4], w[5], w[6]
-    x = x + _linear(attn_out, wo, None, few)
+    x = _linear(attn_out, wo, None, few, residual=x)
     gate, up = _linear(_rms_norm(x, mlp_norm, eps), w_gate_up, None, few).chunk(2, dim=-1)
-    return x + _linear(F.silu(gate) * up, w_down, None, few)
+    return _linear(F.silu(gate) * up, w_down, None, few, residual=x)
 
 
-def _linear(x, w, b, few: bool):
-    """F.linear, or the skinny_linear kernel when `few` is set and x has at most skinny.MAX_ROWS rows."""
+def _linear(x, w, b, few: bool, residual=None):
+    """F.linear (+ residual), or the skinny_linear kernel, which adds the residual itself, when `few` is set and x
+    has at most skinny.MAX_ROWS rows."""
     if few and x.numel() <= skinny.MAX_ROWS * x.shape[-1]:
-        return skinny.skinny_linear(x, w, b)
-    return F.linear(x, w, b)
+        if residual is None or skinny.FUSE_RESIDUAL:
+            return skinny.skinny_linear(x, w, b, residual)
+        return residual + skinny.skinny_linear(x, w, b)
+    y = F.linear(x, w, b)
+    return y if residual is None else residual + y
 
 
 def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, heads: tuple[int, int, int]) -> bool:

@@ -28,6 +28,9 @@ except ImportError:  # CPU-only installs: callers keep F.linear
 MAX_ROWS = 32
 """The most rows of x the runner gives this kernel. On an H100 (perf-notes v6) it reads llama-2-7b's matrices 0-10%
 faster than cuBLAS at 1 and 16 rows, and up to 20% slower at 64 rows, where cuBLAS's matrix kernels win."""
+FUSE_RESIDUAL = True
+"""The runner's `x + linear(h)` with few rows as one kernel (the residual added in the epilogue, perf-notes v33);
+False adds it in a kernel of its own, as before (the A/B knob; pool_figures option `no-res`)."""
 SHARED_MEMORY = 200 << 10
 """Shared memory a program may use for its pipeline stages (an H100 SM has 227 KiB)."""
 
@@ -81,14 +84,17 @@ if triton is not None:
         x,
         w,
         bias,
+        res,
         y,
         M,
         N,
         K,
         s_xm,
         s_wn,
+        s_rm,
         s_ym,
         HAS_BIAS: tl.constexpr,
+        HAS_RES: tl.constexpr,
         EVEN_K: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -116,12 +122,22 @@ if triton is not None:
             wp += BLOCK_K
         if HAS_BIAS:
             acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        mn_ok = m_ok[:, None] & n_ok[None, :]
+        if HAS_RES:  # the residual stream, added before the one rounding
+            acc += tl.load(res + rm[:, None] * s_rm + rn[None, :], mask=mn_ok, other=0.0).to(tl.float32)
         out = y + rm[:, None] * s_ym + rn[None, :]
-        tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+        tl.store(out, acc.to(y.dtype.element_ty), mask=mn_ok)
 
 
-def launch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: tuple[int, int, int, int]) -> torch.Tensor:
-    """The kernel with an explicit config (the benchmark sweeps configs through this); x [M, K], w [N, K]."""
+def launch(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    cfg: tuple[int, int, int, int],
+    res: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The kernel with an explicit config (the benchmark sweeps configs through this); x [M, K], w [N, K], res [M, N]
+    (unit stride along N) or None."""
     m, k = x.shape
     n = w.shape[0]
     block_n, block_k, warps, stages = cfg
@@ -132,14 +148,17 @@ def launch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: tuple[
         x,
         w,
         b if b is not None else w,
+        res if res is not None else w,
         y,
         m,
         n,
         k,
         x.stride(0),
         w.stride(0),
+        res.stride(0) if res is not None else 0,
         y.stride(0),
         HAS_BIAS=b is not None,
+        HAS_RES=res is not None,
         EVEN_K=k % block_k == 0,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
@@ -152,16 +171,25 @@ def launch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, cfg: tuple[
 
 
 @torch.library.custom_op("rollgraph::skinny_linear", mutates_args=())
-def skinny_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, w, b) for x [..., K] with few rows (at most MAX_ROWS is where it pays); w [N, K] contiguous."""
-    x2 = x.reshape(-1, x.shape[-1])
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+def skinny_linear(
+    x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, residual: torch.Tensor | None = None
+) -> torch.Tensor:
+    """F.linear(x, w, b) (+ residual) for x [..., K] with few rows (at most MAX_ROWS is where it pays); w [N, K]
+    contiguous; residual [..., N] like the output or None. The residual is added in float32 before the output's one
+    rounding: `x + linear(h)` of a transformer layer in one kernel instead of two (perf-notes v33)."""
+    x2 = _rows(x)
     m, k = x2.shape
-    y = launch(x2, w, b, config(m, w.shape[0], k, x2.element_size()))
+    r2 = _rows(residual) if residual is not None else None
+    y = launch(x2, w, b, config(m, w.shape[0], k, x2.element_size()), r2)
     return y.view(*x.shape[:-1], w.shape[0])
 
 
 @skinny_linear.register_fake
-def _(x, w, b):
+def _(x, w, b, residual=None):
     return x.new_empty(*x.shape[:-1], w.shape[0])
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """t as [rows, last dim] with unit stride along the last dim (a copy only when it has none)."""
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
