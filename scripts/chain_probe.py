@@ -23,6 +23,7 @@ import json
 import torch
 import triton
 import triton.language as tl
+from skinny_bench import replay_us
 
 from rollgraph import skinny_linear as sk
 
@@ -118,15 +119,7 @@ def graph_us(fn, n_matmuls: int) -> float:
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         fn()
-    times = []
-    for _ in range(6):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / n_matmuls)
-    return sorted(times[1:])[2]
+    return replay_us(g, 6, n_matmuls)[2]
 
 
 def run_chain(name: str, na: int, ka: int, pairs: int, m: int, dev, sms: int) -> list[dict]:

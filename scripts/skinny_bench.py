@@ -38,15 +38,20 @@ def time_us(fn, xs, ws) -> float:
     with torch.cuda.graph(g):
         for x, w in zip(xs, ws, strict=True):
             fn(x, w)
+    return replay_us(g, 4, len(ws))[1]
+
+
+def replay_us(g: torch.cuda.CUDAGraph, replays: int, calls: int) -> list[float]:
+    """Microseconds per call (the graph runs `calls` of them) of each replay but the first, sorted."""
     times = []
-    for _ in range(4):
+    for _ in range(replays):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
         g.replay()
         b.record()
         b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / len(ws))
-    return sorted(times[1:])[1]
+        times.append(a.elapsed_time(b) * 1e3 / calls)
+    return sorted(times[1:])
 
 
 def operands(rows: str, dev: torch.device, dt: torch.dtype):
