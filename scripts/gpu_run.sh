@@ -2,7 +2,8 @@
 # A GPU session's work in one call, step by step; each step writes its files under OUT.
 # Usage on the device machine: bash scripts/gpu_run.sh OUT STEP...   with STEP one of
 #   tests                      the `gpu` tests
-#   figures:MODELS:MODES       scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs)
+#   figures:MODELS:MODES[:N]   scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs), N measured
+#                              requests per prompt length (3 by default)
 #   profile:MODEL:MODES[:LENS] scripts/profile_decode.py (LENS: prompt lengths whose prefill to profile too), in OUT/pN
 #   skinny:ROWS                scripts/skinny_bench.py (few-row matmuls: cuBLAS, inductor, skinny_linear)
 #   gemm[:ROWS[:autotune[:MODEL]]]  scripts/prefill_gemm_probe.py (MODEL's projections, default 7B's, at ROWS,
@@ -38,7 +39,8 @@ for step in "$@"; do
   case "$what" in
     tests) python3 -m pytest -m gpu tests/test_gpu.py tests/test_faults.py -q -rA -p no:cacheprovider 2>&1 \
              | tee "$out/gpu_tests.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
-    figures) mkdir -p "$out/f$n" && python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out/f$n" 2>&1 \
+    figures) mkdir -p "$out/f$n" && python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out/f$n" \
+             ${c:+--repeats $c} 2>&1 \
              | tee "$out/f$n/figures_${a//,/_}.txt" | grep "^{" ;;
     profile) mkdir -p "$out/p$n" && python3 scripts/profile_decode.py --model "$a" --modes "$b" --prefill "${c:-}" \
              --out "$out/p$n" 2>&1 | tee "$out/p$n/profile_$a.txt" | grep -v -i warn ;;

@@ -58,7 +58,9 @@ def engine_config(spec: str) -> EngineConfig:
     no-pa (prefill's RoPE, cache write and attention as separate kernels instead of prefill_attention.py's one Triton
     kernel, on by default since v23: likewise a knob; `pa`, its name while it was off by default, is still taken),
     am-aten (ATen's single-block argmax instead of sampling.argmax_rows's two reductions: likewise a knob),
-    no-res (the residual added in a kernel of its own after skinny_linear, not in its epilogue: likewise a knob).
+    no-res (the residual added in a kernel of its own after skinny_linear, not in its epilogue: likewise a knob),
+    no-norm (RMSNorm as a kernel of its own before skinny_linear, not inside it: likewise a knob),
+    no-gate (SiLU · up as kernels of their own after the gate/up projection, not in its epilogue: likewise a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -75,8 +77,8 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in ("pa", "no-pa", "am-aten", "no-res"):
-            pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX, FUSE_RESIDUAL
+        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-norm", "no-gate"):
+            pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX, skinny's FUSE_*
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
     return EngineConfig(mode=mode, **kw)
@@ -90,7 +92,7 @@ def split_at(spec: str) -> int:
     return DEFAULT_SPLIT_AT
 
 
-def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
+def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> dict:
     out = {"model": name}
     for run, spec in enumerate(modes):
         label = spec if modes.count(spec) == 1 else f"{spec}#{modes[:run].count(spec) + 1}"
@@ -99,6 +101,8 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         prefill_attention.ENABLED = "no-pa" not in spec.split("/")[1:]
         sampling.SPLIT_ARGMAX = "am-aten" not in spec.split("/")[1:]
         skinny.FUSE_RESIDUAL = "no-res" not in spec.split("/")[1:]
+        skinny.FUSE_NORM = "no-norm" not in spec.split("/")[1:]
+        skinny.FUSE_GATE = "no-gate" not in spec.split("/")[1:]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
         start = time.perf_counter()
@@ -115,7 +119,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
         out["weight_bytes"] = engine.runner.weight_bytes
         out["kv_cache_bytes"] = engine.runner.cache.nbytes
         out["decode_floor_ms"] = round(engine.runner.weight_bytes / bandwidth * 1e3, 3)
-        out[label] = [itl(engine, n) for n in (10, 100, 400)]
+        out[label] = [itl(engine, n, repeats=repeats) for n in (10, 100, 400)]
         del engine, model
         torch._dynamo.reset()  # compiled code is cached per function: a later spec must compile afresh
         gc.collect()
@@ -123,6 +127,7 @@ def figures(name: str, bandwidth: float, modes: list[str]) -> dict:
     fused.SPLIT_AT = DEFAULT_SPLIT_AT
     prefill_attention.ENABLED = True
     sampling.SPLIT_ARGMAX = True
+    skinny.FUSE_RESIDUAL = skinny.FUSE_NORM = skinny.FUSE_GATE = True
     return out
 
 
@@ -131,6 +136,7 @@ def main() -> None:
     p.add_argument("--models", default="llama-3.2-1b,llama-2-7b")
     p.add_argument("--modes", default="graphs,eager")
     p.add_argument("--out", default=".")
+    p.add_argument("--repeats", type=int, default=3, help="measured requests per prompt length (after one warm-up)")
     a = p.parse_args()
     bw = measure_copy_bandwidth()
     results = {
@@ -140,7 +146,7 @@ def main() -> None:
         "models": [],
     }
     for name in a.models.split(","):
-        r = figures(name, bw, a.modes.split(","))
+        r = figures(name, bw, a.modes.split(","), a.repeats)
         results["models"].append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "per_graph"}), flush=True)
     with open(f"{a.out}/pool_figures.json", "w") as f:
