@@ -59,7 +59,6 @@ def engine_config(spec: str) -> EngineConfig:
     kernel, on by default since v23: likewise a knob; `pa`, its name while it was off by default, is still taken),
     am-aten (ATen's single-block argmax instead of sampling.argmax_rows's two reductions: likewise a knob),
     no-res (the residual added in a kernel of its own after skinny_linear, not in its epilogue: likewise a knob),
-    no-norm (RMSNorm as a kernel of its own before skinny_linear, not inside it: likewise a knob),
     no-gate (SiLU · up as kernels of their own after the gate/up projection, not in its epilogue: likewise a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -77,7 +76,7 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-norm", "no-gate"):
+        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate"):
             pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX, skinny's FUSE_*
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
@@ -101,7 +100,6 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
         prefill_attention.ENABLED = "no-pa" not in spec.split("/")[1:]
         sampling.SPLIT_ARGMAX = "am-aten" not in spec.split("/")[1:]
         skinny.FUSE_RESIDUAL = "no-res" not in spec.split("/")[1:]
-        skinny.FUSE_NORM = "no-norm" not in spec.split("/")[1:]
         skinny.FUSE_GATE = "no-gate" not in spec.split("/")[1:]
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
@@ -127,7 +125,7 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
     fused.SPLIT_AT = DEFAULT_SPLIT_AT
     prefill_attention.ENABLED = True
     sampling.SPLIT_ARGMAX = True
-    skinny.FUSE_RESIDUAL = skinny.FUSE_NORM = skinny.FUSE_GATE = True
+    skinny.FUSE_RESIDUAL = skinny.FUSE_GATE = True
     return out
 
 

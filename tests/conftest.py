@@ -22,7 +22,7 @@ def _save_tiny(path, model_type: str, with_tokenizer: bool, seed: int = 0):
     cfg = AutoConfig.for_model(model_type, **TINY, tie_word_embeddings=model_type == "qwen2")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():  # norm weights away from their initial ones, as in trained models: the runner folds them
+    with torch.no_grad():  # norm weights away from their initial ones, as in trained models
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)

@@ -19,25 +19,21 @@ CASES = [(1, 64, 256, False), (16, 96, 512, True), (32, 80, 768, False), (5, 48,
 
 def max_error(dtype: torch.dtype, device: str, seed: int = 0) -> float:
     """Largest |skinny - exact| relative to the largest exact output, over CASES: the first two gated (silu(gate) ·
-    up of alternating rows), the next two with a residual added in the epilogue, two of three with x's rows
-    RMS-normalised in the kernel; inputs are leading dims [2, rows/2] when rows are even, to check the reshape."""
+    up of alternating rows), the next two with a residual added in the epilogue; inputs are leading dims [2, rows/2]
+    when rows are even, to check the reshape."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     worst = 0.0
     for i, (m, n, k, bias) in enumerate(CASES):
-        x = (3 * torch.randn(m, k, generator=gen)).to(device, dtype)  # rows far from unit RMS: the norm shows
+        x = torch.randn(m, k, generator=gen).to(device, dtype)
         w = torch.randn(n, k, generator=gen).to(device, dtype)
-        eps = 1e-5 if i % 3 != 1 else None
-        gated = i < 2  # the gated MLP's first half: one with the norm, one with a bias
+        gated = i < 2  # the gated MLP's first half, once with a bias
         b = torch.randn(n, generator=gen).to(device, dtype) if bias else None
         res = torch.randn(m, n, generator=gen).to(device, dtype) if i in (2, 3) else None
         if m % 2 == 0:
             x = x.view(2, m // 2, k)
             res = res.view(2, m // 2, n) if res is not None else None
-        got = sk.skinny_linear(x, w, b, res, eps, gated)
-        xd = x.double()
-        if eps is not None:
-            xd = xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + eps)
-        want = F.linear(xd, w.double(), None if b is None else b.double())
+        got = sk.skinny_linear(x, w, b, res, gated)
+        want = F.linear(x.double(), w.double(), None if b is None else b.double())
         if gated:
             pairs = want.unflatten(-1, (-1, 2))
             want = F.silu(pairs[..., 0]) * pairs[..., 1]

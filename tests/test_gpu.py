@@ -94,9 +94,8 @@ def test_graphs_equal_eager_in_bf16(name):
 
 
 def test_native_runner_logits_match_transformers():
-    """Norm weights drawn away from their initial ones (the same in both loads), so the native runner's folding of
-    them into the projections (llama._fold_norm) is checked against transformers' own norms; the native runner's
-    decode steps run skinny_linear with the norm and SiLU · up inside it."""
+    """Norm weights drawn away from their initial ones (the same in both loads), as in trained models; the native
+    runner's decode steps run skinny_linear, SiLU · up in its epilogue, against transformers' separate kernels."""
 
     def engine(runner, **kw):
         model = load_model(ModelConfig("llama-3.2-1b", dtype="float32"))

@@ -29,20 +29,20 @@ logger = logging.getLogger(__name__)
 @dataclass
 class Layer:
     """One decoder layer's weights; wqkv/bqkv are [q; k; v] stacked, w_gate_up has gate and up rows alternating
-    (gate 0, up 0, gate 1, ...: each pair meets in one program of skinny_linear's gated epilogue). The two RMSNorm
-    weights are folded into the columns of the matrices they feed (wqkv and w_gate_up): norm(x)·g·Wᵀ = norm(x)·(W·g)ᵀ,
-    so a layer's norms carry no weight and can run inside the matmul's kernel (skinny_linear's `rms_eps`)."""
+    (gate 0, up 0, gate 1, ...: each pair meets in one program of skinny_linear's gated epilogue)."""
 
+    attn_norm: torch.Tensor
     wqkv: torch.Tensor
     bqkv: torch.Tensor | None
     wo: torch.Tensor
+    mlp_norm: torch.Tensor
     w_gate_up: torch.Tensor
     w_down: torch.Tensor
 
     @property
     def tensors(self) -> tuple:
         """The weights in the order the layer functions unpack them."""
-        return (self.wqkv, self.bqkv, self.wo, self.w_gate_up, self.w_down)
+        return (self.attn_norm, self.wqkv, self.bqkv, self.wo, self.mlp_norm, self.w_gate_up, self.w_down)
 
 
 def supports(hf_config, max_seq_len: int) -> str | None:
@@ -127,10 +127,12 @@ class LlamaRunner:
         for lin in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj):
             lin.weight = None  # free the unfused copy now, so peak memory stays near one model
         return Layer(
-            wqkv=_fold_norm(wqkv, layer.input_layernorm.weight),
+            attn_norm=layer.input_layernorm.weight,
+            wqkv=wqkv,
             bqkv=bias,
             wo=a.o_proj.weight,
-            w_gate_up=_fold_norm(w_gate_up, layer.post_attention_layernorm.weight),
+            mlp_norm=layer.post_attention_layernorm.weight,
+            w_gate_up=w_gate_up,
             w_down=m.down_proj.weight,
         )
 
@@ -144,7 +146,7 @@ class LlamaRunner:
         """Bytes a decode step must read: every weight once (the embedding row read is negligible)."""
         tensors = [self.norm, self.lm_head]
         for ly in self.layers:
-            tensors += [ly.wqkv, ly.wo, ly.w_gate_up, ly.w_down]
+            tensors += [ly.attn_norm, ly.wqkv, ly.wo, ly.mlp_norm, ly.w_gate_up, ly.w_down]
             tensors += [ly.bqkv] if ly.bqkv is not None else []
         return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -263,7 +265,7 @@ def fused_decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims
     cos and sin are [B, D] at each row's position."""
     n_heads, n_kv, _, eps, few = dims
     b = x.shape[0]
-    qkv = _normed_linear(x, w[0], w[1], eps, few).view(b, -1)
+    qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few).view(b, -1)
     o = fused.decode_attention(qkv, cos, sin, positions, write_kv, kc, vc, kv_len, n_heads, n_kv)
     return _finish(x, o.view(b, 1, -1), w, dims)
 
@@ -286,7 +288,7 @@ def fused_prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
     """prefill_layer with RoPE, the cache write and attention in one Triton kernel (prefill_attention.py); cos and
     sin are [T, D], write_kv a one-element bool tensor."""
     n_heads, n_kv, _, eps, few = dims
-    qkv = _normed_linear(x, w[0], w[1], eps, few)
+    qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few)
     o = prefill_attention.prefill_attention(qkv, cos, sin, write_kv, kc, vc, n_heads, n_kv)
     return _finish(x, o, w, dims)
 
@@ -306,8 +308,9 @@ def head(h: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float)
 def _qkv(x, w, cos, sin, dims):
     """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D], RoPE applied to q and k."""
     n_heads, n_kv, head_dim, eps, few = dims
+    attn_norm, wqkv, bqkv = w[0], w[1], w[2]
     b, t, _ = x.shape
-    qkv = _normed_linear(x, w[0], w[1], eps, few)
+    qkv = _linear(_rms_norm(x, attn_norm, eps), wqkv, bqkv, few)
     return rotated_heads(qkv.view(b, t, -1), cos, sin, n_heads, n_kv, head_dim)
 
 
@@ -331,28 +334,18 @@ def _merge_heads(o: torch.Tensor) -> torch.Tensor:
 def _finish(x, attn_out, w, dims):
     """Output projection, residual, then the gated MLP and its residual; attn_out is [B, T, heads·D]."""
     eps, few = dims[3], dims[4]
-    wo, w_gate_up, w_down = w[2], w[3], w[4]
+    wo, mlp_norm, w_gate_up, w_down = w[3], w[4], w[5], w[6]
     x = _linear(attn_out, wo, None, few, residual=x)
-    return _linear(_gated(x, w_gate_up, eps, few), w_down, None, few, residual=x)
+    return _linear(_gated(_rms_norm(x, mlp_norm, eps), w_gate_up, few), w_down, None, few, residual=x)
 
 
-def _gated(x, w_gate_up, eps: float, few: bool):
-    """silu(gate) · up of rms_norm(x) (norm weight folded into w_gate_up, whose rows alternate gate and up); with
-    few rows one skinny_linear kernel (skinny.FUSE_GATE, and the norm inside it with skinny.FUSE_NORM)."""
-    if few and skinny.FUSE_GATE and _is_few(x):
-        if skinny.FUSE_NORM:
-            return skinny.skinny_linear(x, w_gate_up, None, None, eps, True)
-        return skinny.skinny_linear(_rms_norm(x, None, eps), w_gate_up, None, None, None, True)
-    pairs = _normed_linear(x, w_gate_up, None, eps, few).unflatten(-1, (-1, 2))
+def _gated(h, w_gate_up, few: bool):
+    """silu(gate) · up of h's projection by w_gate_up, whose rows alternate gate and up; with few rows one
+    skinny_linear kernel that gates in its epilogue (skinny.FUSE_GATE)."""
+    if few and skinny.FUSE_GATE and _is_few(h):
+        return skinny.skinny_linear(h, w_gate_up, None, None, True)
+    pairs = _linear(h, w_gate_up, None, few).unflatten(-1, (-1, 2))
     return F.silu(pairs[..., 0]) * pairs[..., 1]
-
-
-def _normed_linear(x, w, b, eps: float, few: bool):
-    """F.linear(rms_norm(x), w, b) with the norm's weight already folded into w; with few rows one skinny_linear
-    kernel that normalises x itself (skinny.FUSE_NORM)."""
-    if few and skinny.FUSE_NORM and _is_few(x):
-        return skinny.skinny_linear(x, w, b, None, eps)
-    return _linear(_rms_norm(x, None, eps), w, b, few)
 
 
 def _is_few(x: torch.Tensor) -> bool:
@@ -431,19 +424,10 @@ def _use_kernel(choice: str, off: str, can: bool, probe, needs: str, words: tupl
     return False
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm as one fused kernel (statistics in float32). transformers rounds before applying the weight and
     this does not, so the two differ in the last bit of a bf16 value, well inside the tests' tolerance."""
     return F.rms_norm(x, (x.shape[-1],), weight, eps)
-
-
-def _fold_norm(w: torch.Tensor, norm_weight: torch.Tensor) -> torch.Tensor:
-    """w [N, K] with an RMSNorm's weight [K] folded into its columns (the product in float32, one rounding).
-    transformers rounds the normalised x to the dtype, then multiplies by the weight; here the weight meets w
-    instead, so the two differ by about one rounding of the dtype, inside the tests' tolerances."""
-    if bool((norm_weight == 1).all()):  # transformers' initial value: nothing to fold, and no rounding added
-        return w
-    return (w.float() * norm_weight.float()[None, :]).to(w.dtype)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:

@@ -12,13 +12,8 @@ BLOCK_N small enough the grid has a few programs per SM, enough bytes in flight 
 Numerics: float32 accumulation, one rounding to the output dtype (as cuBLAS without split-K); fp32 inputs use IEEE
 products, never TF32.
 
-Optionally the kernel also applies an RMSNorm without a weight to x first (`rms_eps`): each program sums the
-squares of its rows on the tensor cores from the x tiles it loads for the product (a second dot, x·xᵀ, whose
-diagonal is the sums), and scales its accumulator by rsqrt(mean + eps) before the epilogue. A norm's weight is
-folded into w's columns by the caller (llama.py), so x reaches the tensor cores as loaded.
-
-And optionally it gates (`gated`): w's rows alternate gate and up, and the kernel writes silu(gate) · up for each
-pair, an output half as wide: a gated MLP's first half in one kernel.
+Optionally it gates (`gated`): w's rows alternate gate and up, and the kernel writes silu(gate) · up for each pair,
+an output half as wide: a gated MLP's first half in one kernel (perf-notes v34).
 
 `available()` says whether it can run; callers keep F.linear otherwise.
 """
@@ -41,10 +36,6 @@ faster than cuBLAS at 1 and 16 rows, and up to 20% slower at 64 rows, where cuBL
 FUSE_RESIDUAL = True
 """The runner's `x + linear(h)` with few rows as one kernel (the residual added in the epilogue, perf-notes v33);
 False adds it in a kernel of its own, as before (the A/B knob; pool_figures option `no-res`)."""
-FUSE_NORM = True
-"""The runner's `linear(rms_norm(x))` with few rows as one kernel (the row statistics taken from the x tiles the
-matmul loads anyway, perf-notes v34); False runs the norm as a kernel of its own (the A/B knob; pool_figures option
-`no-norm`)."""
 FUSE_GATE = True
 """The runner's `silu(gate) * up` after its gate/up projection with few rows in that projection's epilogue (its
 weight interleaves gate and up rows, perf-notes v34); False runs it as kernels of their own (the A/B knob;
@@ -111,10 +102,8 @@ if triton is not None:
         s_wn,
         s_rm,
         s_ym,
-        eps,
         HAS_BIAS: tl.constexpr,
         HAS_RES: tl.constexpr,
-        HAS_NORM: tl.constexpr,
         GATED: tl.constexpr,
         EVEN_K: tl.constexpr,
         BLOCK_M: tl.constexpr,
@@ -130,7 +119,6 @@ if triton is not None:
         xp = x + rm[:, None] * s_xm + rk[None, :]
         wp = w + rn[:, None] * s_wn + rk[None, :]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        sq = tl.zeros([BLOCK_M, BLOCK_M], dtype=tl.float32)  # x·xᵀ: its diagonal is each row's sum of squares
         for k0 in range(0, K, BLOCK_K):
             if EVEN_K:
                 xt = tl.load(xp, mask=m_ok[:, None], other=0.0)
@@ -140,14 +128,8 @@ if triton is not None:
                 xt = tl.load(xp, mask=m_ok[:, None] & k_ok[None, :], other=0.0)
                 wt = tl.load(wp, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
             acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PRECISION)
-            if HAS_NORM:
-                sq = tl.dot(xt, tl.trans(xt), sq, input_precision=PRECISION)
             xp += BLOCK_K
             wp += BLOCK_K
-        if HAS_NORM:  # RMSNorm's scale is one factor per row, so it can wait until the product is done
-            diag = tl.arange(0, BLOCK_M)[:, None] == tl.arange(0, BLOCK_M)[None, :]
-            sumsq = tl.sum(tl.where(diag, sq, 0.0), axis=1)
-            acc *= tl.rsqrt(sumsq / K + eps)[:, None]
         if HAS_BIAS:
             acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GATED:  # columns 2j and 2j+1 are gate and up of output j
@@ -168,12 +150,11 @@ def launch(
     b: torch.Tensor | None,
     cfg: tuple[int, int, int, int],
     res: torch.Tensor | None = None,
-    rms_eps: float | None = None,
     gated: bool = False,
 ) -> torch.Tensor:
     """The kernel with an explicit config (the benchmark sweeps configs through this); x [M, K], w [N, K], res [M, N]
-    (unit stride along N) or None; rms_eps: normalise x's rows first (RMSNorm without a weight) or None; gated: w's
-    rows alternate gate and up, the output is silu(gate) · up [M, N/2] (no residual then)."""
+    (unit stride along N) or None; gated: w's rows alternate gate and up, the output is silu(gate) · up [M, N/2] (no
+    residual then)."""
     m, k = x.shape
     n = w.shape[0]
     if gated and (n % 2 or res is not None):
@@ -195,10 +176,8 @@ def launch(
         w.stride(0),
         res.stride(0) if res is not None else 0,
         y.stride(0),
-        rms_eps if rms_eps is not None else 0.0,
         HAS_BIAS=b is not None,
         HAS_RES=res is not None,
-        HAS_NORM=rms_eps is not None,
         GATED=gated,
         EVEN_K=k % block_k == 0,
         BLOCK_M=block_m,
@@ -217,24 +196,22 @@ def skinny_linear(
     w: torch.Tensor,
     b: torch.Tensor | None,
     residual: torch.Tensor | None = None,
-    rms_eps: float | None = None,
     gated: bool = False,
 ) -> torch.Tensor:
     """F.linear(x, w, b) (+ residual) for x [..., K] with few rows (at most MAX_ROWS is where it pays); w [N, K]
     contiguous; residual [..., N] like the output or None. The residual is added in float32 before the output's one
-    rounding: `x + linear(h)` of a transformer layer in one kernel instead of two (perf-notes v33). With rms_eps set,
-    x is first RMS-normalised in float32 (no weight: fold it into w), so `linear(rms_norm(x))` is one kernel too.
-    With gated set, w's rows alternate gate and up and the result is silu(gate) · up [..., N/2], in float32 before
-    its one rounding."""
+    rounding: `x + linear(h)` of a transformer layer in one kernel instead of two (perf-notes v33). With gated set,
+    w's rows alternate gate and up and the result is silu(gate) · up [..., N/2], in float32 before its one rounding
+    (perf-notes v34)."""
     x2 = _rows(x)
     m, k = x2.shape
     r2 = _rows(residual) if residual is not None else None
-    y = launch(x2, w, b, config(m, w.shape[0], k, x2.element_size()), r2, rms_eps, gated)
+    y = launch(x2, w, b, config(m, w.shape[0], k, x2.element_size()), r2, gated)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
 @skinny_linear.register_fake
-def _(x, w, b, residual=None, rms_eps=None, gated=False):
+def _(x, w, b, residual=None, gated=False):
     return x.new_empty(*x.shape[:-1], w.shape[0] // 2 if gated else w.shape[0])
 
 
