@@ -15,7 +15,7 @@ import time
 import torch
 
 from rollgraph import decode_attention as fused
-from rollgraph import prefill_attention, sampling
+from rollgraph import llama, prefill_attention, sampling
 from rollgraph import skinny_linear as skinny
 from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
@@ -59,7 +59,8 @@ def engine_config(spec: str) -> EngineConfig:
     kernel, on by default since v23: likewise a knob; `pa`, its name while it was off by default, is still taken),
     am-aten (ATen's single-block argmax instead of sampling.argmax_rows's two reductions: likewise a knob),
     no-res (the residual added in a kernel of its own after skinny_linear, not in its epilogue: likewise a knob),
-    no-gate (SiLU · up as kernels of their own after the gate/up projection, not in its epilogue: likewise a knob).
+    no-gate (SiLU · up as kernels of their own after the gate/up projection, not in its epilogue: likewise a knob),
+    cat-gu (the gate/up weight stacked [gate; up] instead of interleaved, so no gated epilogue: likewise a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -76,7 +77,7 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate"):
+        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate", "cat-gu"):
             pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX, skinny's FUSE_*
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
@@ -96,11 +97,7 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
     for run, spec in enumerate(modes):
         label = spec if modes.count(spec) == 1 else f"{spec}#{modes[:run].count(spec) + 1}"
         mode = spec.split("/")[0]
-        fused.SPLIT_AT = split_at(spec)
-        prefill_attention.ENABLED = "no-pa" not in spec.split("/")[1:]
-        sampling.SPLIT_ARGMAX = "am-aten" not in spec.split("/")[1:]
-        skinny.FUSE_RESIDUAL = "no-res" not in spec.split("/")[1:]
-        skinny.FUSE_GATE = "no-gate" not in spec.split("/")[1:]
+        set_knobs(spec)
         model = load_model(ModelConfig(name, dtype="bfloat16"))
         engine = Engine(model, engine_config(spec))
         start = time.perf_counter()
@@ -122,11 +119,20 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
         torch._dynamo.reset()  # compiled code is cached per function: a later spec must compile afresh
         gc.collect()
         torch.cuda.empty_cache()
-    fused.SPLIT_AT = DEFAULT_SPLIT_AT
-    prefill_attention.ENABLED = True
-    sampling.SPLIT_ARGMAX = True
-    skinny.FUSE_RESIDUAL = skinny.FUSE_GATE = True
+    set_knobs("")
     return out
+
+
+def set_knobs(spec: str) -> None:
+    """Set the process-wide knobs a spec's options name (split, no-pa, am-aten, no-res, no-gate, cat-gu) and put
+    every other back to its default; "" puts them all back."""
+    opts = spec.split("/")[1:]
+    fused.SPLIT_AT = split_at(spec) if spec else DEFAULT_SPLIT_AT
+    prefill_attention.ENABLED = "no-pa" not in opts
+    sampling.SPLIT_ARGMAX = "am-aten" not in opts
+    skinny.FUSE_RESIDUAL = "no-res" not in opts
+    skinny.FUSE_GATE = "no-gate" not in opts
+    llama.INTERLEAVE_GATE_UP = "cat-gu" not in opts
 
 
 def main() -> None:

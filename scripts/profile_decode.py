@@ -14,7 +14,7 @@ import collections
 import json
 
 import torch
-from pool_figures import engine_config
+from pool_figures import engine_config, set_knobs
 from torch.profiler import ProfilerActivity, profile
 
 from rollgraph.config import ModelConfig
@@ -58,6 +58,7 @@ def profile_prefill(engine: Engine, n: int) -> dict:
 def profile_mode(name: str, mode: str, prefill: list[int]) -> dict:
     """`mode` is a pool_figures spec: MODE[/OPTION...]."""
     torch._dynamo.reset()
+    set_knobs(mode)
     engine = Engine(load_model(ModelConfig(name, dtype="bfloat16")), engine_config(mode))
     engine.warm_up(progress=False)
     ids = tuple(range(3, 103))

@@ -23,6 +23,9 @@ from rollgraph.config import ATTENTION, MATMUL
 from rollgraph.kv_cache import StaticKVCache
 
 SUPPORTED = ("llama", "mistral", "qwen2")
+INTERLEAVE_GATE_UP = True
+"""Gate and up rows alternate in the fused gate/up weight, so skinny_linear can gate in its epilogue (perf-notes
+v34); False stacks them [gate; up] as before (an A/B knob, read at load; pool_figures option `cat-gu`)."""
 logger = logging.getLogger(__name__)
 
 
@@ -123,7 +126,10 @@ class LlamaRunner:
         bias = None
         if a.q_proj.bias is not None:
             bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
-        w_gate_up = torch.stack([m.gate_proj.weight, m.up_proj.weight], dim=1).flatten(0, 1)
+        if INTERLEAVE_GATE_UP:
+            w_gate_up = torch.stack([m.gate_proj.weight, m.up_proj.weight], dim=1).flatten(0, 1)
+        else:
+            w_gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight])
         for lin in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj):
             lin.weight = None  # free the unfused copy now, so peak memory stays near one model
         return Layer(
@@ -342,9 +348,13 @@ def _finish(x, attn_out, w, dims):
 def _gated(h, w_gate_up, few: bool):
     """silu(gate) · up of h's projection by w_gate_up, whose rows alternate gate and up; with few rows one
     skinny_linear kernel that gates in its epilogue (skinny.FUSE_GATE)."""
-    if few and skinny.FUSE_GATE and _is_few(h):
+    if INTERLEAVE_GATE_UP and few and skinny.FUSE_GATE and _is_few(h):
         return skinny.skinny_linear(h, w_gate_up, None, None, True)
-    pairs = _linear(h, w_gate_up, None, few).unflatten(-1, (-1, 2))
+    y = _linear(h, w_gate_up, None, few)
+    if not INTERLEAVE_GATE_UP:
+        gate, up = y.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    pairs = y.unflatten(-1, (-1, 2))
     return F.silu(pairs[..., 0]) * pairs[..., 1]
 
 
