@@ -181,6 +181,8 @@ class LlamaRunner:
                 ly.w_gate_up = ly.w_gate_up.unflatten(0, (-1, 2)).transpose(0, 1).flatten(0, 1).contiguous()
             self.gate_up_interleaved = False
             self._weights = [ly.tensors for ly in self.layers]
+            if self.device.type == "cuda":  # the interleaved copies' blocks: give them back, not keep them cached
+                torch.cuda.empty_cache()
         self._prefill_layer = torch.compile(
             fused_prefill_layer if self.fused_prefill else prefill_layer, fullgraph=True
         )
