@@ -71,21 +71,6 @@ def test_compiled_decode_leaves_one_row_matmuls_to_inductor(monkeypatch):
     assert runner.skinny_phases == {"prefill", "full"}
 
 
-def test_gate_up_rows_alternate_and_compile_stacks_them_again():
-    """graphs mode interleaves gate and up rows for skinny_linear's gated epilogue; the compile modes put them back
-    to [gate; up], where inductor's one-row reduction fuses SiLU · up itself (perf-notes v34)."""
-    mlp = load_model(ModelConfig("llama-tiny", device="cpu")).model.model.layers[0].mlp
-    gate, up = mlp.gate_proj.weight.detach().clone(), mlp.up_proj.weight.detach().clone()
-    runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
-    w = runner.layers[0].w_gate_up
-    assert runner.gate_up_interleaved and runner._dims("decode")[5]
-    assert torch.equal(w[0::2], gate) and torch.equal(w[1::2], up)
-    runner.compile()
-    assert not runner.gate_up_interleaved and not runner._dims("prefill")[5]
-    assert torch.equal(runner.layers[0].w_gate_up, torch.cat([gate, up]))
-    assert runner._weights[0][5] is runner.layers[0].w_gate_up
-
-
 def test_eager_mode_auto_picks_pytorch_kernels_and_keeps_an_explicit_triton(monkeypatch):
     """`eager` stays the plain-PyTorch baseline unless the Triton kernels are named."""
     from rollgraph import engine as engine_mod

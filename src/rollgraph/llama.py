@@ -23,19 +23,12 @@ from rollgraph.config import ATTENTION, MATMUL
 from rollgraph.kv_cache import StaticKVCache
 
 SUPPORTED = ("llama", "mistral", "qwen2")
-INTERLEAVE_GATE_UP = True
-"""Gate and up rows alternate in the fused gate/up weight, so skinny_linear can gate in its epilogue (perf-notes
-v34); False stacks them [gate; up] as before (an A/B knob, read at load; pool_figures option `cat-gu`). The compile
-modes stack them again in `compile()` whatever this says: inductor's one-row reduction fuses SiLU · up itself and
-ran 10% slower over interleaved rows (v34)."""
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Layer:
-    """One decoder layer's weights; wqkv/bqkv are [q; k; v] stacked; w_gate_up has gate and up rows alternating
-    (gate 0, up 0, gate 1, ...: each pair meets in one program of skinny_linear's gated epilogue) or, in the compile
-    modes, stacked [gate; up] (LlamaRunner.gate_up_interleaved says which)."""
+    """One decoder layer's weights; wqkv/bqkv are [q; k; v] stacked, w_gate_up is [gate; up] stacked."""
 
     attn_norm: torch.Tensor
     wqkv: torch.Tensor
@@ -96,8 +89,7 @@ class LlamaRunner:
         self.embed = w
         self.norm = inner.norm.weight
         self.lm_head = hf_model.lm_head.weight
-        self.gate_up_interleaved = INTERLEAVE_GATE_UP
-        self.layers = [self._take_layer(layer, self.gate_up_interleaved) for layer in inner.layers]
+        self.layers = [self._take_layer(layer) for layer in inner.layers]
         if release:  # drop transformers' unfused copies as we go; the runner now owns the weights
             inner.layers = torch.nn.ModuleList()
         self.cos, self.sin = _rope_tables(inner.rotary_emb, max_seq_len, self.dtype, self.device)
@@ -124,16 +116,13 @@ class LlamaRunner:
         )
 
     @staticmethod
-    def _take_layer(layer: torch.nn.Module, interleave: bool) -> Layer:
+    def _take_layer(layer: torch.nn.Module) -> Layer:
         a, m = layer.self_attn, layer.mlp
         wqkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight])
         bias = None
         if a.q_proj.bias is not None:
             bias = torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias])
-        if interleave:
-            w_gate_up = torch.stack([m.gate_proj.weight, m.up_proj.weight], dim=1).flatten(0, 1)
-        else:
-            w_gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight])
+        w_gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight])
         for lin in (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj):
             lin.weight = None  # free the unfused copy now, so peak memory stays near one model
         return Layer(
@@ -161,9 +150,8 @@ class LlamaRunner:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _dims(self, phase: str) -> tuple:
-        """The layer functions' static settings: head layout, norm epsilon, whether few-row matmuls use skinny,
-        whether gate and up rows alternate."""
-        return (self.n_heads, self.n_kv, self.head_dim, self.eps, phase in self.skinny_phases, self.gate_up_interleaved)
+        """The layer functions' static settings: head layout, norm epsilon, whether few-row matmuls use skinny."""
+        return (self.n_heads, self.n_kv, self.head_dim, self.eps, phase in self.skinny_phases)
 
     # ---- steps -------------------------------------------------------------------------------------------------
 
@@ -175,14 +163,6 @@ class LlamaRunner:
         # One-row matmuls: inductor's generated reductions read as fast as skinny_linear (perf-notes v6) and fuse
         # the norms and residual adds around them, so compiled decode leaves them to inductor.
         self.skinny_phases = self.skinny_phases - {"decode"}
-        # ...and those reductions fuse SiLU · up themselves, 10% faster over stacked gate and up rows (v34).
-        if self.gate_up_interleaved:
-            for ly in self.layers:
-                ly.w_gate_up = ly.w_gate_up.unflatten(0, (-1, 2)).transpose(0, 1).flatten(0, 1).contiguous()
-            self.gate_up_interleaved = False
-            self._weights = [ly.tensors for ly in self.layers]
-            if self.device.type == "cuda":  # the interleaved copies' blocks: give them back, not keep them cached
-                torch.cuda.empty_cache()
         self._prefill_layer = torch.compile(
             fused_prefill_layer if self.fused_prefill else prefill_layer, fullgraph=True
         )
@@ -282,7 +262,7 @@ def decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, dims):
 def fused_decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims):
     """decode_layer with RoPE, the cache write and attention in one Triton kernel (decode_attention.py);
     cos and sin are [B, D] at each row's position."""
-    n_heads, n_kv, _, eps, few = dims[:5]
+    n_heads, n_kv, _, eps, few = dims
     b = x.shape[0]
     qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few).view(b, -1)
     o = fused.decode_attention(qkv, cos, sin, positions, write_kv, kc, vc, kv_len, n_heads, n_kv)
@@ -306,7 +286,7 @@ def prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
 def fused_prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
     """prefill_layer with RoPE, the cache write and attention in one Triton kernel (prefill_attention.py); cos and
     sin are [T, D], write_kv a one-element bool tensor."""
-    n_heads, n_kv, _, eps, few = dims[:5]
+    n_heads, n_kv, _, eps, few = dims
     qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few)
     o = prefill_attention.prefill_attention(qkv, cos, sin, write_kv, kc, vc, n_heads, n_kv)
     return _finish(x, o, w, dims)
@@ -326,7 +306,7 @@ def head(h: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float)
 
 def _qkv(x, w, cos, sin, dims):
     """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D], RoPE applied to q and k."""
-    n_heads, n_kv, head_dim, eps, few = dims[:5]
+    n_heads, n_kv, head_dim, eps, few = dims
     attn_norm, wqkv, bqkv = w[0], w[1], w[2]
     b, t, _ = x.shape
     qkv = _linear(_rms_norm(x, attn_norm, eps), wqkv, bqkv, few)
@@ -352,25 +332,20 @@ def _merge_heads(o: torch.Tensor) -> torch.Tensor:
 
 def _finish(x, attn_out, w, dims):
     """Output projection, residual, then the gated MLP and its residual; attn_out is [B, T, heads·D]."""
-    eps, few, interleaved = dims[3], dims[4], dims[5]
+    eps, few = dims[3], dims[4]
     wo, mlp_norm, w_gate_up, w_down = w[3], w[4], w[5], w[6]
     x = _linear(attn_out, wo, None, few, residual=x)
-    h = _gated(_rms_norm(x, mlp_norm, eps), w_gate_up, few, interleaved)
-    return _linear(h, w_down, None, few, residual=x)
+    return _linear(_gated(_rms_norm(x, mlp_norm, eps), w_gate_up, few), w_down, None, few, residual=x)
 
 
-def _gated(h, w_gate_up, few: bool, interleaved: bool):
-    """silu(gate) · up of h's projection by w_gate_up, whose rows alternate gate and up (`interleaved`) or are
-    stacked [gate; up]; interleaved and with few rows, one skinny_linear kernel that gates in its epilogue
-    (skinny.FUSE_GATE)."""
-    if interleaved and few and skinny.FUSE_GATE and _is_few(h):
+def _gated(h, w_gate_up, few: bool):
+    """silu(gate) · up of h's projection by w_gate_up = [gate; up]; with few rows one skinny_linear kernel that
+    gates in its epilogue (skinny.FUSE_GATE). Elsewhere inductor fuses SiLU · up into its own one-row reduction
+    (compiled decode) or the three run as kernels of their own."""
+    if few and skinny.FUSE_GATE and _is_few(h):
         return skinny.skinny_linear(h, w_gate_up, None, None, True)
-    y = _linear(h, w_gate_up, None, few)
-    if not interleaved:
-        gate, up = y.chunk(2, dim=-1)
-        return F.silu(gate) * up
-    pairs = y.unflatten(-1, (-1, 2))
-    return F.silu(pairs[..., 0]) * pairs[..., 1]
+    gate, up = _linear(h, w_gate_up, None, few).chunk(2, dim=-1)
+    return F.silu(gate) * up
 
 
 def _is_few(x: torch.Tensor) -> bool:

@@ -12,8 +12,8 @@ BLOCK_N small enough the grid has a few programs per SM, enough bytes in flight 
 Numerics: float32 accumulation, one rounding to the output dtype (as cuBLAS without split-K); fp32 inputs use IEEE
 products, never TF32.
 
-Optionally it gates (`gated`): w's rows alternate gate and up, and the kernel writes silu(gate) · up for each pair,
-an output half as wide: a gated MLP's first half in one kernel (perf-notes v34).
+Optionally it gates (`gated`): w is [gate; up] stacked, each program loads BLOCK_N/2 gate rows and the matching up
+rows, and writes silu(gate) · up, an output half as wide: a gated MLP's first half in one kernel (perf-notes v34).
 
 `available()` says whether it can run; callers keep F.linear otherwise.
 """
@@ -37,9 +37,8 @@ FUSE_RESIDUAL = True
 """The runner's `x + linear(h)` with few rows as one kernel (the residual added in the epilogue, perf-notes v33);
 False adds it in a kernel of its own, as before (the A/B knob; pool_figures option `no-res`)."""
 FUSE_GATE = True
-"""The runner's `silu(gate) * up` after its gate/up projection with few rows in that projection's epilogue (its
-weight interleaves gate and up rows, perf-notes v34); False runs it as kernels of their own (the A/B knob;
-pool_figures option `no-gate`)."""
+"""The runner's `silu(gate) * up` after its gate/up projection with few rows in that projection's epilogue
+(perf-notes v34); False runs it as kernels of their own (the A/B knob; pool_figures option `no-gate`)."""
 SHARED_MEMORY = 200 << 10
 """Shared memory a program may use for its pipeline stages (an H100 SM has 227 KiB)."""
 
@@ -111,11 +110,17 @@ if triton is not None:
         BLOCK_K: tl.constexpr,
         PRECISION: tl.constexpr,
     ):
-        rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        if GATED:  # weight rows: BLOCK_N/2 gate rows, then the up rows of the same outputs, N/2 further on
+            r = tl.arange(0, BLOCK_N)
+            col = tl.program_id(0) * (BLOCK_N // 2) + r % (BLOCK_N // 2)
+            rn = col + (r >= BLOCK_N // 2).to(tl.int32) * (N // 2)
+            n_ok = col < N // 2
+        else:
+            rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = rn < N
         rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         rk = tl.arange(0, BLOCK_K)
         m_ok = rm < M
-        n_ok = rn < N
         xp = x + rm[:, None] * s_xm + rk[None, :]
         wp = w + rn[:, None] * s_wn + rk[None, :]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -132,8 +137,9 @@ if triton is not None:
             wp += BLOCK_K
         if HAS_BIAS:
             acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        if GATED:  # columns 2j and 2j+1 are gate and up of output j
-            gate, up = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_N // 2, 2]))
+        if GATED:  # columns j and BLOCK_N/2 + j are gate and up of output j
+            halves = tl.permute(tl.reshape(acc, [BLOCK_M, 2, BLOCK_N // 2]), (0, 2, 1))
+            gate, up = tl.split(halves)
             acc = gate * tl.sigmoid(gate) * up
             rn = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
             n_ok = rn < N // 2
@@ -153,7 +159,7 @@ def launch(
     gated: bool = False,
 ) -> torch.Tensor:
     """The kernel with an explicit config (the benchmark sweeps configs through this); x [M, K], w [N, K], res [M, N]
-    (unit stride along N) or None; gated: w's rows alternate gate and up, the output is silu(gate) · up [M, N/2] (no
+    (unit stride along N) or None; gated: w is [gate; up] stacked, the output is silu(gate) · up [M, N/2] (no
     residual then)."""
     m, k = x.shape
     n = w.shape[0]
@@ -162,7 +168,7 @@ def launch(
     block_n, block_k, warps, stages = cfg
     block_m = max(16, triton.next_power_of_2(min(m, 64)))
     y = x.new_empty(m, n // 2 if gated else n)
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    grid = (triton.cdiv(n // 2, block_n // 2) if gated else triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     _skinny[grid](
         x,
         w,
@@ -201,7 +207,7 @@ def skinny_linear(
     """F.linear(x, w, b) (+ residual) for x [..., K] with few rows (at most MAX_ROWS is where it pays); w [N, K]
     contiguous; residual [..., N] like the output or None. The residual is added in float32 before the output's one
     rounding: `x + linear(h)` of a transformer layer in one kernel instead of two (perf-notes v33). With gated set,
-    w's rows alternate gate and up and the result is silu(gate) · up [..., N/2], in float32 before its one rounding
+    w is [gate; up] stacked and the result is silu(gate) · up [..., N/2], in float32 before its one rounding
     (perf-notes v34)."""
     x2 = _rows(x)
     m, k = x2.shape
