@@ -51,8 +51,8 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def probe(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Build and run the kernel once on a tiny input: None if it matched F.linear, else why not (a Triton or driver
-    that cannot build it shows up at load, not at a request's first step)."""
+    """Build and run the kernel once on a tiny input, plain and gated: None if both matched PyTorch, else why not (a
+    Triton or driver that cannot build it shows up at load, not at a request's first step)."""
     try:
         gen = torch.Generator(device="cpu").manual_seed(0)
         x = torch.randn(3, 128, generator=gen).to(device, dtype)
@@ -62,6 +62,10 @@ def probe(device: torch.device, dtype: torch.dtype) -> str | None:
         want = torch.nn.functional.linear(x.float(), w.float(), b.float())
         if not torch.allclose(got, want, rtol=2e-2, atol=2e-1):
             return "it ran but gave wrong values on a probe input"
+        gate, up = torch.nn.functional.linear(x.float(), w.float()).chunk(2, dim=-1)  # the gated build too
+        want = torch.nn.functional.silu(gate) * up
+        if not torch.allclose(skinny_linear(x, w, None, None, True).float(), want, rtol=2e-2, atol=2e-1):
+            return "its gated form ran but gave wrong values on a probe input"
     except Exception as exc:  # whatever Triton or the driver raises
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
