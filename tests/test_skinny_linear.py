@@ -59,6 +59,26 @@ def test_a_kernel_that_cannot_be_built_falls_back_under_auto_and_is_an_error_und
         Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", matmul="triton"))
 
 
+def test_a_gated_form_that_cannot_be_built_loses_only_the_fusion(monkeypatch, caplog):
+    """The gated epilogue is probed on its own: if that build fails, the few-row kernel still runs, unfused."""
+    from rollgraph import skinny_linear as sk
+
+    monkeypatch.setattr(sk, "available", lambda *a: True)
+    monkeypatch.setattr(sk, "probe", lambda device, dtype, gated=False: "CompilationError: split" if gated else None)
+    model = load_model(ModelConfig("llama-tiny", device="cpu")).model
+    with caplog.at_level("WARNING", logger="rollgraph.llama"):
+        runner = llama.LlamaRunner(model, 1, 64)
+    assert runner.skinny_phases == {"prefill", "decode", "full"} and not runner.gated_epilogue
+    assert "gated epilogue unavailable (CompilationError: split)" in caplog.text
+    assert runner._dims("decode")[4:] == (True, False)
+    monkeypatch.setattr(sk, "probe", lambda *a: None)
+    runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
+    assert runner.gated_epilogue and runner._dims("decode")[4:] == (True, True)
+    monkeypatch.setattr(sk, "FUSE_GATE", False)  # the A/B knob, read when a runner is built
+    runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
+    assert not runner.gated_epilogue
+
+
 def test_compiled_decode_leaves_one_row_matmuls_to_inductor(monkeypatch):
     """In compile modes decode keeps inductor's generated reductions (as fast at one row, and they fuse the norm)."""
     from rollgraph import skinny_linear as sk

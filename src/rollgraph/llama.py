@@ -96,11 +96,12 @@ class LlamaRunner:
         self._weights = [ly.tensors for ly in self.layers]
         _start_triton(self.device)
         with ThreadPoolExecutor(2) as pool:  # each choice builds its kernel once: two Triton builds side by side
-            matmul_choice = pool.submit(_choose_matmul, matmul, self.device, self.dtype)
+            matmul_choice = pool.submit(_matmul_kernels, matmul, self.device, self.dtype)
             heads = (self.n_heads, self.n_kv, self.head_dim)
             attention_choice = pool.submit(_choose_attention, attention, self.device, self.dtype, heads)
-        self.skinny_phases = matmul_choice.result()
-        """Phases whose matmuls of at most skinny.MAX_ROWS rows use the skinny_linear kernel instead of F.linear."""
+        self.skinny_phases, self.gated_epilogue = matmul_choice.result()
+        """Phases whose matmuls of at most skinny.MAX_ROWS rows use the skinny_linear kernel instead of F.linear, and
+        whether its gate/up projection computes SiLU(gate) · up in its epilogue there."""
         self.fused_decode = attention_choice.result()
         self.fused_prefill = self.fused_decode and prefill_attention.ENABLED
         """Prefill's RoPE, cache write and attention in one Triton kernel (prefill_attention.py), where fused_decode."""
@@ -150,8 +151,10 @@ class LlamaRunner:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _dims(self, phase: str) -> tuple:
-        """The layer functions' static settings: head layout, norm epsilon, whether few-row matmuls use skinny."""
-        return (self.n_heads, self.n_kv, self.head_dim, self.eps, phase in self.skinny_phases)
+        """The layer functions' static settings: head layout, norm epsilon, whether few-row matmuls use skinny, and
+        whether its gate/up projection gates in its epilogue."""
+        few = phase in self.skinny_phases
+        return (self.n_heads, self.n_kv, self.head_dim, self.eps, few, few and self.gated_epilogue)
 
     # ---- steps -------------------------------------------------------------------------------------------------
 
@@ -262,7 +265,7 @@ def decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, dims):
 def fused_decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims):
     """decode_layer with RoPE, the cache write and attention in one Triton kernel (decode_attention.py);
     cos and sin are [B, D] at each row's position."""
-    n_heads, n_kv, _, eps, few = dims
+    n_heads, n_kv, _, eps, few = dims[:5]
     b = x.shape[0]
     qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few).view(b, -1)
     o = fused.decode_attention(qkv, cos, sin, positions, write_kv, kc, vc, kv_len, n_heads, n_kv)
@@ -286,7 +289,7 @@ def prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
 def fused_prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
     """prefill_layer with RoPE, the cache write and attention in one Triton kernel (prefill_attention.py); cos and
     sin are [T, D], write_kv a one-element bool tensor."""
-    n_heads, n_kv, _, eps, few = dims
+    n_heads, n_kv, _, eps, few = dims[:5]
     qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few)
     o = prefill_attention.prefill_attention(qkv, cos, sin, write_kv, kc, vc, n_heads, n_kv)
     return _finish(x, o, w, dims)
@@ -306,7 +309,7 @@ def head(h: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float)
 
 def _qkv(x, w, cos, sin, dims):
     """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D], RoPE applied to q and k."""
-    n_heads, n_kv, head_dim, eps, few = dims
+    n_heads, n_kv, head_dim, eps, few = dims[:5]
     attn_norm, wqkv, bqkv = w[0], w[1], w[2]
     b, t, _ = x.shape
     qkv = _linear(_rms_norm(x, attn_norm, eps), wqkv, bqkv, few)
@@ -332,17 +335,18 @@ def _merge_heads(o: torch.Tensor) -> torch.Tensor:
 
 def _finish(x, attn_out, w, dims):
     """Output projection, residual, then the gated MLP and its residual; attn_out is [B, T, heads·D]."""
-    eps, few = dims[3], dims[4]
+    eps, few, gate_in_kernel = dims[3], dims[4], dims[5]
     wo, mlp_norm, w_gate_up, w_down = w[3], w[4], w[5], w[6]
     x = _linear(attn_out, wo, None, few, residual=x)
-    return _linear(_gated(_rms_norm(x, mlp_norm, eps), w_gate_up, few), w_down, None, few, residual=x)
+    h = _gated(_rms_norm(x, mlp_norm, eps), w_gate_up, few, gate_in_kernel)
+    return _linear(h, w_down, None, few, residual=x)
 
 
-def _gated(h, w_gate_up, few: bool):
-    """silu(gate) · up of h's projection by w_gate_up = [gate; up]; with few rows one skinny_linear kernel that
-    gates in its epilogue (skinny.FUSE_GATE). Elsewhere inductor fuses SiLU · up into its own one-row reduction
-    (compiled decode) or the three run as kernels of their own."""
-    if few and skinny.FUSE_GATE and _is_few(h):
+def _gated(h, w_gate_up, few: bool, gate_in_kernel: bool):
+    """silu(gate) · up of h's projection by w_gate_up = [gate; up]; with few rows and `gate_in_kernel`, one
+    skinny_linear kernel that gates in its epilogue. Elsewhere inductor fuses SiLU · up into its own one-row
+    reduction (compiled decode) or the three run as kernels of their own."""
+    if gate_in_kernel and _is_few(h):
         return skinny.skinny_linear(h, w_gate_up, None, None, True)
     gate, up = _linear(h, w_gate_up, None, few).chunk(2, dim=-1)
     return F.silu(gate) * up
@@ -394,6 +398,18 @@ def _choose_matmul(matmul: str, device: torch.device, dtype: torch.dtype) -> fro
         ("skinny matmul kernel", "matmul", "few-row matmuls use F.linear"),
     )
     return frozenset({"prefill", "decode", "full"}) if on else frozenset()
+
+
+def _matmul_kernels(matmul: str, device: torch.device, dtype: torch.dtype) -> tuple[frozenset[str], bool]:
+    """_choose_matmul's phases, and whether skinny_linear's gated epilogue runs: skinny.FUSE_GATE and its gated
+    build probed, so that a Triton that cannot build that form loses only the fusion, with a warning."""
+    phases = _choose_matmul(matmul, device, dtype)
+    if not phases or not skinny.FUSE_GATE:
+        return phases, False
+    why = skinny.probe(device, dtype, True)
+    if why is not None:
+        logger.warning("skinny matmul kernel's gated epilogue unavailable (%s); SiLU · up runs apart", why)
+    return phases, why is None
 
 
 def _start_triton(device: torch.device) -> None:

@@ -38,7 +38,8 @@ FUSE_RESIDUAL = True
 False adds it in a kernel of its own, as before (the A/B knob; pool_figures option `no-res`)."""
 FUSE_GATE = True
 """The runner's `silu(gate) * up` after its gate/up projection with few rows in that projection's epilogue
-(perf-notes v34); False runs it as kernels of their own (the A/B knob; pool_figures option `no-gate`)."""
+(perf-notes v34); False runs it as kernels of their own (the A/B knob, read when a runner is built; pool_figures
+option `no-gate`)."""
 SHARED_MEMORY = 200 << 10
 """Shared memory a program may use for its pipeline stages (an H100 SM has 227 KiB)."""
 
@@ -50,22 +51,22 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def probe(device: torch.device, dtype: torch.dtype) -> str | None:
-    """Build and run the kernel once on a tiny input, plain and gated: None if both matched PyTorch, else why not (a
-    Triton or driver that cannot build it shows up at load, not at a request's first step)."""
+def probe(device: torch.device, dtype: torch.dtype, gated: bool = False) -> str | None:
+    """Build and run the kernel once on a tiny input (its gated form if asked): None if it matched PyTorch, else why
+    not (a Triton or driver that cannot build it shows up at load, not at a request's first step)."""
     try:
         gen = torch.Generator(device="cpu").manual_seed(0)
         x = torch.randn(3, 128, generator=gen).to(device, dtype)
         w = torch.randn(40, 128, generator=gen).to(device, dtype)
         b = torch.randn(40, generator=gen).to(device, dtype)
-        got = skinny_linear(x, w, b).float()
-        want = torch.nn.functional.linear(x.float(), w.float(), b.float())
+        if gated:
+            gate, up = torch.nn.functional.linear(x.float(), w.float()).chunk(2, dim=-1)
+            got, want = skinny_linear(x, w, None, None, True).float(), torch.nn.functional.silu(gate) * up
+        else:
+            got = skinny_linear(x, w, b).float()
+            want = torch.nn.functional.linear(x.float(), w.float(), b.float())
         if not torch.allclose(got, want, rtol=2e-2, atol=2e-1):
             return "it ran but gave wrong values on a probe input"
-        gate, up = torch.nn.functional.linear(x.float(), w.float()).chunk(2, dim=-1)  # the gated build too
-        want = torch.nn.functional.silu(gate) * up
-        if not torch.allclose(skinny_linear(x, w, None, None, True).float(), want, rtol=2e-2, atol=2e-1):
-            return "its gated form ran but gave wrong values on a probe input"
     except Exception as exc:  # whatever Triton or the driver raises
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
