@@ -44,16 +44,67 @@ def max_error(dtype: torch.dtype, device: str, seed: int = 0) -> float:
     return worst
 
 
-def engine_tokens(matmul: str, device: str, dtype: str = "float32", n: int = 12) -> tuple[list, torch.Tensor, list]:
-    """Greedy tokens, last logits and the skinny phases of llama-tiny in eager mode with the given matmul choice."""
+# (rows, K of the first product, hidden size, N of the second): one row, a full 16-row block with a hidden size that
+# is no multiple of any BLOCK_N, rows that leave a 32-row block part empty.
+NORM_CASES = [(1, 64, 96, 64), (16, 48, 200, 80), (27, 80, 64, 32)]
+
+
+def norm_error(dtype: torch.dtype, device: str, seed: int = 0) -> float:
+    """The norm carried across two products (perf-notes v35): skinny_linear_stats writes x = res + a·woᵀ and its
+    partial sums of squares, skinny_linear then takes rms_norm(x)·wᵀ from them, plain and gated. Largest error of
+    the three outputs relative to their largest exact value, against float64 on the same inputs."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    worst = 0.0
+
+    def rel(got, want):
+        return ((got.double() - want).abs().max() / want.abs().max()).item()
+
+    for m, k, h, n in NORM_CASES:
+        a, wo = (torch.randn(m, k, generator=gen).to(device, dtype), torch.randn(h, k, generator=gen).to(device, dtype))
+        res = (3 * torch.randn(m, h, generator=gen)).to(device, dtype)  # rows far from unit RMS: the norm shows
+        w = torch.randn(n, h, generator=gen).to(device, dtype)
+        x, parts = sk.skinny_linear_stats(a, wo, res)
+        worst = max(worst, rel(x, F.linear(a.double(), wo.double()) + res.double()))
+        assert parts.dtype == torch.float32 and parts.shape[1] == m, parts.shape
+        xd = x.double()  # the stored x, as the next kernel reads it
+        want = F.linear(xd * torch.rsqrt(xd.pow(2).mean(-1, keepdim=True) + 1e-5), w.double())
+        worst = max(worst, rel(sk.skinny_linear(x, w, None, None, False, parts, 1e-5), want))
+        gate, up = want.chunk(2, dim=-1)
+        worst = max(worst, rel(sk.skinny_linear(x, w, None, None, True, parts, 1e-5), F.silu(gate) * up))
+    return worst
+
+
+def engine_tokens(
+    matmul: str,
+    device: str,
+    dtype: str = "float32",
+    n: int = 12,
+    prompt: int = 37,
+    fuse_norm: bool = False,
+    random_norms: bool = False,
+) -> tuple[list, torch.Tensor, list]:
+    """Greedy tokens, last logits and the skinny phases of llama-tiny in eager mode with the given matmul choice.
+    fuse_norm: the norms ride in skinny_linear's sums of squares (their weights folded into the projections);
+    random_norms: the norm weights drawn away from one (always the same draw), so that folding them counts."""
     from rollgraph.config import EngineConfig, ModelConfig
     from rollgraph.engine import Engine
     from rollgraph.models import load_model
     from rollgraph.params import GenerationParams
 
     model = load_model(ModelConfig("llama-tiny", dtype=dtype, device=device))
-    eng = Engine(model, EngineConfig(mode="eager", matmul=matmul, max_seq_len=256))
-    gen = eng.generate(GenerationParams(tuple(range(3, 40)), n))
+    if random_norms:
+        norms = torch.Generator(device="cpu").manual_seed(3)
+        with torch.no_grad():
+            for name, p in model.model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.copy_(torch.rand(p.shape, generator=norms) + 0.5)
+    sk.FUSE_NORM = fuse_norm
+    try:
+        eng = Engine(model, EngineConfig(mode="eager", matmul=matmul, max_seq_len=256))
+    finally:
+        sk.FUSE_NORM = False
+    assert eng.runner.fused_norm == (fuse_norm and matmul == "triton"), "the norm path asked for did not run"
+    gen = eng.generate(GenerationParams(tuple(range(3, 3 + prompt)), n))
     return list(gen), eng.buffers.logits[0].clone(), sorted(eng.runner.skinny_phases)
 
 
@@ -66,5 +117,13 @@ if __name__ == "__main__":
         "logits": (logits_t - logits_c).abs().max().item(),
         "phases": phases,
     }
+    result["norm"] = {str(dt).removeprefix("torch."): norm_error(dt, "cpu") for dt in (torch.float32, torch.float16)}
+    for prompt in (12, 37):  # a 16-row prefill (skinny, the norm carried from layer 1 on) and a cuBLAS one
+        toks_n, logits_n, _ = engine_tokens("triton", "cpu", prompt=prompt, fuse_norm=True, random_norms=True)
+        toks_p, logits_p, _ = engine_tokens("torch", "cpu", prompt=prompt, random_norms=True)
+        result[f"engine_norm_{prompt}"] = {
+            "same_tokens": toks_n == toks_p,
+            "logits": (logits_n - logits_p).abs().max().item(),
+        }
     result["probe"] = sk.probe(torch.device("cpu"), torch.float32)
     json.dump(result, sys.stdout)

@@ -225,10 +225,11 @@ def test_fused_prefill_attention_equals_sdpa_on_llama_1b(mode, monkeypatch):
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 8e-3)])
 def test_skinny_linear_matches_f_linear(dtype, tol):
     """Relative to the largest output: fp32 without TF32, bf16 within one rounding of the output."""
-    from skinny_check import max_error
+    from skinny_check import max_error, norm_error
 
     for seed in range(3):
         assert max_error(getattr(torch, dtype), "cuda", seed) < tol
+        assert norm_error(getattr(torch, dtype), "cuda", seed) < 2 * tol  # x is stored once, then normalised
 
 
 def test_skinny_matmul_equals_cublas_on_llama_1b():
@@ -243,5 +244,32 @@ def test_skinny_matmul_equals_cublas_on_llama_1b():
             free(eng)
     for mode in ("eager", "graphs"):
         for (a, _, la), (b, _, lb) in zip(runs[mode, "torch"], runs[mode, "triton"], strict=True):
+            assert a == b
+            torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+
+
+def test_norms_carried_in_skinny_equal_separate_norms_on_llama_1b(monkeypatch):
+    """perf-notes v35, off by default: the norms carried in skinny_linear's sums of squares (their weights folded into
+    the projections) against F.rms_norm, fp32, norm weights drawn away from one; eager and graphs, prompts in the
+    16- and 32-row buckets (the norm in the kernel from the second layer on) and in the 64-row one (cuBLAS)."""
+    from rollgraph import skinny_linear as sk
+
+    def run(mode, fused):
+        monkeypatch.setattr(sk, "FUSE_NORM", fused)
+        model = load_model(ModelConfig("llama-3.2-1b", dtype="float32"))
+        gen = torch.Generator(device="cpu").manual_seed(11)
+        with torch.no_grad():
+            for name, p in model.model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+        eng = Engine(model, EngineConfig(mode=mode, matmul="triton", **SMALL))
+        eng.warm_up(progress=False)
+        assert eng.runner.fused_norm == fused
+        out = [generate(eng, p) for p in PROMPTS]
+        free(eng)
+        return out
+
+    for mode in ("eager", "graphs"):
+        for (a, _, la), (b, _, lb) in zip(run(mode, True), run(mode, False), strict=True):
             assert a == b
             torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)

@@ -22,6 +22,10 @@ def test_skinny_kernel_matches_f_linear_in_the_triton_interpreter():
     assert errors["engine"]["phases"] == ["decode", "full", "prefill"], errors
     assert errors["engine"]["same_tokens"], errors
     assert errors["engine"]["logits"] < 1e-4, errors
+    assert errors["norm"]["float32"] < 1e-6 and errors["norm"]["float16"] < 2e-3, errors  # perf-notes v35
+    for prompt in (12, 37):  # norms carried in the kernel's sums of squares against F.rms_norm, random norm weights
+        assert errors[f"engine_norm_{prompt}"]["same_tokens"], errors
+        assert errors[f"engine_norm_{prompt}"]["logits"] < 1e-4, errors
     assert errors["probe"] is None, errors
 
 
@@ -70,10 +74,10 @@ def test_a_gated_form_that_cannot_be_built_loses_only_the_fusion(monkeypatch, ca
         runner = llama.LlamaRunner(model, 1, 64)
     assert runner.skinny_phases == {"prefill", "decode", "full"} and not runner.gated_epilogue
     assert "gated epilogue unavailable (CompilationError: split)" in caplog.text
-    assert runner._dims("decode")[4:] == (True, False)
+    assert runner._dims("decode")[4:6] == (True, False)
     monkeypatch.setattr(sk, "probe", lambda *a: None)
     runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
-    assert runner.gated_epilogue and runner._dims("decode")[4:] == (True, True)
+    assert runner.gated_epilogue and runner._dims("decode")[4:6] == (True, True)
     monkeypatch.setattr(sk, "FUSE_GATE", False)  # the A/B knob, read when a runner is built
     runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
     assert not runner.gated_epilogue

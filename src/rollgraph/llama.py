@@ -28,13 +28,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Layer:
-    """One decoder layer's weights; wqkv/bqkv are [q; k; v] stacked, w_gate_up is [gate; up] stacked."""
+    """One decoder layer's weights; wqkv/bqkv are [q; k; v] stacked, w_gate_up is [gate; up] stacked. With the norms
+    carried in skinny_linear's sums of squares (LlamaRunner.fused_norm) the two RMSNorm weights are folded into the
+    columns of wqkv and w_gate_up, norm(x)·g·Wᵀ = norm(x)·(W·g)ᵀ, and attn_norm and mlp_norm are None."""
 
-    attn_norm: torch.Tensor
+    attn_norm: torch.Tensor | None
     wqkv: torch.Tensor
     bqkv: torch.Tensor | None
     wo: torch.Tensor
-    mlp_norm: torch.Tensor
+    mlp_norm: torch.Tensor | None
     w_gate_up: torch.Tensor
     w_down: torch.Tensor
 
@@ -102,6 +104,13 @@ class LlamaRunner:
         self.skinny_phases, self.gated_epilogue = matmul_choice.result()
         """Phases whose matmuls of at most skinny.MAX_ROWS rows use the skinny_linear kernel instead of F.linear, and
         whether its gate/up projection computes SiLU(gate) · up in its epilogue there."""
+        self.fused_norm = bool(self.skinny_phases) and skinny.FUSE_NORM
+        """Where skinny_linear runs, the layers' RMSNorms ride in its sums of squares (perf-notes v35)."""
+        if self.fused_norm:
+            for ly in self.layers:
+                ly.wqkv, ly.attn_norm = _fold_norm(ly.wqkv, ly.attn_norm), None
+                ly.w_gate_up, ly.mlp_norm = _fold_norm(ly.w_gate_up, ly.mlp_norm), None
+            self._weights = [ly.tensors for ly in self.layers]
         self.fused_decode = attention_choice.result()
         self.fused_prefill = self.fused_decode and prefill_attention.ENABLED
         """Prefill's RoPE, cache write and attention in one Triton kernel (prefill_attention.py), where fused_decode."""
@@ -146,15 +155,23 @@ class LlamaRunner:
         """Bytes a decode step must read: every weight once (the embedding row read is negligible)."""
         tensors = [self.norm, self.lm_head]
         for ly in self.layers:
-            tensors += [ly.attn_norm, ly.wqkv, ly.wo, ly.mlp_norm, ly.w_gate_up, ly.w_down]
-            tensors += [ly.bqkv] if ly.bqkv is not None else []
+            tensors += [ly.wqkv, ly.wo, ly.w_gate_up, ly.w_down]
+            tensors += [t for t in (ly.attn_norm, ly.mlp_norm, ly.bqkv) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def _dims(self, phase: str) -> tuple:
-        """The layer functions' static settings: head layout, norm epsilon, whether few-row matmuls use skinny, and
-        whether its gate/up projection gates in its epilogue."""
+        """The layer functions' static settings: head layout, norm epsilon, whether few-row matmuls use skinny,
+        whether its gate/up projection gates in its epilogue, and whether the norms ride in its sums of squares."""
         few = phase in self.skinny_phases
-        return (self.n_heads, self.n_kv, self.head_dim, self.eps, few, few and self.gated_epilogue)
+        return (
+            self.n_heads,
+            self.n_kv,
+            self.head_dim,
+            self.eps,
+            few,
+            few and self.gated_epilogue,
+            few and self.fused_norm,
+        )
 
     # ---- steps -------------------------------------------------------------------------------------------------
 
@@ -187,10 +204,10 @@ class LlamaRunner:
         if self.fused_prefill:  # the kernel takes [T, D] tables and a flag tensor
             cos, sin = self.cos[:t], self.sin[:t]
             write_kv = self._write_on if write_kv is None else write_kv
-        x = F.embedding(tokens, self.embed)
+        x, parts = F.embedding(tokens, self.embed), None
         dims = self._dims("prefill")
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-            x = self._prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims)
+            x, parts = self._prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims)
         return self._head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int, write_kv=None) -> torch.Tensor:
@@ -202,27 +219,27 @@ class LlamaRunner:
         """
         if write_kv is None:
             write_kv = self._write_on
-        x = F.embedding(tokens[:, None], self.embed)
+        x, parts = F.embedding(tokens[:, None], self.embed), None
         dims = self._dims("decode")
         if self.fused_decode:
             cos, sin = self.cos[positions], self.sin[positions]
             for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-                x = self._decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims)
+                x, parts = self._decode_layer(x, parts, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims)
             return self._head(x[:, 0], self.norm, self.lm_head, self.eps)
         cos, sin = self.cos[positions][:, None, None, :], self.sin[positions][:, None, None, :]
         mask = (torch.arange(kv_len, device=x.device)[None, :] <= positions[:, None])[:, None, None, :]
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-            x = self._decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, dims)
+            x, parts = self._decode_layer(x, parts, w, kc, vc, positions, cos, sin, mask, write_kv, dims)
         return self._head(x[:, 0], self.norm, self.lm_head, self.eps)
 
     def full(self, tokens: torch.Tensor) -> torch.Tensor:
         """The original design's step: the whole sequence [1, T] with no cache; float32 logits of the last token."""
         t = tokens.shape[1]
         cos, sin = self.cos[None, :t, None, :], self.sin[None, :t, None, :]
-        x = F.embedding(tokens, self.embed)
+        x, parts = F.embedding(tokens, self.embed), None
         dims = self._dims("full")
         for w in self._weights:
-            x = self._full_layer(x, w, cos, sin, dims)
+            x, parts = self._full_layer(x, parts, w, cos, sin, dims)
         return self._head(x[:, -1], self.norm, self.lm_head, self.eps)
 
     def _prefill_after(self, tokens: torch.Tensor, start: int, last_index: torch.Tensor) -> torch.Tensor:
@@ -231,27 +248,28 @@ class LlamaRunner:
         pos = torch.arange(start, start + t, device=tokens.device)
         cos, sin = self.cos[pos][None, :, None, :], self.sin[pos][None, :, None, :]
         mask = torch.arange(start + t, device=tokens.device)[None, :] <= pos[:, None]
-        x = F.embedding(tokens, self.embed)
+        x, parts = F.embedding(tokens, self.embed), None
         dims = self._dims("prefill")
         for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
-            q, k, v = _qkv(x, w, cos, sin, dims)
+            q, k, v = _qkv(x, parts, w, cos, sin, dims)
             kc[:b, :, start : start + t] = k
             vc[:b, :, start : start + t] = v
             o = F.scaled_dot_product_attention(
                 q, kc[:b, :, : start + t], vc[:b, :, : start + t], attn_mask=mask, enable_gqa=True
             )
-            x = _finish(x, _merge_heads(o), w, dims)
+            x, parts = _finish(x, _merge_heads(o), w, dims)
         return head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
 
 
 # ---- layers: pure functions of their tensors, so one compilation serves every layer ------------------------------
 
 
-def decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, dims):
-    """One layer for one token per row; writes this token's K/V into the cache rows at their positions."""
+def decode_layer(x, parts, w, kc, vc, positions, cos, sin, mask, write_kv, dims):
+    """One layer for one token per row; writes this token's K/V into the cache rows at their positions. `parts`: x's
+    rows' partial sums of squares from the layer before, or None (as every layer function; each returns (x, parts))."""
     n_heads, n_kv, head_dim = dims[:3]
     b = x.shape[0]
-    q, k, v = _qkv(x, w, cos, sin, dims)
+    q, k, v = _qkv(x, parts, w, cos, sin, dims)
     rows = torch.arange(b, device=x.device)
     kc[rows, :, positions] = torch.where(write_kv, k[:, :, 0], kc[rows, :, positions])
     vc[rows, :, positions] = torch.where(write_kv, v[:, :, 0], vc[rows, :, positions])
@@ -262,20 +280,20 @@ def decode_layer(x, w, kc, vc, positions, cos, sin, mask, write_kv, dims):
     return _finish(x, o.reshape(b, 1, n_heads * head_dim), w, dims)
 
 
-def fused_decode_layer(x, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims):
+def fused_decode_layer(x, parts, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims):
     """decode_layer with RoPE, the cache write and attention in one Triton kernel (decode_attention.py);
     cos and sin are [B, D] at each row's position."""
-    n_heads, n_kv, _, eps, few = dims[:5]
+    n_heads, n_kv = dims[:2]
     b = x.shape[0]
-    qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few).view(b, -1)
+    qkv = _project(x, parts, w[0], w[1], w[2], dims, gate=False).view(b, -1)
     o = fused.decode_attention(qkv, cos, sin, positions, write_kv, kc, vc, kv_len, n_heads, n_kv)
     return _finish(x, o.view(b, 1, -1), w, dims)
 
 
-def prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
+def prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims):
     """One layer over a prompt starting at position 0; its K/V fill the cache's first T positions (if write_kv)."""
     b, t = x.shape[:2]
-    q, k, v = _qkv(x, w, cos, sin, dims)
+    q, k, v = _qkv(x, parts, w, cos, sin, dims)
     if write_kv is None:
         kc[:b, :, :t] = k
         vc[:b, :, :t] = v
@@ -286,18 +304,18 @@ def prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
     return _finish(x, _merge_heads(o), w, dims)
 
 
-def fused_prefill_layer(x, w, kc, vc, cos, sin, write_kv, dims):
+def fused_prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims):
     """prefill_layer with RoPE, the cache write and attention in one Triton kernel (prefill_attention.py); cos and
     sin are [T, D], write_kv a one-element bool tensor."""
-    n_heads, n_kv, _, eps, few = dims[:5]
-    qkv = _linear(_rms_norm(x, w[0], eps), w[1], w[2], few)
+    n_heads, n_kv = dims[:2]
+    qkv = _project(x, parts, w[0], w[1], w[2], dims, gate=False)
     o = prefill_attention.prefill_attention(qkv, cos, sin, write_kv, kc, vc, n_heads, n_kv)
     return _finish(x, o, w, dims)
 
 
-def full_layer(x, w, cos, sin, dims):
+def full_layer(x, parts, w, cos, sin, dims):
     """One layer over the whole sequence with no cache (the original design's algorithm)."""
-    q, k, v = _qkv(x, w, cos, sin, dims)
+    q, k, v = _qkv(x, parts, w, cos, sin, dims)
     o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     return _finish(x, _merge_heads(o), w, dims)
 
@@ -307,12 +325,11 @@ def head(h: torch.Tensor, norm: torch.Tensor, lm_head: torch.Tensor, eps: float)
     return F.linear(_rms_norm(h, norm, eps), lm_head).float()
 
 
-def _qkv(x, w, cos, sin, dims):
+def _qkv(x, parts, w, cos, sin, dims):
     """x [B, T, H] -> q [B, heads, T, D], k and v [B, kv_heads, T, D], RoPE applied to q and k."""
-    n_heads, n_kv, head_dim, eps, few = dims[:5]
-    attn_norm, wqkv, bqkv = w[0], w[1], w[2]
+    n_heads, n_kv, head_dim = dims[:3]
     b, t, _ = x.shape
-    qkv = _linear(_rms_norm(x, attn_norm, eps), wqkv, bqkv, few)
+    qkv = _project(x, parts, w[0], w[1], w[2], dims, gate=False)
     return rotated_heads(qkv.view(b, t, -1), cos, sin, n_heads, n_kv, head_dim)
 
 
@@ -334,22 +351,41 @@ def _merge_heads(o: torch.Tensor) -> torch.Tensor:
 
 
 def _finish(x, attn_out, w, dims):
-    """Output projection, residual, then the gated MLP and its residual; attn_out is [B, T, heads·D]."""
+    """Output projection, residual, then the gated MLP and its residual; attn_out is [B, T, heads·D]. Returns the
+    new x and, where the norms ride in skinny_linear's sums of squares, x's partial sums (else None)."""
+    x, parts = _residual_linear(attn_out, w[3], x, dims)
+    h = _project(x, parts, w[4], w[5], None, dims, gate=True)
+    return _residual_linear(h, w[6], x, dims)
+
+
+def _project(x, parts, norm_w, w, b, dims, gate: bool):
+    """F.linear(rms_norm(x, norm_w), w, b), and with `gate` silu(gate) · up of it (w = [gate; up]). With few rows:
+    skinny_linear, which gates in its epilogue (dims[5]) and, given x's partial sums of squares (`parts`, with
+    norm_w folded into w and None), normalises in its epilogue too. Elsewhere inductor fuses SiLU · up into its
+    own one-row reduction (compiled decode) or the norm, the product and SiLU · up run as kernels of their own."""
     eps, few, gate_in_kernel = dims[3], dims[4], dims[5]
-    wo, mlp_norm, w_gate_up, w_down = w[3], w[4], w[5], w[6]
-    x = _linear(attn_out, wo, None, few, residual=x)
-    h = _gated(_rms_norm(x, mlp_norm, eps), w_gate_up, few, gate_in_kernel)
-    return _linear(h, w_down, None, few, residual=x)
+    in_kernel = parts is not None and _is_few(x)
+    fuse_gate = gate and gate_in_kernel and _is_few(x)
+    if fuse_gate:
+        if in_kernel:
+            return skinny.skinny_linear(x, w, b, None, True, parts, eps)
+        return skinny.skinny_linear(_rms_norm(x, norm_w, eps), w, b, None, True)
+    if in_kernel:
+        y = skinny.skinny_linear(x, w, b, None, False, parts, eps)
+    else:
+        y = _linear(_rms_norm(x, norm_w, eps), w, b, few)
+    if not gate:
+        return y
+    g, up = y.chunk(2, dim=-1)
+    return F.silu(g) * up
 
 
-def _gated(h, w_gate_up, few: bool, gate_in_kernel: bool):
-    """silu(gate) · up of h's projection by w_gate_up = [gate; up]; with few rows and `gate_in_kernel`, one
-    skinny_linear kernel that gates in its epilogue. Elsewhere inductor fuses SiLU · up into its own one-row
-    reduction (compiled decode) or the three run as kernels of their own."""
-    if gate_in_kernel and _is_few(h):
-        return skinny.skinny_linear(h, w_gate_up, None, None, True)
-    gate, up = _linear(h, w_gate_up, None, few).chunk(2, dim=-1)
-    return F.silu(gate) * up
+def _residual_linear(h, w, residual, dims):
+    """residual + F.linear(h, w), and the result's partial sums of squares when the norms ride in skinny_linear's
+    (dims[6]) and h has few rows, else None."""
+    if dims[6] and _is_few(h):
+        return skinny.skinny_linear_stats(h, w, residual)
+    return _linear(h, w, None, dims[4], residual=residual), None
 
 
 def _is_few(x: torch.Tensor) -> bool:
@@ -440,7 +476,14 @@ def _use_kernel(choice: str, off: str, can: bool, probe, needs: str, words: tupl
     return False
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _fold_norm(w: torch.Tensor, norm_weight: torch.Tensor) -> torch.Tensor:
+    """w [N, K] with an RMSNorm's weight [K] folded into its columns, the product in float32 and rounded once.
+    transformers rounds the normalised x to the dtype and then multiplies by the weight; here the weight meets w
+    instead, so the two differ by about one rounding of the dtype."""
+    return (w.float() * norm_weight.float()[None, :]).to(w.dtype)
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm as one fused kernel (statistics in float32). transformers rounds before applying the weight and
     this does not, so the two differ in the last bit of a bf16 value, well inside the tests' tolerance."""
     return F.rms_norm(x, (x.shape[-1],), weight, eps)

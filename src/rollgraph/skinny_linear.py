@@ -15,6 +15,11 @@ products, never TF32.
 Optionally it gates (`gated`): w is [gate; up] stacked, each program loads BLOCK_N/2 gate rows and the matching up
 rows, and writes silu(gate) · up, an output half as wide: a gated MLP's first half in one kernel (perf-notes v34).
 
+And optionally it carries an RMSNorm across two matmuls (perf-notes v35): a kernel that writes the residual stream
+(`skinny_linear_stats`) also writes each program's sum of squares of the rows it stored, [programs, rows] in
+float32; the next matmul (`norm_parts`) reads them, scales its accumulator by rsqrt(mean + eps) per row, and so
+multiplies the raw residual stream, as loaded, by a weight with the norm's weight folded in (llama.py).
+
 `available()` says whether it can run; callers keep F.linear otherwise.
 """
 
@@ -36,6 +41,9 @@ faster than cuBLAS at 1 and 16 rows, and up to 20% slower at 64 rows, where cuBL
 FUSE_RESIDUAL = True
 """The runner's `x + linear(h)` with few rows as one kernel (the residual added in the epilogue, perf-notes v33);
 False adds it in a kernel of its own, as before (the A/B knob; pool_figures option `no-res`)."""
+FUSE_NORM = False
+"""The runner's RMSNorms carried in skinny_linear's partial sums of squares (perf-notes v35, built but not yet
+measured on a GPU, so off); read when a runner is built (pool_figures option `norm`)."""
 FUSE_GATE = True
 """The runner's `silu(gate) * up` after its gate/up projection with few rows in that projection's epilogue
 (perf-notes v34); False runs it as kernels of their own (the A/B knob, read when a runner is built; pool_figures
@@ -99,6 +107,7 @@ if triton is not None:
         bias,
         res,
         y,
+        parts,
         M,
         N,
         K,
@@ -106,9 +115,14 @@ if triton is not None:
         s_wn,
         s_rm,
         s_ym,
+        P_IN,
+        eps,
         HAS_BIAS: tl.constexpr,
         HAS_RES: tl.constexpr,
         GATED: tl.constexpr,
+        STATS: tl.constexpr,
+        NORM: tl.constexpr,
+        BLOCK_P: tl.constexpr,
         EVEN_K: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -129,6 +143,9 @@ if triton is not None:
         xp = x + rm[:, None] * s_xm + rk[None, :]
         wp = w + rn[:, None] * s_wn + rk[None, :]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        if NORM:  # the previous kernel's partial sums of squares of x's rows; loaded now, needed after the loop
+            rp = tl.arange(0, BLOCK_P)
+            sq = tl.load(parts + rp[:, None] * M + rm[None, :], mask=(rp[:, None] < P_IN) & m_ok[None, :], other=0.0)
         for k0 in range(0, K, BLOCK_K):
             if EVEN_K:
                 xt = tl.load(xp, mask=m_ok[:, None], other=0.0)
@@ -140,6 +157,9 @@ if triton is not None:
             acc = tl.dot(xt, tl.trans(wt), acc, input_precision=PRECISION)
             xp += BLOCK_K
             wp += BLOCK_K
+        if NORM:  # RMSNorm's scale is one factor per row of x, so it can wait until the product is done
+            rstd = tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
+            acc *= rstd[:, None]
         if HAS_BIAS:
             acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
         if GATED:  # columns j and BLOCK_N/2 + j are gate and up of output j
@@ -152,7 +172,11 @@ if triton is not None:
         if HAS_RES:  # the residual stream, added before the one rounding
             acc += tl.load(res + rm[:, None] * s_rm + rn[None, :], mask=mn_ok, other=0.0).to(tl.float32)
         out = y + rm[:, None] * s_ym + rn[None, :]
-        tl.store(out, acc.to(y.dtype.element_ty), mask=mn_ok)
+        stored = acc.to(y.dtype.element_ty)
+        tl.store(out, stored, mask=mn_ok)
+        if STATS:  # this program's share of each row's sum of squares, of the values as stored
+            v = tl.where(mn_ok, stored.to(tl.float32), 0.0)
+            tl.store(parts + tl.program_id(0) * M + rm, tl.sum(v * v, axis=1), mask=m_ok)
 
 
 def launch(
@@ -162,10 +186,18 @@ def launch(
     cfg: tuple[int, int, int, int],
     res: torch.Tensor | None = None,
     gated: bool = False,
+    norm_parts: torch.Tensor | None = None,
+    rms_eps: float = 0.0,
 ) -> torch.Tensor:
     """The kernel with an explicit config (the benchmark sweeps configs through this); x [M, K], w [N, K], res [M, N]
     (unit stride along N) or None; gated: w is [gate; up] stacked, the output is silu(gate) · up [M, N/2] (no
-    residual then)."""
+    residual then); norm_parts [P, M] float32: x's rows RMS-normalised (eps rms_eps) from these partial sums of
+    squares."""
+    return _launch(x, w, b, cfg, res, gated, norm_parts, rms_eps)[0]
+
+
+def _launch(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, stats=False):
+    """launch(), and with `stats` also the output rows' partial sums of squares, [programs along N, M] float32."""
     m, k = x.shape
     n = w.shape[0]
     if gated and (n % 2 or res is not None):
@@ -174,12 +206,14 @@ def launch(
     block_m = max(16, triton.next_power_of_2(min(m, 64)))
     y = x.new_empty(m, n // 2 if gated else n)
     grid = (triton.cdiv(n // 2, block_n // 2) if gated else triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    parts = x.new_empty(grid[0], m, dtype=torch.float32) if stats else norm_parts
     _skinny[grid](
         x,
         w,
         b if b is not None else w,
         res if res is not None else w,
         y,
+        parts if parts is not None else y,
         m,
         n,
         k,
@@ -187,9 +221,14 @@ def launch(
         w.stride(0),
         res.stride(0) if res is not None else 0,
         y.stride(0),
+        norm_parts.shape[0] if norm_parts is not None else 0,
+        rms_eps,
         HAS_BIAS=b is not None,
         HAS_RES=res is not None,
         GATED=gated,
+        STATS=stats,
+        NORM=norm_parts is not None,
+        BLOCK_P=triton.next_power_of_2(norm_parts.shape[0]) if norm_parts is not None else 1,
         EVEN_K=k % block_k == 0,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
@@ -198,7 +237,7 @@ def launch(
         num_warps=warps,
         num_stages=stages,
     )
-    return y
+    return y, (parts if stats else None)
 
 
 @torch.library.custom_op("rollgraph::skinny_linear", mutates_args=())
@@ -208,22 +247,46 @@ def skinny_linear(
     b: torch.Tensor | None,
     residual: torch.Tensor | None = None,
     gated: bool = False,
+    norm_parts: torch.Tensor | None = None,
+    rms_eps: float = 0.0,
 ) -> torch.Tensor:
     """F.linear(x, w, b) (+ residual) for x [..., K] with few rows (at most MAX_ROWS is where it pays); w [N, K]
     contiguous; residual [..., N] like the output or None. The residual is added in float32 before the output's one
     rounding: `x + linear(h)` of a transformer layer in one kernel instead of two (perf-notes v33). With gated set,
     w is [gate; up] stacked and the result is silu(gate) · up [..., N/2], in float32 before its one rounding
-    (perf-notes v34)."""
+    (perf-notes v34). With norm_parts (from skinny_linear_stats over x), x's rows are RMS-normalised first (no
+    weight: fold it into w), from those partial sums of squares (perf-notes v35)."""
     x2 = _rows(x)
     m, k = x2.shape
     r2 = _rows(residual) if residual is not None else None
-    y = launch(x2, w, b, config(m, w.shape[0], k, x2.element_size()), r2, gated)
+    cfg = config(m, w.shape[0], k, x2.element_size())
+    y = launch(x2, w, b, cfg, r2, gated, norm_parts, rms_eps)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
 @skinny_linear.register_fake
-def _(x, w, b, residual=None, gated=False):
+def _(x, w, b, residual=None, gated=False, norm_parts=None, rms_eps=0.0):
     return x.new_empty(*x.shape[:-1], w.shape[0] // 2 if gated else w.shape[0])
+
+
+@torch.library.custom_op("rollgraph::skinny_linear_stats", mutates_args=())
+def skinny_linear_stats(
+    x: torch.Tensor, w: torch.Tensor, residual: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """skinny_linear(x, w, None, residual), and the output rows' partial sums of squares [programs, rows] in float32:
+    what the next matmul's `norm_parts` takes to apply an RMSNorm to this output (perf-notes v35)."""
+    x2 = _rows(x)
+    m, k = x2.shape
+    r2 = _rows(residual) if residual is not None else None
+    y, parts = _launch(x2, w, None, config(m, w.shape[0], k, x2.element_size()), r2, stats=True)
+    return y.view(*x.shape[:-1], w.shape[0]), parts
+
+
+@skinny_linear_stats.register_fake
+def _(x, w, residual):
+    m = x.numel() // x.shape[-1]
+    programs = -(-w.shape[0] // config(m, w.shape[0], x.shape[-1], x.element_size())[0])
+    return x.new_empty(*x.shape[:-1], w.shape[0]), x.new_empty(programs, m, dtype=torch.float32)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
