@@ -82,8 +82,9 @@ def engine_tokens(
     prompt: int = 37,
     fuse_norm: bool = False,
     random_norms: bool = False,
+    mode: str = "eager",
 ) -> tuple[list, torch.Tensor, list]:
-    """Greedy tokens, last logits and the skinny phases of llama-tiny in eager mode with the given matmul choice.
+    """Greedy tokens, last logits and the skinny phases of llama-tiny in `mode` with the given matmul choice.
     fuse_norm: the norms ride in skinny_linear's sums of squares (their weights folded into the projections);
     random_norms: the norm weights drawn away from one (always the same draw), so that folding them counts."""
     from rollgraph.config import EngineConfig, ModelConfig
@@ -100,7 +101,7 @@ def engine_tokens(
                     p.copy_(torch.rand(p.shape, generator=norms) + 0.5)
     sk.FUSE_NORM = fuse_norm
     try:
-        eng = Engine(model, EngineConfig(mode="eager", matmul=matmul, max_seq_len=256))
+        eng = Engine(model, EngineConfig(mode=mode, matmul=matmul, max_seq_len=256))
     finally:
         sk.FUSE_NORM = False
     assert eng.runner.fused_norm == (fuse_norm and matmul == "triton"), "the norm path asked for did not run"
@@ -125,5 +126,13 @@ if __name__ == "__main__":
             "same_tokens": toks_n == toks_p,
             "logits": (logits_n - logits_p).abs().max().item(),
         }
+        if prompt == 12:  # the compiled layer functions pass the partials along too (inductor calls the kernels)
+            toks_c, logits_c, _ = engine_tokens(
+                "triton", "cpu", prompt=12, fuse_norm=True, random_norms=True, mode="compile"
+            )
+            result["compile_norm_12"] = {
+                "same_tokens": toks_c == toks_p,
+                "logits": (logits_c - logits_p).abs().max().item(),
+            }
     result["probe"] = sk.probe(torch.device("cpu"), torch.float32)
     json.dump(result, sys.stdout)

@@ -26,6 +26,7 @@ def test_skinny_kernel_matches_f_linear_in_the_triton_interpreter():
     for prompt in (12, 37):  # norms carried in the kernel's sums of squares against F.rms_norm, random norm weights
         assert errors[f"engine_norm_{prompt}"]["same_tokens"], errors
         assert errors[f"engine_norm_{prompt}"]["logits"] < 1e-4, errors
+    assert errors["compile_norm_12"]["same_tokens"] and errors["compile_norm_12"]["logits"] < 1e-4, errors
     assert errors["probe"] is None, errors
 
 
