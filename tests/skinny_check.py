@@ -74,6 +74,15 @@ def norm_error(dtype: torch.dtype, device: str, seed: int = 0) -> float:
     return worst
 
 
+def draw_norm_weights(hf_model: torch.nn.Module, seed: int) -> None:
+    """Every RMSNorm weight drawn from [0.5, 1.5), as in trained models, instead of transformers' initial ones."""
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        for name, p in hf_model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+
+
 def engine_tokens(
     matmul: str,
     device: str,
@@ -94,11 +103,7 @@ def engine_tokens(
 
     model = load_model(ModelConfig("llama-tiny", dtype=dtype, device=device))
     if random_norms:
-        norms = torch.Generator(device="cpu").manual_seed(3)
-        with torch.no_grad():
-            for name, p in model.model.named_parameters():
-                if name.endswith("norm.weight"):
-                    p.copy_(torch.rand(p.shape, generator=norms) + 0.5)
+        draw_norm_weights(model.model, 3)
     sk.FUSE_NORM = fuse_norm
     try:
         eng = Engine(model, EngineConfig(mode=mode, matmul=matmul, max_seq_len=256))

@@ -97,13 +97,11 @@ def test_native_runner_logits_match_transformers():
     """Norm weights drawn away from their initial ones (the same in both loads), as in trained models; the native
     runner's decode steps run skinny_linear, SiLU · up in its epilogue, against transformers' separate kernels."""
 
+    from skinny_check import draw_norm_weights
+
     def engine(runner, **kw):
         model = load_model(ModelConfig("llama-3.2-1b", dtype="float32"))
-        gen = torch.Generator(device="cpu").manual_seed(11)
-        with torch.no_grad():
-            for name, p in model.model.named_parameters():
-                if name.endswith("norm.weight"):
-                    p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+        draw_norm_weights(model.model, 11)
         eng = Engine(model, EngineConfig(mode="eager", runner=runner, **SMALL, **kw))
         eng.warm_up(progress=False)
         return eng
@@ -253,15 +251,12 @@ def test_norms_carried_in_skinny_equal_separate_norms_on_llama_1b(monkeypatch):
     the projections) against F.rms_norm, fp32, norm weights drawn away from one; eager and graphs, prompts in the
     16- and 32-row buckets (the norm in the kernel from the second layer on) and in the 64-row one (cuBLAS)."""
     from rollgraph import skinny_linear as sk
+    from skinny_check import draw_norm_weights
 
     def run(mode, fused):
         monkeypatch.setattr(sk, "FUSE_NORM", fused)
         model = load_model(ModelConfig("llama-3.2-1b", dtype="float32"))
-        gen = torch.Generator(device="cpu").manual_seed(11)
-        with torch.no_grad():
-            for name, p in model.model.named_parameters():
-                if name.endswith("norm.weight"):
-                    p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+        draw_norm_weights(model.model, 11)
         eng = Engine(model, EngineConfig(mode=mode, matmul="triton", **SMALL))
         eng.warm_up(progress=False)
         assert eng.runner.fused_norm == fused
