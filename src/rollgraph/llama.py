@@ -364,16 +364,13 @@ def _project(x, parts, norm_w, w, b, dims, gate: bool):
     norm_w folded into w and None), normalises in its epilogue too. Elsewhere inductor fuses SiLU · up into its
     own one-row reduction (compiled decode) or the norm, the product and SiLU · up run as kernels of their own."""
     eps, few, gate_in_kernel = dims[3], dims[4], dims[5]
-    in_kernel = parts is not None and _is_few(x)
-    fuse_gate = gate and gate_in_kernel and _is_few(x)
-    if fuse_gate:
-        if in_kernel:
-            return skinny.skinny_linear(x, w, b, None, True, parts, eps)
-        return skinny.skinny_linear(_rms_norm(x, norm_w, eps), w, b, None, True)
-    if in_kernel:
-        y = skinny.skinny_linear(x, w, b, None, False, parts, eps)
+    if parts is not None and _is_few(x):  # the norm from the partials, inside the kernel
+        h, norm = x, (parts, eps)
     else:
-        y = _linear(_rms_norm(x, norm_w, eps), w, b, few)
+        h, norm = _rms_norm(x, norm_w, eps), (None, 0.0)
+    if gate and gate_in_kernel and _is_few(x):
+        return skinny.skinny_linear(h, w, b, None, True, *norm)
+    y = skinny.skinny_linear(h, w, b, None, False, *norm) if norm[0] is not None else _linear(h, w, b, few)
     if not gate:
         return y
     g, up = y.chunk(2, dim=-1)

@@ -256,11 +256,7 @@ def skinny_linear(
     w is [gate; up] stacked and the result is silu(gate) · up [..., N/2], in float32 before its one rounding
     (perf-notes v34). With norm_parts (from skinny_linear_stats over x), x's rows are RMS-normalised first (no
     weight: fold it into w), from those partial sums of squares (perf-notes v35)."""
-    x2 = _rows(x)
-    m, k = x2.shape
-    r2 = _rows(residual) if residual is not None else None
-    cfg = config(m, w.shape[0], k, x2.element_size())
-    y = launch(x2, w, b, cfg, r2, gated, norm_parts, rms_eps)
+    y, _ = _run(x, w, b, residual, gated=gated, norm_parts=norm_parts, rms_eps=rms_eps)
     return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -275,10 +271,7 @@ def skinny_linear_stats(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """skinny_linear(x, w, None, residual), and the output rows' partial sums of squares [programs, rows] in float32:
     what the next matmul's `norm_parts` takes to apply an RMSNorm to this output (perf-notes v35)."""
-    x2 = _rows(x)
-    m, k = x2.shape
-    r2 = _rows(residual) if residual is not None else None
-    y, parts = _launch(x2, w, None, config(m, w.shape[0], k, x2.element_size()), r2, stats=True)
+    y, parts = _run(x, w, None, residual, stats=True)
     return y.view(*x.shape[:-1], w.shape[0]), parts
 
 
@@ -287,6 +280,14 @@ def _(x, w, residual):
     m = x.numel() // x.shape[-1]
     programs = -(-w.shape[0] // config(m, w.shape[0], x.shape[-1], x.element_size())[0])
     return x.new_empty(*x.shape[:-1], w.shape[0]), x.new_empty(programs, m, dtype=torch.float32)
+
+
+def _run(x, w, b, residual, **kw):
+    """_launch on x and the residual as [rows, features], with config()'s launch choice for the shape."""
+    x2 = _rows(x)
+    m, k = x2.shape
+    r2 = _rows(residual) if residual is not None else None
+    return _launch(x2, w, b, config(m, w.shape[0], k, x2.element_size()), r2, **kw)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
