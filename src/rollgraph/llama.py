@@ -10,6 +10,7 @@ free of host syncs, so a step can be captured in a CUDA graph.
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -97,7 +98,9 @@ class LlamaRunner:
         self.cos, self.sin = _rope_tables(inner.rotary_emb, max_seq_len, self.dtype, self.device)
         self._weights = [ly.tensors for ly in self.layers]
         _start_triton(self.device)
-        with ThreadPoolExecutor(2) as pool:  # each choice builds its kernel once: two Triton builds side by side
+        # Each choice builds its kernel once: two Triton builds side by side on a GPU. Triton's CPU interpreter is not
+        # thread-safe (two kernels interpreted at once can fail either probe), so there they run one after the other.
+        with ThreadPoolExecutor(1 if os.environ.get("TRITON_INTERPRET") == "1" else 2) as pool:
             matmul_choice = pool.submit(_matmul_kernels, matmul, self.device, self.dtype)
             heads = (self.n_heads, self.n_kv, self.head_dim)
             attention_choice = pool.submit(_choose_attention, attention, self.device, self.dtype, heads)
