@@ -60,7 +60,8 @@ def engine_config(spec: str) -> EngineConfig:
     am-aten (ATen's single-block argmax instead of sampling.argmax_rows's two reductions: likewise a knob),
     no-res (the residual added in a kernel of its own after skinny_linear, not in its epilogue: likewise a knob),
     no-gate (SiLU · up as kernels of their own after the gate/up projection, not in its epilogue: likewise a knob),
-    norm (the norms carried in skinny_linear's sums of squares, perf-notes v35, off by default: likewise a knob).
+    no-norm (the norms by F.rms_norm apart, not carried in skinny_linear's sums of squares, perf-notes v35: likewise
+    a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -77,7 +78,7 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate", "norm"):
+        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm"):
             pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX, skinny's FUSE_*
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
@@ -124,7 +125,7 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
 
 
 def set_knobs(spec: str) -> None:
-    """Set the process-wide knobs a spec's options name (split, no-pa, am-aten, no-res, no-gate, norm) and put
+    """Set the process-wide knobs a spec's options name (split, no-pa, am-aten, no-res, no-gate, no-norm) and put
     every other back to its default; "" puts them all back."""
     opts = spec.split("/")[1:]
     fused.SPLIT_AT = split_at(spec) if spec else DEFAULT_SPLIT_AT
@@ -132,7 +133,7 @@ def set_knobs(spec: str) -> None:
     sampling.SPLIT_ARGMAX = "am-aten" not in opts
     skinny.FUSE_RESIDUAL = "no-res" not in opts
     skinny.FUSE_GATE = "no-gate" not in opts
-    skinny.FUSE_NORM = "norm" in opts
+    skinny.FUSE_NORM = "no-norm" not in opts
 
 
 def main() -> None:

@@ -104,11 +104,11 @@ def engine_tokens(
     model = load_model(ModelConfig("llama-tiny", dtype=dtype, device=device))
     if random_norms:
         draw_norm_weights(model.model, 3)
-    sk.FUSE_NORM = fuse_norm
+    knob, sk.FUSE_NORM = sk.FUSE_NORM, fuse_norm
     try:
         eng = Engine(model, EngineConfig(mode=mode, matmul=matmul, max_seq_len=256))
     finally:
-        sk.FUSE_NORM = False
+        sk.FUSE_NORM = knob
     assert eng.runner.fused_norm == (fuse_norm and matmul == "triton"), "the norm path asked for did not run"
     gen = eng.generate(GenerationParams(tuple(range(3, 3 + prompt)), n))
     return list(gen), eng.buffers.logits[0].clone(), sorted(eng.runner.skinny_phases)

@@ -247,7 +247,7 @@ def test_skinny_matmul_equals_cublas_on_llama_1b():
 
 
 def test_norms_carried_in_skinny_equal_separate_norms_on_llama_1b(monkeypatch):
-    """perf-notes v35, off by default: the norms carried in skinny_linear's sums of squares (their weights folded into
+    """perf-notes v35, on by default: the norms carried in skinny_linear's sums of squares (their weights folded into
     the projections) against F.rms_norm, fp32, norm weights drawn away from one; eager and graphs, prompts in the
     16- and 32-row buckets (the norm in the kernel from the second layer on) and in the 64-row one (cuBLAS)."""
     from rollgraph import skinny_linear as sk

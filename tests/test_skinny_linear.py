@@ -64,24 +64,38 @@ def test_a_kernel_that_cannot_be_built_falls_back_under_auto_and_is_an_error_und
         Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", matmul="triton"))
 
 
-def test_a_gated_form_that_cannot_be_built_loses_only_the_fusion(monkeypatch, caplog):
-    """The gated epilogue is probed on its own: if that build fails, the few-row kernel still runs, unfused."""
+def test_a_fused_form_that_cannot_be_built_loses_only_that_fusion(monkeypatch, caplog):
+    """The gated epilogue and the norm carried in the sums of squares are probed on their own: if one build fails,
+    the few-row kernel still runs, without that fusion (and with the norm weights unfolded if it is the norm's)."""
     from rollgraph import skinny_linear as sk
 
+    def runner_where(fails: str):
+        def probe(device, dtype, gated=False, norm=False):
+            form = "norm" if norm else "gated" if gated else "plain"
+            return "CompilationError: split" if form == fails else None
+
+        monkeypatch.setattr(sk, "probe", probe)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="rollgraph.llama"):
+            return llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
+
     monkeypatch.setattr(sk, "available", lambda *a: True)
-    monkeypatch.setattr(sk, "probe", lambda device, dtype, gated=False: "CompilationError: split" if gated else None)
-    model = load_model(ModelConfig("llama-tiny", device="cpu")).model
-    with caplog.at_level("WARNING", logger="rollgraph.llama"):
-        runner = llama.LlamaRunner(model, 1, 64)
-    assert runner.skinny_phases == {"prefill", "decode", "full"} and not runner.gated_epilogue
+    runner = runner_where("gated")
+    assert runner.skinny_phases == {"prefill", "decode", "full"} and not runner.gated_epilogue and runner.fused_norm
     assert "gated epilogue unavailable (CompilationError: split)" in caplog.text
-    assert runner._dims("decode")[4:6] == (True, False)
-    monkeypatch.setattr(sk, "probe", lambda *a: None)
-    runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
-    assert runner.gated_epilogue and runner._dims("decode")[4:6] == (True, True)
-    monkeypatch.setattr(sk, "FUSE_GATE", False)  # the A/B knob, read when a runner is built
-    runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
-    assert not runner.gated_epilogue
+    assert runner._dims("decode")[4:7] == (True, False, True)
+    runner = runner_where("norm")
+    assert runner.gated_epilogue and not runner.fused_norm
+    assert "norm in its sums of squares unavailable (CompilationError: split)" in caplog.text
+    assert runner._dims("decode")[4:7] == (True, True, False)
+    assert all(ly.attn_norm is not None and ly.mlp_norm is not None for ly in runner.layers)
+    runner = runner_where("")
+    assert runner.gated_epilogue and runner.fused_norm and runner._dims("decode")[4:7] == (True, True, True)
+    assert all(ly.attn_norm is None and ly.mlp_norm is None for ly in runner.layers)
+    monkeypatch.setattr(sk, "FUSE_GATE", False)  # the A/B knobs, read when a runner is built
+    monkeypatch.setattr(sk, "FUSE_NORM", False)
+    runner = runner_where("")
+    assert not runner.gated_epilogue and not runner.fused_norm
 
 
 def test_compiled_decode_leaves_one_row_matmuls_to_inductor(monkeypatch):
@@ -89,7 +103,7 @@ def test_compiled_decode_leaves_one_row_matmuls_to_inductor(monkeypatch):
     from rollgraph import skinny_linear as sk
 
     monkeypatch.setattr(sk, "available", lambda *a: True)
-    monkeypatch.setattr(sk, "probe", lambda *a: None)
+    monkeypatch.setattr(sk, "probe", lambda *a, **k: None)
     runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
     assert runner.skinny_phases == {"prefill", "decode", "full"}
     runner.compile()

@@ -104,11 +104,10 @@ class LlamaRunner:
             matmul_choice = pool.submit(_matmul_kernels, matmul, self.device, self.dtype)
             heads = (self.n_heads, self.n_kv, self.head_dim)
             attention_choice = pool.submit(_choose_attention, attention, self.device, self.dtype, heads)
-        self.skinny_phases, self.gated_epilogue = matmul_choice.result()
-        """Phases whose matmuls of at most skinny.MAX_ROWS rows use the skinny_linear kernel instead of F.linear, and
-        whether its gate/up projection computes SiLU(gate) · up in its epilogue there."""
-        self.fused_norm = bool(self.skinny_phases) and skinny.FUSE_NORM
-        """Where skinny_linear runs, the layers' RMSNorms ride in its sums of squares (perf-notes v35)."""
+        self.skinny_phases, self.gated_epilogue, self.fused_norm = matmul_choice.result()
+        """Phases whose matmuls of at most skinny.MAX_ROWS rows use the skinny_linear kernel instead of F.linear;
+        whether its gate/up projection computes SiLU(gate) · up in its epilogue there; whether there the layers'
+        RMSNorms ride in its sums of squares (perf-notes v35)."""
         if self.fused_norm:
             for ly in self.layers:
                 ly.wqkv, ly.attn_norm = _fold_norm(ly.wqkv, ly.attn_norm), None
@@ -436,16 +435,24 @@ def _choose_matmul(matmul: str, device: torch.device, dtype: torch.dtype) -> fro
     return frozenset({"prefill", "decode", "full"}) if on else frozenset()
 
 
-def _matmul_kernels(matmul: str, device: torch.device, dtype: torch.dtype) -> tuple[frozenset[str], bool]:
-    """_choose_matmul's phases, and whether skinny_linear's gated epilogue runs: skinny.FUSE_GATE and its gated
-    build probed, so that a Triton that cannot build that form loses only the fusion, with a warning."""
+def _matmul_kernels(matmul: str, device: torch.device, dtype: torch.dtype) -> tuple[frozenset[str], bool, bool]:
+    """_choose_matmul's phases, whether skinny_linear's gated epilogue runs (skinny.FUSE_GATE and its gated build
+    probed), and whether the norms ride in its sums of squares (skinny.FUSE_NORM and that build probed, in the gated
+    form too where the gated epilogue runs). A Triton that cannot build a form loses only that fusion, with a
+    warning."""
     phases = _choose_matmul(matmul, device, dtype)
-    if not phases or not skinny.FUSE_GATE:
-        return phases, False
-    why = skinny.probe(device, dtype, True)
+    if not phases:
+        return phases, False, False
+    gated = skinny.FUSE_GATE and _probed(device, dtype, "gated epilogue", gated=True)
+    norm = skinny.FUSE_NORM and _probed(device, dtype, "norm in its sums of squares", gated=gated, norm=True)
+    return phases, gated, norm
+
+
+def _probed(device: torch.device, dtype: torch.dtype, what: str, **form: bool) -> bool:
+    why = skinny.probe(device, dtype, **form)
     if why is not None:
-        logger.warning("skinny matmul kernel's gated epilogue unavailable (%s); SiLU · up runs apart", why)
-    return phases, why is None
+        logger.warning("skinny matmul kernel's %s unavailable (%s); that work runs apart", what, why)
+    return why is None
 
 
 def _start_triton(device: torch.device) -> None:

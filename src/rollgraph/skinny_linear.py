@@ -41,9 +41,10 @@ faster than cuBLAS at 1 and 16 rows, and up to 20% slower at 64 rows, where cuBL
 FUSE_RESIDUAL = True
 """The runner's `x + linear(h)` with few rows as one kernel (the residual added in the epilogue, perf-notes v33);
 False adds it in a kernel of its own, as before (the A/B knob; pool_figures option `no-res`)."""
-FUSE_NORM = False
-"""The runner's RMSNorms carried in skinny_linear's partial sums of squares (perf-notes v35, built but not yet
-measured on a GPU, so off); read when a runner is built (pool_figures option `norm`)."""
+FUSE_NORM = True
+"""The runner's RMSNorms carried in skinny_linear's partial sums of squares, their weights folded into the next
+projections (perf-notes v35); False runs F.rms_norm apart (the A/B knob, read when a runner is built; pool_figures
+option `no-norm`)."""
 FUSE_GATE = True
 """The runner's `silu(gate) * up` after its gate/up projection with few rows in that projection's epilogue
 (perf-notes v34); False runs it as kernels of their own (the A/B knob, read when a runner is built; pool_figures
@@ -59,20 +60,29 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def probe(device: torch.device, dtype: torch.dtype, gated: bool = False) -> str | None:
-    """Build and run the kernel once on a tiny input (its gated form if asked): None if it matched PyTorch, else why
-    not (a Triton or driver that cannot build it shows up at load, not at a request's first step)."""
+def probe(device: torch.device, dtype: torch.dtype, gated: bool = False, norm: bool = False) -> str | None:
+    """Build and run the kernel once on a tiny input (its gated form, or the norm carried in the sums of squares, if
+    asked): None if it matched PyTorch, else why not (a Triton or driver that cannot build it shows up at load, not
+    at a request's first step)."""
+    F = torch.nn.functional
     try:
         gen = torch.Generator(device="cpu").manual_seed(0)
         x = torch.randn(3, 128, generator=gen).to(device, dtype)
         w = torch.randn(40, 128, generator=gen).to(device, dtype)
         b = torch.randn(40, generator=gen).to(device, dtype)
+        if norm:  # the producer writes h = x + x·w1ᵀ and its sums of squares; the consumer normalises h
+            w1 = (torch.randn(128, 128, generator=gen) / 8).to(device, dtype)
+            h, parts = skinny_linear_stats(x, w1, x)
+            got = skinny_linear(h, w, None, None, gated, parts, 1e-5).float()
+            x = F.rms_norm(h.float(), (128,), eps=1e-5)
+            b = None
         if gated:
-            gate, up = torch.nn.functional.linear(x.float(), w.float()).chunk(2, dim=-1)
-            got, want = skinny_linear(x, w, None, None, True).float(), torch.nn.functional.silu(gate) * up
+            gate, up = F.linear(x.float(), w.float()).chunk(2, dim=-1)
+            want = F.silu(gate) * up
+            got = got if norm else skinny_linear(x, w, None, None, True).float()
         else:
-            got = skinny_linear(x, w, b).float()
-            want = torch.nn.functional.linear(x.float(), w.float(), b.float())
+            want = F.linear(x.float(), w.float(), None if b is None else b.float())
+            got = got if norm else skinny_linear(x, w, b).float()
         if not torch.allclose(got, want, rtol=2e-2, atol=2e-1):
             return "it ran but gave wrong values on a probe input"
     except Exception as exc:  # whatever Triton or the driver raises
