@@ -15,7 +15,7 @@ import time
 import torch
 
 from rollgraph import decode_attention as fused
-from rollgraph import prefill_attention, sampling
+from rollgraph import pdl, prefill_attention, sampling
 from rollgraph import skinny_linear as skinny
 from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
@@ -61,7 +61,9 @@ def engine_config(spec: str) -> EngineConfig:
     no-res (the residual added in a kernel of its own after skinny_linear, not in its epilogue: likewise a knob),
     no-gate (SiLU · up as kernels of their own after the gate/up projection, not in its epilogue: likewise a knob),
     no-norm (the norms by F.rms_norm apart, not carried in skinny_linear's sums of squares, perf-notes v35: likewise
-    a knob).
+    a knob), pdl (rollgraph's kernels, and in compile modes inductor's, with programmatic dependent launch, v36),
+    no-ipdl (with pdl, inductor's kernels without it), pfN (with pdl, skinny_linear asks L2 for N bytes of each weight
+    row before its wait).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -78,7 +80,9 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm"):
+        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "pdl", "no-ipdl") or (
+            opt.startswith("pf") and opt[2:].isdigit()
+        ):
             pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX, skinny's FUSE_*
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
@@ -125,8 +129,8 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
 
 
 def set_knobs(spec: str) -> None:
-    """Set the process-wide knobs a spec's options name (split, no-pa, am-aten, no-res, no-gate, no-norm) and put
-    every other back to its default; "" puts them all back."""
+    """Set the process-wide knobs a spec's options name (split, no-pa, am-aten, no-res, no-gate, no-norm, pdl,
+    no-ipdl, pfN) and put every other back to its default; "" puts them all back."""
     opts = spec.split("/")[1:]
     fused.SPLIT_AT = split_at(spec) if spec else DEFAULT_SPLIT_AT
     prefill_attention.ENABLED = "no-pa" not in opts
@@ -134,6 +138,9 @@ def set_knobs(spec: str) -> None:
     skinny.FUSE_RESIDUAL = "no-res" not in opts
     skinny.FUSE_GATE = "no-gate" not in opts
     skinny.FUSE_NORM = "no-norm" not in opts
+    pdl.ENABLED = "pdl" in opts
+    pdl.INDUCTOR = "no-ipdl" not in opts
+    pdl.PREFETCH_BYTES = next((int(o[2:]) for o in opts if o.startswith("pf") and o[2:].isdigit()), 0)
 
 
 def main() -> None:

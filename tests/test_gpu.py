@@ -268,3 +268,32 @@ def test_norms_carried_in_skinny_equal_separate_norms_on_llama_1b(monkeypatch):
         for (a, _, la), (b, _, lb) in zip(run(mode, True), run(mode, False), strict=True):
             assert a == b
             torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["graphs", "compile+graphs"])
+def test_programmatic_dependent_launch_changes_no_token_on_llama_1b(mode, monkeypatch):
+    """perf-notes v36, off by default: rollgraph's kernels (and inductor's in compile+graphs) launched with PDL,
+    skinny_linear prefetching weight rows before its wait, against the same engine without PDL. PDL changes when a
+    kernel starts, not what it computes: in `graphs` (the same kernels) tokens and logits are bit-identical in bf16;
+    in compile+graphs inductor tunes its kernels again for the PDL build, so fp32 and a tolerance there."""
+    from rollgraph import pdl
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs compute capability 9.0")
+    dtype = "bfloat16" if mode == "graphs" else "float32"
+
+    def run(on):
+        monkeypatch.setattr(pdl, "ENABLED", on)
+        monkeypatch.setattr(pdl, "PREFETCH_BYTES", 2048 if on else 0)
+        eng = engine_for("llama-3.2-1b", mode, dtype)
+        assert pdl.active(eng.runner.device) == on, "the PDL probe failed: see the log"
+        out = [generate(eng, p) for p in PROMPTS]
+        free(eng)
+        return out
+
+    for (a, _, la), (b, _, lb) in zip(run(True), run(False), strict=True):
+        assert a == b
+        if mode == "graphs":
+            assert torch.equal(la, lb)
+        else:
+            torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)

@@ -49,11 +49,11 @@ def test_matmul_choice_is_validated():
 def test_a_kernel_that_cannot_be_built_falls_back_under_auto_and_is_an_error_under_triton(monkeypatch, caplog):
     from rollgraph import skinny_linear as sk
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("PassManager::run failed\n(the rest of a compiler log)")
 
     monkeypatch.setattr(sk, "available", lambda *a: True)
-    monkeypatch.setattr(sk, "skinny_linear", broken)
+    monkeypatch.setattr(sk, "_launch", broken)  # where every form of the kernel is built and launched
     with caplog.at_level("WARNING", logger="rollgraph.llama"):
         # graphs mode (eager on a CPU): eager mode's `auto` never tries the Triton kernels
         eng = Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="graphs", max_seq_len=64))

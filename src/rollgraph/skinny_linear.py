@@ -29,6 +29,8 @@ import os
 
 import torch
 
+from rollgraph import pdl
+
 try:
     import triton
     import triton.language as tl
@@ -60,29 +62,31 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def probe(device: torch.device, dtype: torch.dtype, gated: bool = False, norm: bool = False) -> str | None:
+def probe(
+    device: torch.device, dtype: torch.dtype, gated: bool = False, norm: bool = False, pdl_on: bool = False
+) -> str | None:
     """Build and run the kernel once on a tiny input (its gated form, or the norm carried in the sums of squares, if
-    asked): None if it matched PyTorch, else why not (a Triton or driver that cannot build it shows up at load, not
-    at a request's first step)."""
+    asked; launched with programmatic dependent launch if pdl_on): None if it matched PyTorch, else why not (a
+    Triton or driver that cannot build it shows up at load, not at a request's first step)."""
     F = torch.nn.functional
     try:
         gen = torch.Generator(device="cpu").manual_seed(0)
         x = torch.randn(3, 128, generator=gen).to(device, dtype)
         w = torch.randn(40, 128, generator=gen).to(device, dtype)
         b = torch.randn(40, generator=gen).to(device, dtype)
+        parts = None
+        if gated:  # the runner's gate/up projections have no bias
+            b = None
         if norm:  # the producer writes h = x + x·w1ᵀ and its sums of squares; the consumer normalises h
             w1 = (torch.randn(128, 128, generator=gen) / 8).to(device, dtype)
-            h, parts = skinny_linear_stats(x, w1, x)
-            got = skinny_linear(h, w, None, None, gated, parts, 1e-5).float()
-            x = F.rms_norm(h.float(), (128,), eps=1e-5)
+            x, parts = _run(x, w1, None, x, stats=True, pdl_on=pdl_on)
             b = None
+        got = _run(x, w, b, None, gated=gated, norm_parts=parts, rms_eps=1e-5, pdl_on=pdl_on)[0].float()
+        x = F.rms_norm(x.float(), (128,), eps=1e-5) if norm else x.float()
+        want = F.linear(x, w.float(), None if b is None else b.float())
         if gated:
-            gate, up = F.linear(x.float(), w.float()).chunk(2, dim=-1)
+            gate, up = want.chunk(2, dim=-1)
             want = F.silu(gate) * up
-            got = got if norm else skinny_linear(x, w, None, None, True).float()
-        else:
-            want = F.linear(x.float(), w.float(), None if b is None else b.float())
-            got = got if norm else skinny_linear(x, w, b).float()
         if not torch.allclose(got, want, rtol=2e-2, atol=2e-1):
             return "it ran but gave wrong values on a probe input"
     except Exception as exc:  # whatever Triton or the driver raises
@@ -138,6 +142,8 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         PRECISION: tl.constexpr,
+        PDL: tl.constexpr,
+        PREFETCH: tl.constexpr,
     ):
         if GATED:  # weight rows: BLOCK_N/2 gate rows, then the up rows of the same outputs, N/2 further on
             r = tl.arange(0, BLOCK_N)
@@ -147,6 +153,9 @@ if triton is not None:
         else:
             rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
             n_ok = rn < N
+        if PREFETCH > 0:  # the weights no kernel writes: ask L2 for their first bytes while the kernel before ends
+            pdl.prefetch_l2(w + tl.where(n_ok, rn, 0).to(tl.int64) * s_wn, PREFETCH)
+        pdl.enter(PDL)  # x, the partials and the residual may come from the kernel before (perf-notes v36)
         rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         rk = tl.arange(0, BLOCK_K)
         m_ok = rm < M
@@ -206,8 +215,9 @@ def launch(
     return _launch(x, w, b, cfg, res, gated, norm_parts, rms_eps)[0]
 
 
-def _launch(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, stats=False):
-    """launch(), and with `stats` also the output rows' partial sums of squares, [programs along N, M] float32."""
+def _launch(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, stats=False, pdl_on=None):
+    """launch(), and with `stats` also the output rows' partial sums of squares, [programs along N, M] float32;
+    pdl_on: launch with programmatic dependent launch (None: where pdl.active says)."""
     m, k = x.shape
     n = w.shape[0]
     if gated and (n % 2 or res is not None):
@@ -217,6 +227,7 @@ def _launch(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, s
     y = x.new_empty(m, n // 2 if gated else n)
     grid = (triton.cdiv(n // 2, block_n // 2) if gated else triton.cdiv(n, block_n), triton.cdiv(m, block_m))
     parts = x.new_empty(grid[0], m, dtype=torch.float32) if stats else norm_parts
+    on = pdl.active(x.device) if pdl_on is None else pdl_on
     _skinny[grid](
         x,
         w,
@@ -244,8 +255,11 @@ def _launch(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, s
         BLOCK_N=block_n,
         BLOCK_K=block_k,
         PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+        PDL=on,
+        PREFETCH=pdl.prefetch_bytes(w) if on else 0,
         num_warps=warps,
         num_stages=stages,
+        launch_pdl=on,
     )
     return y, (parts if stats else None)
 
