@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A GPU session's work in one call, step by step; each step writes its files under OUT.
 # Usage on the device machine: bash scripts/gpu_run.sh OUT STEP...   with STEP one of
-#   tests                      the `gpu` tests
+#   tests[:EXPR]               the `gpu` tests (only those pytest's -k EXPR selects, if given)
 #   figures:MODELS:MODES[:N]   scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs), N measured
 #                              requests per prompt length (3 by default)
 #   profile:MODEL:MODES[:LENS] scripts/profile_decode.py (LENS: prompt lengths whose prefill to profile too), in OUT/pN
@@ -37,8 +37,8 @@ for step in "$@"; do
   IFS=: read -r what a b c <<<"$step"
   echo "=== $step ($(date -u +%T))"
   case "$what" in
-    tests) python3 -m pytest -m gpu tests/test_gpu.py tests/test_faults.py -q -rA -p no:cacheprovider 2>&1 \
-             | tee "$out/gpu_tests.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
+    tests) python3 -m pytest -m gpu tests/test_gpu.py tests/test_faults.py ${a:+-k "$a"} -q -rA -p no:cacheprovider \
+             --durations=0 2>&1 | tee "$out/gpu_tests$n.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
     figures) mkdir -p "$out/f$n" && python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out/f$n" \
              ${c:+--repeats $c} 2>&1 \
              | tee "$out/f$n/figures_${a//,/_}.txt" | grep "^{" ;;
