@@ -39,6 +39,26 @@ def kernel_table(prof) -> tuple[int, float, list]:
     )
 
 
+def timeline(prof) -> dict:
+    """How the kernels of a profile sit in time: their span, the idle time between them (gaps in the union of
+    their intervals), and how many started before the one before them had ended. Programmatic dependent launch
+    (perf-notes v36) shows as overlap: a kernel's programs are scheduled, and wait, while the one before finishes, so
+    its device time then counts that wait too, and the span and the gaps are what to compare."""
+    spans = sorted(
+        (ev.time_range.start, ev.time_range.end)
+        for ev in prof.events()
+        if ev.device_type == torch.autograd.DeviceType.CUDA
+    )
+    if not spans:
+        return {}
+    gaps, overlapping, reach = 0.0, 0, spans[0][1]
+    for start, end in spans[1:]:
+        gaps += max(0.0, start - reach)
+        overlapping += start < reach
+        reach = max(reach, end)
+    return {"span_us": round(reach - spans[0][0], 1), "gap_us": round(gaps, 1), "overlapping": overlapping}
+
+
 def profile_prefill(engine: Engine, n: int) -> dict:
     """One prefill (a request for one token) of an n-token prompt, after two unprofiled ones."""
     ids = tuple(range(3, 3 + n))
@@ -52,7 +72,14 @@ def profile_prefill(engine: Engine, n: int) -> dict:
             pass
         torch.cuda.synchronize()
     kernels, us, top = kernel_table(prof)
-    return {"prompt": n, "kernels": kernels, "device_us": round(us, 1), "ttft_ms": gen.result.prefill_ms, "top": top}
+    return {
+        "prompt": n,
+        "kernels": kernels,
+        "device_us": round(us, 1),
+        "timeline": timeline(prof),
+        "ttft_ms": gen.result.prefill_ms,
+        "top": top,
+    }
 
 
 def profile_mode(name: str, mode: str, prefill: list[int]) -> dict:
@@ -79,6 +106,7 @@ def profile_mode(name: str, mode: str, prefill: list[int]) -> dict:
         "inductor_counters": {k: int(v) for k, v in counters["inductor"].items() if "cache" in k or "coordesc" in k},
         "kernels_per_token": round(kernels / (STEPS + 1), 1),
         "device_us_per_token": round(total_us / (STEPS + 1), 1),
+        "timeline": timeline(prof),  # of all STEPS + 1 tokens together, the idle time between requests' steps too
         "itl_median_ms": sorted(gen.result.step_ms)[len(gen.result.step_ms) // 2],
         "top": top,
         "prefill": [profile_prefill(engine, n) for n in prefill],
@@ -99,14 +127,15 @@ def main() -> None:
     for r in rows:
         print(
             f"{a.model} {r['mode']}: {r['kernels_per_token']} kernels/token, {r['device_us_per_token']} us device "
-            f"time/token, ITL median {r['itl_median_ms']:.3f} ms, inductor {r['inductor_counters']}"
+            f"time/token, ITL median {r['itl_median_ms']:.3f} ms, inductor {r['inductor_counters']}, "
+            f"timeline {r['timeline']}"
         )
         for t in r["top"][:12]:
             print(f"   {t['us']:9.1f} us {t['calls']:6d}x  {t['name']}")
         for pf in r["prefill"]:
             print(
                 f"  prefill {pf['prompt']}: {pf['kernels']} kernels, {pf['device_us']} us device (a decode step "
-                f"launched ahead included), TTFT {pf['ttft_ms']} ms"
+                f"launched ahead included), TTFT {pf['ttft_ms']} ms, timeline {pf['timeline']}"
             )
             for t in pf["top"][:10]:
                 print(f"   {t['us']:9.1f} us {t['calls']:6d}x  {t['name']}")
