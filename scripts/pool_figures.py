@@ -63,7 +63,7 @@ def engine_config(spec: str) -> EngineConfig:
     no-norm (the norms by F.rms_norm apart, not carried in skinny_linear's sums of squares, perf-notes v35: likewise
     a knob), pdl (rollgraph's kernels, and in compile modes inductor's, with programmatic dependent launch, v36),
     no-ipdl (with pdl, inductor's kernels without it), pfN (with pdl, skinny_linear asks L2 for N bytes of each weight
-    row before its wait).
+    row before its wait), gemv (one-row matmuls through skinny_linear's register kernel `_gemv`, v37).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -80,7 +80,7 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "pdl", "no-ipdl") or (
+        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "pdl", "no-ipdl", "gemv") or (
             opt.startswith("pf") and opt[2:].isdigit()
         ):
             pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX, skinny's FUSE_*
@@ -130,7 +130,7 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
 
 def set_knobs(spec: str) -> None:
     """Set the process-wide knobs a spec's options name (split, no-pa, am-aten, no-res, no-gate, no-norm, pdl,
-    no-ipdl, pfN) and put every other back to its default; "" puts them all back."""
+    no-ipdl, pfN, gemv) and put every other back to its default; "" puts them all back."""
     opts = spec.split("/")[1:]
     fused.SPLIT_AT = split_at(spec) if spec else DEFAULT_SPLIT_AT
     prefill_attention.ENABLED = "no-pa" not in opts
@@ -138,6 +138,7 @@ def set_knobs(spec: str) -> None:
     skinny.FUSE_RESIDUAL = "no-res" not in opts
     skinny.FUSE_GATE = "no-gate" not in opts
     skinny.FUSE_NORM = "no-norm" not in opts
+    skinny.GEMV = "gemv" in opts
     pdl.ENABLED = "pdl" in opts
     pdl.INDUCTOR = "no-ipdl" not in opts
     pdl.PREFETCH_BYTES = next((int(o[2:]) for o in opts if o.startswith("pf") and o[2:].isdigit()), 0)

@@ -223,11 +223,19 @@ def test_fused_prefill_attention_equals_sdpa_on_llama_1b(mode, monkeypatch):
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 8e-3)])
 def test_skinny_linear_matches_f_linear(dtype, tol):
     """Relative to the largest output: fp32 without TF32, bf16 within one rounding of the output."""
-    from skinny_check import max_error, norm_error
+    from rollgraph import skinny_linear as sk
+    from skinny_check import GEMV_CASES, max_error, norm_error
 
     for seed in range(3):
         assert max_error(getattr(torch, dtype), "cuda", seed) < tol
         assert norm_error(getattr(torch, dtype), "cuda", seed) < 2 * tol  # x is stored once, then normalised
+    knob, sk.GEMV = sk.GEMV, True  # one row through `_gemv` (perf-notes v37)
+    try:
+        for seed in range(3):
+            assert max_error(getattr(torch, dtype), "cuda", seed, cases=GEMV_CASES) < tol
+            assert norm_error(getattr(torch, dtype), "cuda", seed, rows=1) < 2 * tol
+    finally:
+        sk.GEMV = knob
 
 
 def test_skinny_matmul_equals_cublas_on_llama_1b():
@@ -242,6 +250,28 @@ def test_skinny_matmul_equals_cublas_on_llama_1b():
             free(eng)
     for mode in ("eager", "graphs"):
         for (a, _, la), (b, _, lb) in zip(runs[mode, "torch"], runs[mode, "triton"], strict=True):
+            assert a == b
+            torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+
+
+def test_one_row_kernel_equals_the_few_row_kernel_on_llama_1b(monkeypatch):
+    """perf-notes v37, off by default: decode's one-row matmuls through `_gemv` against `_skinny`, fp32, norm weights
+    drawn away from one, eager and graphs: tokens equal, logits close (the sums run in another order)."""
+    from rollgraph import skinny_linear as sk
+    from skinny_check import draw_norm_weights
+
+    def run(mode, gemv):
+        monkeypatch.setattr(sk, "GEMV", gemv)
+        model = load_model(ModelConfig("llama-3.2-1b", dtype="float32"))
+        draw_norm_weights(model.model, 11)
+        eng = Engine(model, EngineConfig(mode=mode, matmul="triton", **SMALL))
+        eng.warm_up(progress=False)
+        out = [generate(eng, p) for p in PROMPTS]
+        free(eng)
+        return out
+
+    for mode in ("eager", "graphs"):
+        for (a, _, la), (b, _, lb) in zip(run(mode, True), run(mode, False), strict=True):
             assert a == b
             torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
 

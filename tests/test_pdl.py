@@ -32,7 +32,7 @@ def _first(lines: list[str], what: str) -> int | None:
 
 
 def _kernels(on: bool, prefetch: int = 0):
-    """(name, PTX) of skinny_linear's kernel (its fullest form: norm in, sums of squares out, residual) and both
+    """(name, PTX) of skinny_linear's kernels (their fullest form: norm in, sums of squares out, residual) and both
     attention kernels, each built with PDL on or off."""
     from rollgraph import decode_attention, prefill_attention, skinny_linear
 
@@ -43,6 +43,13 @@ def _kernels(on: bool, prefetch: int = 0):
         dict(HAS_BIAS=False, HAS_RES=True, GATED=False, STATS=True, NORM=True, BLOCK_P=256, EVEN_K=True, BLOCK_M=16,
              BLOCK_N=64, BLOCK_K=256, PRECISION="tf32", PDL=on, PREFETCH=prefetch),
         num_warps=4, num_stages=3, launch_pdl=on,
+    )  # fmt: skip
+    yield "gemv", _ptx(
+        skinny_linear._gemv,
+        dict(x=bf, w=bf, bias=bf, res=bf, y=bf, parts=f32, eps="fp32"),
+        dict(HAS_BIAS=False, HAS_RES=True, GATED=False, STATS=True, NORM=True, BLOCK_P=256, EVEN_K=True, BLOCK_N=16,
+             BLOCK_K=256, PDL=on, PREFETCH=prefetch),
+        num_warps=4, num_stages=1, launch_pdl=on,
     )  # fmt: skip
     heads = dict(H=32, KV=8, D=128, GROUP=4, G_PAD=16, PRECISION="tf32", PDL=on)
     cache = dict(qkv=bf, cos=bf, sin=bf, write_kv="*i1", k_cache=bf, v_cache=bf, out=bf, qk_scale="fp32")
@@ -67,7 +74,7 @@ def test_with_pdl_each_kernel_waits_before_any_memory_access_but_the_weight_pref
         for access in ("ld.global", "st.global", "cp.async.cg", "cp.async.ca", "atom.global", "red.global"):
             at = _first(ptx, access)
             assert at is None or at > wait, f"{name}: {access} at PTX line {at}, before the wait at {wait}"
-        if name == "skinny":  # the one access allowed before the wait: L2 prefetches of the weight rows
+        if name in ("skinny", "gemv"):  # the one access allowed before the wait: L2 prefetches of the weight rows
             assert _first(ptx, "cp.async.bulk.prefetch.L2") < wait
     for name, ptx in _kernels(False):
         assert _first(ptx, "griddepcontrol") is None and _first(ptx, "cp.async.bulk.prefetch") is None, name

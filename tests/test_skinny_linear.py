@@ -28,6 +28,11 @@ def test_skinny_kernel_matches_f_linear_in_the_triton_interpreter():
         assert errors[f"engine_norm_{prompt}"]["logits"] < 1e-4, errors
     assert errors["compile_norm_12"]["same_tokens"] and errors["compile_norm_12"]["logits"] < 1e-4, errors
     assert errors["probe"] is None, errors
+    # the one-row kernel (perf-notes v37, off by default): its epilogues and the norm carried, then llama-tiny's
+    # greedy tokens with every decode step through it
+    assert errors["gemv"]["float32"] < 1e-6 and errors["gemv"]["float16"] < 2e-3, errors
+    assert errors["engine_gemv"]["same_tokens"] and errors["engine_gemv"]["logits"] < 1e-4, errors
+    assert errors["probe_gemv"] is None, errors
 
 
 def test_without_cuda_auto_keeps_f_linear_and_triton_is_a_clear_load_error(monkeypatch):
