@@ -254,18 +254,20 @@ def test_skinny_matmul_equals_cublas_on_llama_1b():
             torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
 
 
-def test_one_row_kernel_equals_the_few_row_kernel_on_llama_1b(monkeypatch):
-    """perf-notes v37, off by default: decode's one-row matmuls through `_gemv` against `_skinny`, fp32, norm weights
-    drawn away from one, eager and graphs: tokens equal, logits close (the sums run in another order)."""
+def _skinny_knob_on_and_off_agree_on_llama_1b(monkeypatch, knob: str, check=None) -> None:
+    """llama-3.2-1b in fp32 with norm weights drawn away from one, skinny_linear's `knob` on against off, eager and
+    graphs: greedy tokens equal, logits close. check(engine, on) runs on each engine after its warm-up."""
     from rollgraph import skinny_linear as sk
     from skinny_check import draw_norm_weights
 
-    def run(mode, gemv):
-        monkeypatch.setattr(sk, "GEMV", gemv)
+    def run(mode, on):
+        monkeypatch.setattr(sk, knob, on)
         model = load_model(ModelConfig("llama-3.2-1b", dtype="float32"))
         draw_norm_weights(model.model, 11)
         eng = Engine(model, EngineConfig(mode=mode, matmul="triton", **SMALL))
         eng.warm_up(progress=False)
+        if check is not None:
+            check(eng, on)
         out = [generate(eng, p) for p in PROMPTS]
         free(eng)
         return out
@@ -274,30 +276,23 @@ def test_one_row_kernel_equals_the_few_row_kernel_on_llama_1b(monkeypatch):
         for (a, _, la), (b, _, lb) in zip(run(mode, True), run(mode, False), strict=True):
             assert a == b
             torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+
+
+def test_one_row_kernel_equals_the_few_row_kernel_on_llama_1b(monkeypatch):
+    """perf-notes v37, off by default: decode's one-row matmuls through `_gemv` against `_skinny` (the sums run in
+    another order, hence a tolerance)."""
+    _skinny_knob_on_and_off_agree_on_llama_1b(monkeypatch, "GEMV")
 
 
 def test_norms_carried_in_skinny_equal_separate_norms_on_llama_1b(monkeypatch):
     """perf-notes v35, on by default: the norms carried in skinny_linear's sums of squares (their weights folded into
-    the projections) against F.rms_norm, fp32, norm weights drawn away from one; eager and graphs, prompts in the
-    16- and 32-row buckets (the norm in the kernel from the second layer on) and in the 64-row one (cuBLAS)."""
-    from rollgraph import skinny_linear as sk
-    from skinny_check import draw_norm_weights
+    the projections) against F.rms_norm; prompts in the 16- and 32-row buckets (the norm in the kernel from the
+    second layer on) and in the 64-row one (cuBLAS)."""
 
-    def run(mode, fused):
-        monkeypatch.setattr(sk, "FUSE_NORM", fused)
-        model = load_model(ModelConfig("llama-3.2-1b", dtype="float32"))
-        draw_norm_weights(model.model, 11)
-        eng = Engine(model, EngineConfig(mode=mode, matmul="triton", **SMALL))
-        eng.warm_up(progress=False)
-        assert eng.runner.fused_norm == fused
-        out = [generate(eng, p) for p in PROMPTS]
-        free(eng)
-        return out
+    def check(engine, on):
+        assert engine.runner.fused_norm == on
 
-    for mode in ("eager", "graphs"):
-        for (a, _, la), (b, _, lb) in zip(run(mode, True), run(mode, False), strict=True):
-            assert a == b
-            torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+    _skinny_knob_on_and_off_agree_on_llama_1b(monkeypatch, "FUSE_NORM", check)
 
 
 @pytest.mark.parametrize("mode", ["graphs", "compile+graphs"])

@@ -129,6 +129,24 @@ def gemv_config(n: int, k: int) -> tuple[int, int, int]:
 
 if triton is not None:
 
+    @triton.jit
+    def _weight_rows(w, N, s_wn, GATED: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
+        """This program's weight rows and which of them exist; then, with PDL, the wait for the kernel before
+        (perf-notes v36), after asking L2 for the first PREFETCH bytes of those rows, which no kernel writes.
+        Gated: BLOCK_N/2 gate rows, then the up rows of the same outputs, N/2 further on."""
+        if GATED:
+            r = tl.arange(0, BLOCK_N)
+            col = tl.program_id(0) * (BLOCK_N // 2) + r % (BLOCK_N // 2)
+            rn = col + (r >= BLOCK_N // 2).to(tl.int32) * (N // 2)
+            n_ok = col < N // 2
+        else:
+            rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = rn < N
+        if PREFETCH > 0:
+            pdl.prefetch_l2(w + tl.where(n_ok, rn, 0).to(tl.int64) * s_wn, PREFETCH)
+        pdl.enter(PDL)  # x, the partials and the residual may come from the kernel before
+        return rn, n_ok
+
     @triton.jit(do_not_specialize=["M"])  # one build serves 1 to 16 rows (decode and 16-row prefill)
     def _skinny(
         x,
@@ -160,17 +178,7 @@ if triton is not None:
         PDL: tl.constexpr,
         PREFETCH: tl.constexpr,
     ):
-        if GATED:  # weight rows: BLOCK_N/2 gate rows, then the up rows of the same outputs, N/2 further on
-            r = tl.arange(0, BLOCK_N)
-            col = tl.program_id(0) * (BLOCK_N // 2) + r % (BLOCK_N // 2)
-            rn = col + (r >= BLOCK_N // 2).to(tl.int32) * (N // 2)
-            n_ok = col < N // 2
-        else:
-            rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_ok = rn < N
-        if PREFETCH > 0:  # the weights no kernel writes: ask L2 for their first bytes while the kernel before ends
-            pdl.prefetch_l2(w + tl.where(n_ok, rn, 0).to(tl.int64) * s_wn, PREFETCH)
-        pdl.enter(PDL)  # x, the partials and the residual may come from the kernel before (perf-notes v36)
+        rn, n_ok = _weight_rows(w, N, s_wn, GATED, BLOCK_N, PDL, PREFETCH)
         rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         rk = tl.arange(0, BLOCK_K)
         m_ok = rm < M
@@ -239,17 +247,7 @@ if triton is not None:
     ):
         """_skinny for one row of x: the same epilogues (bias, norm, gate, residual, sums of squares), the product
         as [BLOCK_N, BLOCK_K] register tiles of w times x, summed along K once at the end."""
-        if GATED:  # as in _skinny: BLOCK_N/2 gate rows, then the up rows of the same outputs, N/2 further on
-            r = tl.arange(0, BLOCK_N)
-            col = tl.program_id(0) * (BLOCK_N // 2) + r % (BLOCK_N // 2)
-            rn = col + (r >= BLOCK_N // 2).to(tl.int32) * (N // 2)
-            n_ok = col < N // 2
-        else:
-            rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_ok = rn < N
-        if PREFETCH > 0:
-            pdl.prefetch_l2(w + tl.where(n_ok, rn, 0).to(tl.int64) * s_wn, PREFETCH)
-        pdl.enter(PDL)
+        rn, n_ok = _weight_rows(w, N, s_wn, GATED, BLOCK_N, PDL, PREFETCH)
         rk = tl.arange(0, BLOCK_K)
         wp = w + rn[:, None].to(tl.int64) * s_wn + rk[None, :]
         acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
@@ -303,76 +301,21 @@ def launch(
 
 def _launch(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, stats=False, pdl_on=None):
     """launch(), and with `stats` also the output rows' partial sums of squares, [programs along N, M] float32;
-    pdl_on: launch with programmatic dependent launch (None: where pdl.active says)."""
+    pdl_on: launch with programmatic dependent launch (None: where pdl.active says). A config of three values
+    (gemv_config's) runs one row through `_gemv`, one of four (config's) runs `_skinny`."""
     m, k = x.shape
     n = w.shape[0]
     if gated and (n % 2 or res is not None):
         raise ValueError(f"a gated skinny_linear needs an even number of weight rows and no residual; got {n} rows")
-    block_n, block_k, warps, stages = cfg
+    one_row = len(cfg) == 3
+    block_n, block_k, warps = cfg[:3]
     block_m = max(16, triton.next_power_of_2(min(m, 64)))
     y = x.new_empty(m, n // 2 if gated else n)
-    grid = (triton.cdiv(n // 2, block_n // 2) if gated else triton.cdiv(n, block_n), triton.cdiv(m, block_m))
-    parts = x.new_empty(grid[0], m, dtype=torch.float32) if stats else norm_parts
-    on = pdl.active(x.device) if pdl_on is None else pdl_on
-    _skinny[grid](
-        x,
-        w,
-        b if b is not None else w,
-        res if res is not None else w,
-        y,
-        parts if parts is not None else y,
-        m,
-        n,
-        k,
-        x.stride(0),
-        w.stride(0),
-        res.stride(0) if res is not None else 0,
-        y.stride(0),
-        norm_parts.shape[0] if norm_parts is not None else 0,
-        rms_eps,
-        HAS_BIAS=b is not None,
-        HAS_RES=res is not None,
-        GATED=gated,
-        STATS=stats,
-        NORM=norm_parts is not None,
-        BLOCK_P=triton.next_power_of_2(norm_parts.shape[0]) if norm_parts is not None else 1,
-        EVEN_K=k % block_k == 0,
-        BLOCK_M=block_m,
-        BLOCK_N=block_n,
-        BLOCK_K=block_k,
-        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-        PDL=on,
-        PREFETCH=pdl.prefetch_bytes(w) if on else 0,
-        num_warps=warps,
-        num_stages=stages,
-        launch_pdl=on,
-    )
-    return y, (parts if stats else None)
-
-
-def _launch_gemv(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, stats=False, pdl_on=None):
-    """_launch for one row of x, through `_gemv` with a gemv_config() choice."""
-    k = x.shape[1]
-    n = w.shape[0]
-    if gated and (n % 2 or res is not None):
-        raise ValueError(f"a gated skinny_linear needs an even number of weight rows and no residual; got {n} rows")
-    block_n, block_k, warps = cfg
-    y = x.new_empty(1, n // 2 if gated else n)
     programs = triton.cdiv(n // 2, block_n // 2) if gated else triton.cdiv(n, block_n)
-    parts = x.new_empty(programs, 1, dtype=torch.float32) if stats else norm_parts
+    parts = x.new_empty(programs, m, dtype=torch.float32) if stats else norm_parts
     on = pdl.active(x.device) if pdl_on is None else pdl_on
-    _gemv[(programs,)](
-        x,
-        w,
-        b if b is not None else w,
-        res if res is not None else w,
-        y,
-        parts if parts is not None else y,
-        n,
-        k,
-        w.stride(0),
-        norm_parts.shape[0] if norm_parts is not None else 0,
-        rms_eps,
+    tensors = (x, w, b if b is not None else w, res if res is not None else w, y, parts if parts is not None else y)
+    settings = dict(
         HAS_BIAS=b is not None,
         HAS_RES=res is not None,
         GATED=gated,
@@ -385,9 +328,26 @@ def _launch_gemv(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0
         PDL=on,
         PREFETCH=pdl.prefetch_bytes(w) if on else 0,
         num_warps=warps,
-        num_stages=1,
         launch_pdl=on,
     )
+    p_in = norm_parts.shape[0] if norm_parts is not None else 0
+    if one_row:
+        _gemv[(programs,)](*tensors, n, k, w.stride(0), p_in, rms_eps, **settings, num_stages=1)
+    else:
+        strides = (x.stride(0), w.stride(0), res.stride(0) if res is not None else 0, y.stride(0))
+        _skinny[(programs, triton.cdiv(m, block_m))](
+            *tensors,
+            m,
+            n,
+            k,
+            *strides,
+            p_in,
+            rms_eps,
+            **settings,
+            BLOCK_M=block_m,
+            PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
+            num_stages=cfg[3],
+        )
     return y, (parts if stats else None)
 
 
@@ -429,26 +389,22 @@ def skinny_linear_stats(
 @skinny_linear_stats.register_fake
 def _(x, w, residual):
     m = x.numel() // x.shape[-1]
-    _, cfg = _choice(m, w.shape[0], x.shape[-1], x.element_size())
-    programs = -(-w.shape[0] // cfg[0])
+    programs = -(-w.shape[0] // _choice(m, w.shape[0], x.shape[-1], x.element_size())[0])
     return x.new_empty(*x.shape[:-1], w.shape[0]), x.new_empty(programs, m, dtype=torch.float32)
 
 
 def _choice(m: int, n: int, k: int, itemsize: int) -> tuple:
-    """(launcher, its config) for an [m, k] x [n, k]^T product: `_gemv` for one row where GEMV is on, else
-    `_skinny`."""
-    if m == 1 and GEMV:
-        return _launch_gemv, gemv_config(n, k)
-    return _launch, config(m, n, k, itemsize)
+    """_launch's config for an [m, k] x [n, k]^T product: gemv_config's (`_gemv`) for one row where GEMV is on,
+    else config's (`_skinny`)."""
+    return gemv_config(n, k) if m == 1 and GEMV else config(m, n, k, itemsize)
 
 
 def _run(x, w, b, residual, **kw):
-    """The kernel on x and the residual as [rows, features], with _choice()'s launcher and config for the shape."""
+    """_launch on x and the residual as [rows, features], with _choice()'s config for the shape."""
     x2 = _rows(x)
     m, k = x2.shape
     r2 = _rows(residual) if residual is not None else None
-    launcher, cfg = _choice(m, w.shape[0], k, x2.element_size())
-    return launcher(x2, w, b, cfg, r2, **kw)
+    return _launch(x2, w, b, _choice(m, w.shape[0], k, x2.element_size()), r2, **kw)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
