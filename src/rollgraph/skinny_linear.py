@@ -286,13 +286,14 @@ def launch(
     x: torch.Tensor,
     w: torch.Tensor,
     b: torch.Tensor | None,
-    cfg: tuple[int, int, int, int],
+    cfg: tuple[int, ...],
     res: torch.Tensor | None = None,
     gated: bool = False,
     norm_parts: torch.Tensor | None = None,
     rms_eps: float = 0.0,
 ) -> torch.Tensor:
-    """The kernel with an explicit config (the benchmark sweeps configs through this); x [M, K], w [N, K], res [M, N]
+    """The kernel with an explicit config (the benchmark sweeps configs through this): config()'s four values for
+    `_skinny`, gemv_config()'s three for `_gemv` (x of one row); x [M, K], w [N, K], res [M, N]
     (unit stride along N) or None; gated: w is [gate; up] stacked, the output is silu(gate) · up [M, N/2] (no
     residual then); norm_parts [P, M] float32: x's rows RMS-normalised (eps rms_eps) from these partial sums of
     squares."""
