@@ -80,10 +80,8 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "pdl", "no-ipdl", "gemv") or (
-            opt.startswith("pf") and opt[2:].isdigit()
-        ):
-            pass  # applied around the spec's run: prefill_attention.ENABLED, sampling.SPLIT_ARGMAX, skinny's FUSE_*
+        elif opt in KNOBS or (opt.startswith("pf") and opt[2:].isdigit()):
+            pass  # process-wide knobs, applied around the spec's run by set_knobs()
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
     return EngineConfig(mode=mode, **kw)
@@ -128,9 +126,13 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
     return out
 
 
+KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "pdl", "no-ipdl", "gemv")
+"""The spec options set_knobs() reads (with splitN and pfN); `pa` is no-pa's old opposite, the default now."""
+
+
 def set_knobs(spec: str) -> None:
-    """Set the process-wide knobs a spec's options name (split, no-pa, am-aten, no-res, no-gate, no-norm, pdl,
-    no-ipdl, pfN, gemv) and put every other back to its default; "" puts them all back."""
+    """Set the process-wide knobs a spec's options name (KNOBS, splitN, pfN) and put every other back to its
+    default; "" puts them all back."""
     opts = spec.split("/")[1:]
     fused.SPLIT_AT = split_at(spec) if spec else DEFAULT_SPLIT_AT
     prefill_attention.ENABLED = "no-pa" not in opts
