@@ -15,7 +15,7 @@ import time
 import torch
 
 from rollgraph import decode_attention as fused
-from rollgraph import pdl, prefill_attention, sampling
+from rollgraph import prefill_attention, sampling
 from rollgraph import skinny_linear as skinny
 from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
@@ -61,9 +61,7 @@ def engine_config(spec: str) -> EngineConfig:
     no-res (the residual added in a kernel of its own after skinny_linear, not in its epilogue: likewise a knob),
     no-gate (SiLU · up as kernels of their own after the gate/up projection, not in its epilogue: likewise a knob),
     no-norm (the norms by F.rms_norm apart, not carried in skinny_linear's sums of squares, perf-notes v35: likewise
-    a knob), pdl (rollgraph's kernels, and in compile modes inductor's, with programmatic dependent launch, v36),
-    no-ipdl (with pdl, inductor's kernels without it), pfN (with pdl, skinny_linear asks L2 for N bytes of each weight
-    row before its wait), gemv (one-row matmuls through skinny_linear's register kernel `_gemv`, v37).
+    a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -80,7 +78,7 @@ def engine_config(spec: str) -> EngineConfig:
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
             pass  # applied around the spec's run by split_at()
-        elif opt in KNOBS or (opt.startswith("pf") and opt[2:].isdigit()):
+        elif opt in KNOBS:
             pass  # process-wide knobs, applied around the spec's run by set_knobs()
         else:
             raise SystemExit(f"unknown option {opt!r} in {spec!r}")
@@ -126,12 +124,12 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
     return out
 
 
-KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "pdl", "no-ipdl", "gemv")
-"""The spec options set_knobs() reads (with splitN and pfN); `pa` is no-pa's old opposite, the default now."""
+KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm")
+"""The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
 
 def set_knobs(spec: str) -> None:
-    """Set the process-wide knobs a spec's options name (KNOBS, splitN, pfN) and put every other back to its
+    """Set the process-wide knobs a spec's options name (KNOBS, splitN) and put every other back to its
     default; "" puts them all back."""
     opts = spec.split("/")[1:]
     fused.SPLIT_AT = split_at(spec) if spec else DEFAULT_SPLIT_AT
@@ -140,10 +138,6 @@ def set_knobs(spec: str) -> None:
     skinny.FUSE_RESIDUAL = "no-res" not in opts
     skinny.FUSE_GATE = "no-gate" not in opts
     skinny.FUSE_NORM = "no-norm" not in opts
-    skinny.GEMV = "gemv" in opts
-    pdl.ENABLED = "pdl" in opts
-    pdl.INDUCTOR = "no-ipdl" not in opts
-    pdl.PREFETCH_BYTES = next((int(o[2:]) for o in opts if o.startswith("pf") and o[2:].isdigit()), 0)
 
 
 def main() -> None:

@@ -1,7 +1,6 @@
 """Few-row matmuls on the GPU: cuBLAS (F.linear), inductor's generated kernel, and rollgraph's skinny_linear over a
-sweep of its configs (and, at one row, its register kernel `_gemv` over a sweep of its own, perf-notes v37), for the
-weight shapes of llama-2-7b and llama-3.2-1b. Reports microseconds and the weight bytes read per second (the figure
-a bandwidth-bound product is judged by).
+sweep of its configs, for the weight shapes of llama-2-7b and llama-3.2-1b. Reports microseconds and the weight
+bytes read per second (the figure a bandwidth-bound product is judged by).
 
 Usage: PYTHONPATH=src python scripts/skinny_bench.py --rows 1,16,32,64 --out DIR
 Each timing replays a CUDA graph that runs the product over enough copies of the weight (>= 96 MB in all, about twice
@@ -28,9 +27,6 @@ CONFIGS = [
     for bn, bk, warps, stages in itertools.product((16, 32, 64), (128, 256), (4, 8), (3, 5))
     if not (bn == 16 and warps == 8)
 ]
-GEMV_CONFIGS = [  # (BLOCK_N, BLOCK_K, num_warps) of `_gemv`
-    (bn, bk, warps) for bn, bk, warps in itertools.product((4, 8, 16), (256, 512, 1024), (4, 8)) if bn * bk <= 8192
-]
 
 
 def time_us(fn, xs, ws) -> float:
@@ -56,22 +52,6 @@ def replay_us(g: torch.cuda.CUDAGraph, replays: int, calls: int) -> list[float]:
         b.synchronize()
         times.append(a.elapsed_time(b) * 1e3 / calls)
     return sorted(times[1:])
-
-
-def sweep(name: str, configs, xs, ws, ref) -> dict:
-    """The fastest of `configs` through skinny_linear.launch: {name_best_us, name_best_cfg, name_err} (its largest
-    error against F.linear in float32), or {} if none ran."""
-    best = None
-    for cfg in configs:
-        try:
-            y = sk.launch(xs[0], ws[0], None, cfg)
-            err = (y.float() - ref).abs().max().item()
-            us = time_us(lambda x, w, c=cfg: sk.launch(x, w, None, c), xs, ws)
-        except Exception:
-            continue
-        if best is None or us < best[0]:
-            best = (us, cfg, err)
-    return dict(zip((f"{name}_best_us", f"{name}_best_cfg", f"{name}_err"), best, strict=True)) if best else {}
 
 
 def operands(rows: str, dev: torch.device, dt: torch.dtype):
@@ -109,17 +89,24 @@ def main() -> None:
             row["inductor_us"] = time_us(compiled, xs, ws)
         except Exception as exc:
             row["inductor_error"] = str(exc).splitlines()[0][:120]
-        row.update(sweep("skinny", CONFIGS, xs, ws, ref))
-        if m == 1:
-            row.update(sweep("gemv", GEMV_CONFIGS, xs, ws, ref))
-            row["gemv_default_cfg"] = cfg = sk.gemv_config(n, k)
-            row["gemv_default_us"] = time_us(lambda x, w, c=cfg: sk.launch(x, w, None, c), xs, ws)
+        best = None
+        for cfg in CONFIGS:
+            try:
+                y = sk.launch(xs[0], ws[0], None, cfg)
+                err = (y.float() - ref).abs().max().item()
+                us = time_us(lambda x, w, c=cfg: sk.launch(x, w, None, c), xs, ws)
+            except Exception:
+                continue
+            if best is None or us < best[0]:
+                best = (us, cfg, err)
         row["skinny_default_cfg"] = sk.config(m, n, k, 2)
         try:
             row["skinny_default_us"] = time_us(lambda x, w: sk.skinny_linear(x, w, None), xs, ws)
         except Exception as exc:
             row["skinny_default_error"] = str(exc).splitlines()[0][:120]
-        for key in ("cublas", "inductor", "skinny_default", "skinny_best", "gemv_default", "gemv_best"):
+        if best:
+            row["skinny_best_us"], row["skinny_best_cfg"], row["skinny_err"] = best
+        for key in ("cublas", "inductor", "skinny_default", "skinny_best"):
             if f"{key}_us" in row:
                 row[f"{key}_TBps"] = round(n * k * 2 / row[f"{key}_us"] / 1e6, 2)
                 row[f"{key}_us"] = round(row[f"{key}_us"], 2)

@@ -15,17 +15,15 @@ from rollgraph import skinny_linear as sk
 # (rows, N, K, bias): one row (decode), a full 16- and 32-row block, rows that leave a block part empty, N not a
 # multiple of any BLOCK_N, K not a multiple of 256 or 128 (the masked-K path), a bias (Qwen2's QKV).
 CASES = [(1, 64, 256, False), (16, 96, 512, True), (32, 80, 768, False), (5, 48, 320, True), (27, 33, 200, False)]
-# The same kinds of case with one row each, for the one-row kernel `_gemv` (perf-notes v37).
-GEMV_CASES = [(1, n, k, bias) for _, n, k, bias in CASES]
 
 
-def max_error(dtype: torch.dtype, device: str, seed: int = 0, cases=CASES) -> float:
+def max_error(dtype: torch.dtype, device: str, seed: int = 0) -> float:
     """Largest |skinny - exact| relative to the largest exact output, over CASES: the first two gated (silu(gate) ·
     up, w = [gate; up]), the next two with a residual added in the epilogue; inputs are leading dims [2, rows/2]
     when rows are even, to check the reshape."""
     gen = torch.Generator(device="cpu").manual_seed(seed)
     worst = 0.0
-    for i, (m, n, k, bias) in enumerate(cases):
+    for i, (m, n, k, bias) in enumerate(CASES):
         x = torch.randn(m, k, generator=gen).to(device, dtype)
         w = torch.randn(n, k, generator=gen).to(device, dtype)
         gated = i < 2  # the gated MLP's first half, once with a bias
@@ -51,7 +49,7 @@ def max_error(dtype: torch.dtype, device: str, seed: int = 0, cases=CASES) -> fl
 NORM_CASES = [(1, 64, 96, 64), (16, 48, 200, 80), (27, 80, 64, 32)]
 
 
-def norm_error(dtype: torch.dtype, device: str, seed: int = 0, rows: int | None = None) -> float:
+def norm_error(dtype: torch.dtype, device: str, seed: int = 0) -> float:
     """The norm carried across two products (perf-notes v35): skinny_linear_stats writes x = res + a·woᵀ and its
     partial sums of squares, skinny_linear then takes rms_norm(x)·wᵀ from them, plain and gated. Largest error of
     the three outputs relative to their largest exact value, against float64 on the same inputs."""
@@ -62,7 +60,6 @@ def norm_error(dtype: torch.dtype, device: str, seed: int = 0, rows: int | None 
         return ((got.double() - want).abs().max() / want.abs().max()).item()
 
     for m, k, h, n in NORM_CASES:
-        m = rows or m
         a, wo = (torch.randn(m, k, generator=gen).to(device, dtype), torch.randn(h, k, generator=gen).to(device, dtype))
         res = (3 * torch.randn(m, h, generator=gen)).to(device, dtype)  # rows far from unit RMS: the norm shows
         w = torch.randn(n, h, generator=gen).to(device, dtype)
@@ -143,13 +140,4 @@ if __name__ == "__main__":
                 "logits": (logits_c - logits_p).abs().max().item(),
             }
     result["probe"] = sk.probe(torch.device("cpu"), torch.float32)
-    sk.GEMV = True  # one row through `_gemv` (perf-notes v37): its epilogues, the norm carried, an engine's decode
-    result["gemv"] = {
-        str(dt).removeprefix("torch."): max(max_error(dt, "cpu", cases=GEMV_CASES), norm_error(dt, "cpu", rows=1))
-        for dt in (torch.float32, torch.float16)
-    }
-    toks_g, logits_g, _ = engine_tokens("triton", "cpu", prompt=12, fuse_norm=True, random_norms=True)
-    toks_p, logits_p, _ = engine_tokens("torch", "cpu", prompt=12, random_norms=True)
-    result["engine_gemv"] = {"same_tokens": toks_g == toks_p, "logits": (logits_g - logits_p).abs().max().item()}
-    result["probe_gemv"] = sk.probe(torch.device("cpu"), torch.float32, gated=True, norm=True)
     json.dump(result, sys.stdout)

@@ -22,8 +22,6 @@ import os
 
 import torch
 
-from rollgraph import pdl
-
 try:
     import triton
     import triton.language as tl
@@ -103,9 +101,7 @@ if triton is not None:
         G_PAD: tl.constexpr,
         BLOCK: tl.constexpr,
         PRECISION: tl.constexpr,
-        PDL: tl.constexpr,
     ):
-        pdl.enter(PDL)  # before any load: the projection that wrote qkv may still be running (perf-notes v36)
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
@@ -224,7 +220,6 @@ def decode_attention(
     else:
         part_m = part_l = part_acc = out  # unused
     qk_scale = (1.0 / math.sqrt(d)) * math.log2(math.e)
-    on = pdl.active(qkv.device)
     _attend[(b, n_kv, splits)](
         qkv,
         cos,
@@ -253,9 +248,7 @@ def decode_attention(
         G_PAD=max(16, triton.next_power_of_2(group)),
         BLOCK=BLOCK_T,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-        PDL=on,
         num_warps=4,
-        launch_pdl=on,
     )
     if splits > 1:
         pad = max(MERGE_PAD, splits)

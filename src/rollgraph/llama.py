@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rollgraph import decode_attention as fused
-from rollgraph import pdl, prefill_attention
+from rollgraph import prefill_attention
 from rollgraph import skinny_linear as skinny
 from rollgraph.config import ATTENTION, MATMUL
 from rollgraph.kv_cache import StaticKVCache
@@ -445,10 +445,6 @@ def _matmul_kernels(matmul: str, device: torch.device, dtype: torch.dtype) -> tu
         return phases, False, False
     gated = skinny.FUSE_GATE and _probed(device, dtype, "gated epilogue", gated=True)
     norm = skinny.FUSE_NORM and _probed(device, dtype, "norm in its sums of squares", gated=gated, norm=True)
-    if pdl.active(device):  # the same chain launched with programmatic dependent launch (perf-notes v36)
-        why = skinny.probe(device, dtype, gated=gated, norm=norm, pdl_on=True)
-        if why is not None:
-            pdl.refuse(device, why)
     return phases, gated, norm
 
 

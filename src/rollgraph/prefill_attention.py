@@ -27,8 +27,6 @@ import math
 
 import torch
 
-from rollgraph import pdl
-
 try:
     import triton
     import triton.language as tl
@@ -130,9 +128,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         PRECISION: tl.constexpr,
         HEAVY_FIRST: tl.constexpr,
-        PDL: tl.constexpr,
     ):
-        pdl.enter(PDL)  # before any load: the projection that wrote qkv may still be running (perf-notes v36)
         # the longest walks first: with more programs than SMs, the last wave then holds the short ones
         mb = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
         b = tl.program_id(1) // KV
@@ -215,7 +211,6 @@ def prefill_attention(
     out = qkv.new_empty(b, t, n_heads * d)
     g_pad, block_m, block_n, warps, stages, heavy_first = _launch(t, group, d)
     qk_scale = (1.0 / math.sqrt(d)) * math.log2(math.e)
-    on = pdl.active(qkv.device)
     _prefill_attend[(triton.cdiv(t, block_m), b * n_kv)](
         qkv,
         cos,
@@ -243,10 +238,8 @@ def prefill_attention(
         BLOCK_N=block_n,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
         HEAVY_FIRST=heavy_first,
-        PDL=on,
         num_warps=warps,
         num_stages=stages,
-        launch_pdl=on,
     )
     return out
 

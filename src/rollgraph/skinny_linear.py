@@ -29,8 +29,6 @@ import os
 
 import torch
 
-from rollgraph import pdl
-
 try:
     import triton
     import triton.language as tl
@@ -47,10 +45,6 @@ FUSE_NORM = True
 """The runner's RMSNorms carried in skinny_linear's partial sums of squares, their weights folded into the next
 projections (perf-notes v35); False runs F.rms_norm apart (the A/B knob, read when a runner is built; pool_figures
 option `no-norm`)."""
-GEMV = False
-"""One row (decode at batch 1) through `_gemv`, a kernel without tensor cores or shared memory that streams weight
-tiles into registers, as inductor's generated reductions do (perf-notes v37, built but not yet measured, so off;
-read at each call; pool_figures option `gemv`)."""
 FUSE_GATE = True
 """The runner's `silu(gate) * up` after its gate/up projection with few rows in that projection's epilogue
 (perf-notes v34); False runs it as kernels of their own (the A/B knob, read when a runner is built; pool_figures
@@ -66,33 +60,31 @@ def available(device: torch.device, dtype: torch.dtype) -> bool:
     return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def probe(
-    device: torch.device, dtype: torch.dtype, gated: bool = False, norm: bool = False, pdl_on: bool = False
-) -> str | None:
+def probe(device: torch.device, dtype: torch.dtype, gated: bool = False, norm: bool = False) -> str | None:
     """Build and run the kernel once on a tiny input (its gated form, or the norm carried in the sums of squares, if
-    asked; launched with programmatic dependent launch if pdl_on; with one row too where GEMV is on): None if it
-    matched PyTorch, else why not (a Triton or driver that cannot build it shows up at load, not at a request's
-    first step)."""
+    asked): None if it matched PyTorch, else why not (a Triton or driver that cannot build it shows up at load, not
+    at a request's first step)."""
     F = torch.nn.functional
     try:
-        for rows in (3, 1) if GEMV else (3,):
-            gen = torch.Generator(device="cpu").manual_seed(0)
-            x = torch.randn(rows, 128, generator=gen).to(device, dtype)
-            w = torch.randn(40, 128, generator=gen).to(device, dtype)
-            b = None if gated else torch.randn(40, generator=gen).to(device, dtype)  # gate/up projections: no bias
-            parts = None
-            if norm:  # the producer writes h = x + x·w1ᵀ and its sums of squares; the consumer normalises h
-                w1 = (torch.randn(128, 128, generator=gen) / 8).to(device, dtype)
-                x, parts = _run(x, w1, None, x, stats=True, pdl_on=pdl_on)
-                b = None
-            got = _run(x, w, b, None, gated=gated, norm_parts=parts, rms_eps=1e-5, pdl_on=pdl_on)[0].float()
-            x = F.rms_norm(x.float(), (128,), eps=1e-5) if norm else x.float()
-            want = F.linear(x, w.float(), None if b is None else b.float())
-            if gated:
-                gate, up = want.chunk(2, dim=-1)
-                want = F.silu(gate) * up
-            if not torch.allclose(got, want, rtol=2e-2, atol=2e-1):
-                return f"it ran but gave wrong values on a probe input of {rows} rows"
+        gen = torch.Generator(device="cpu").manual_seed(0)
+        x = torch.randn(3, 128, generator=gen).to(device, dtype)
+        w = torch.randn(40, 128, generator=gen).to(device, dtype)
+        b = torch.randn(40, generator=gen).to(device, dtype)
+        if norm:  # the producer writes h = x + x·w1ᵀ and its sums of squares; the consumer normalises h
+            w1 = (torch.randn(128, 128, generator=gen) / 8).to(device, dtype)
+            h, parts = skinny_linear_stats(x, w1, x)
+            got = skinny_linear(h, w, None, None, gated, parts, 1e-5).float()
+            x = F.rms_norm(h.float(), (128,), eps=1e-5)
+            b = None
+        if gated:
+            gate, up = F.linear(x.float(), w.float()).chunk(2, dim=-1)
+            want = F.silu(gate) * up
+            got = got if norm else skinny_linear(x, w, None, None, True).float()
+        else:
+            want = F.linear(x.float(), w.float(), None if b is None else b.float())
+            got = got if norm else skinny_linear(x, w, b).float()
+        if not torch.allclose(got, want, rtol=2e-2, atol=2e-1):
+            return "it ran but gave wrong values on a probe input"
     except Exception as exc:  # whatever Triton or the driver raises
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
     return None
@@ -116,36 +108,7 @@ def config(m: int, n: int, k: int, itemsize: int = 2) -> tuple[int, int, int, in
     return block_n, block_k, 4, stages
 
 
-def gemv_config(n: int, k: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) of `_gemv` for an [n, k] weight. 8 weight rows a program, so that there are
-    many programs and the last wave is short; 16 where n is small enough (the output and down projections) that 8
-    would leave the next kernel more than ~256 partial sums of squares to read. Each thread loads four 16-byte
-    pieces of w an iteration; the tile is [8, 512] or [16, 256], which compile for sm_90 to 72-74 registers (about
-    seven programs an SM), where [16, 512] takes 152."""
-    block_n = 16 if n <= 4096 else 8
-    block_k = 512 if block_n == 8 and k % 512 == 0 else 256 if k % 256 == 0 else 128
-    return block_n, block_k, 4
-
-
 if triton is not None:
-
-    @triton.jit
-    def _weight_rows(w, N, s_wn, GATED: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr, PREFETCH: tl.constexpr):
-        """This program's weight rows and which of them exist; then, with PDL, the wait for the kernel before
-        (perf-notes v36), after asking L2 for the first PREFETCH bytes of those rows, which no kernel writes.
-        Gated: BLOCK_N/2 gate rows, then the up rows of the same outputs, N/2 further on."""
-        if GATED:
-            r = tl.arange(0, BLOCK_N)
-            col = tl.program_id(0) * (BLOCK_N // 2) + r % (BLOCK_N // 2)
-            rn = col + (r >= BLOCK_N // 2).to(tl.int32) * (N // 2)
-            n_ok = col < N // 2
-        else:
-            rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-            n_ok = rn < N
-        if PREFETCH > 0:
-            pdl.prefetch_l2(w + tl.where(n_ok, rn, 0).to(tl.int64) * s_wn, PREFETCH)
-        pdl.enter(PDL)  # x, the partials and the residual may come from the kernel before
-        return rn, n_ok
 
     @triton.jit(do_not_specialize=["M"])  # one build serves 1 to 16 rows (decode and 16-row prefill)
     def _skinny(
@@ -175,10 +138,15 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         BLOCK_K: tl.constexpr,
         PRECISION: tl.constexpr,
-        PDL: tl.constexpr,
-        PREFETCH: tl.constexpr,
     ):
-        rn, n_ok = _weight_rows(w, N, s_wn, GATED, BLOCK_N, PDL, PREFETCH)
+        if GATED:  # weight rows: BLOCK_N/2 gate rows, then the up rows of the same outputs, N/2 further on
+            r = tl.arange(0, BLOCK_N)
+            col = tl.program_id(0) * (BLOCK_N // 2) + r % (BLOCK_N // 2)
+            rn = col + (r >= BLOCK_N // 2).to(tl.int32) * (N // 2)
+            n_ok = col < N // 2
+        else:
+            rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+            n_ok = rn < N
         rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
         rk = tl.arange(0, BLOCK_K)
         m_ok = rm < M
@@ -220,103 +188,51 @@ if triton is not None:
             v = tl.where(mn_ok, stored.to(tl.float32), 0.0)
             tl.store(parts + tl.program_id(0) * M + rm, tl.sum(v * v, axis=1), mask=m_ok)
 
-    @triton.jit
-    def _gemv(
-        x,
-        w,
-        bias,
-        res,
-        y,
-        parts,
-        N,
-        K,
-        s_wn,
-        P_IN,
-        eps,
-        HAS_BIAS: tl.constexpr,
-        HAS_RES: tl.constexpr,
-        GATED: tl.constexpr,
-        STATS: tl.constexpr,
-        NORM: tl.constexpr,
-        BLOCK_P: tl.constexpr,
-        EVEN_K: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        BLOCK_K: tl.constexpr,
-        PDL: tl.constexpr,
-        PREFETCH: tl.constexpr,
-    ):
-        """_skinny for one row of x: the same epilogues (bias, norm, gate, residual, sums of squares), the product
-        as [BLOCK_N, BLOCK_K] register tiles of w times x, summed along K once at the end."""
-        rn, n_ok = _weight_rows(w, N, s_wn, GATED, BLOCK_N, PDL, PREFETCH)
-        rk = tl.arange(0, BLOCK_K)
-        wp = w + rn[:, None].to(tl.int64) * s_wn + rk[None, :]
-        acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            if EVEN_K:
-                xt = tl.load(x + k0 + rk)
-                wt = tl.load(wp, mask=n_ok[:, None], other=0.0, eviction_policy="evict_first")
-            else:
-                k_ok = (rk + k0) < K
-                xt = tl.load(x + k0 + rk, mask=k_ok, other=0.0)
-                wt = tl.load(wp, mask=n_ok[:, None] & k_ok[None, :], other=0.0, eviction_policy="evict_first")
-            acc += wt.to(tl.float32) * xt.to(tl.float32)[None, :]
-            wp += BLOCK_K
-        out = tl.sum(acc, axis=1)
-        if NORM:
-            rp = tl.arange(0, BLOCK_P)
-            sq = tl.load(parts + rp, mask=rp < P_IN, other=0.0)
-            out *= tl.rsqrt(tl.sum(sq, axis=0) / K + eps)
-        if HAS_BIAS:
-            out += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)
-        if GATED:
-            gate, up = tl.split(tl.permute(tl.reshape(out, [2, BLOCK_N // 2]), (1, 0)))
-            out = gate * tl.sigmoid(gate) * up
-            rn = tl.program_id(0) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
-            n_ok = rn < N // 2
-        if HAS_RES:
-            out += tl.load(res + rn, mask=n_ok, other=0.0).to(tl.float32)
-        stored = out.to(y.dtype.element_ty)
-        tl.store(y + rn, stored, mask=n_ok)
-        if STATS:
-            v = tl.where(n_ok, stored.to(tl.float32), 0.0)
-            tl.store(parts + tl.program_id(0), tl.sum(v * v, axis=0))
-
 
 def launch(
     x: torch.Tensor,
     w: torch.Tensor,
     b: torch.Tensor | None,
-    cfg: tuple[int, ...],
+    cfg: tuple[int, int, int, int],
     res: torch.Tensor | None = None,
     gated: bool = False,
     norm_parts: torch.Tensor | None = None,
     rms_eps: float = 0.0,
 ) -> torch.Tensor:
-    """The kernel with an explicit config (the benchmark sweeps configs through this): config()'s four values for
-    `_skinny`, gemv_config()'s three for `_gemv` (x of one row); x [M, K], w [N, K], res [M, N]
+    """The kernel with an explicit config (the benchmark sweeps configs through this); x [M, K], w [N, K], res [M, N]
     (unit stride along N) or None; gated: w is [gate; up] stacked, the output is silu(gate) · up [M, N/2] (no
     residual then); norm_parts [P, M] float32: x's rows RMS-normalised (eps rms_eps) from these partial sums of
     squares."""
     return _launch(x, w, b, cfg, res, gated, norm_parts, rms_eps)[0]
 
 
-def _launch(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, stats=False, pdl_on=None):
-    """launch(), and with `stats` also the output rows' partial sums of squares, [programs along N, M] float32;
-    pdl_on: launch with programmatic dependent launch (None: where pdl.active says). A config of three values
-    (gemv_config's) runs one row through `_gemv`, one of four (config's) runs `_skinny`."""
+def _launch(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, stats=False):
+    """launch(), and with `stats` also the output rows' partial sums of squares, [programs along N, M] float32."""
     m, k = x.shape
     n = w.shape[0]
     if gated and (n % 2 or res is not None):
         raise ValueError(f"a gated skinny_linear needs an even number of weight rows and no residual; got {n} rows")
-    one_row = len(cfg) == 3
-    block_n, block_k, warps = cfg[:3]
+    block_n, block_k, warps, stages = cfg
     block_m = max(16, triton.next_power_of_2(min(m, 64)))
     y = x.new_empty(m, n // 2 if gated else n)
-    programs = triton.cdiv(n // 2, block_n // 2) if gated else triton.cdiv(n, block_n)
-    parts = x.new_empty(programs, m, dtype=torch.float32) if stats else norm_parts
-    on = pdl.active(x.device) if pdl_on is None else pdl_on
-    tensors = (x, w, b if b is not None else w, res if res is not None else w, y, parts if parts is not None else y)
-    settings = dict(
+    grid = (triton.cdiv(n // 2, block_n // 2) if gated else triton.cdiv(n, block_n), triton.cdiv(m, block_m))
+    parts = x.new_empty(grid[0], m, dtype=torch.float32) if stats else norm_parts
+    _skinny[grid](
+        x,
+        w,
+        b if b is not None else w,
+        res if res is not None else w,
+        y,
+        parts if parts is not None else y,
+        m,
+        n,
+        k,
+        x.stride(0),
+        w.stride(0),
+        res.stride(0) if res is not None else 0,
+        y.stride(0),
+        norm_parts.shape[0] if norm_parts is not None else 0,
+        rms_eps,
         HAS_BIAS=b is not None,
         HAS_RES=res is not None,
         GATED=gated,
@@ -324,31 +240,13 @@ def _launch(x, w, b, cfg, res=None, gated=False, norm_parts=None, rms_eps=0.0, s
         NORM=norm_parts is not None,
         BLOCK_P=triton.next_power_of_2(norm_parts.shape[0]) if norm_parts is not None else 1,
         EVEN_K=k % block_k == 0,
+        BLOCK_M=block_m,
         BLOCK_N=block_n,
         BLOCK_K=block_k,
-        PDL=on,
-        PREFETCH=pdl.prefetch_bytes(w) if on else 0,
+        PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
         num_warps=warps,
-        launch_pdl=on,
+        num_stages=stages,
     )
-    p_in = norm_parts.shape[0] if norm_parts is not None else 0
-    if one_row:
-        _gemv[(programs,)](*tensors, n, k, w.stride(0), p_in, rms_eps, **settings, num_stages=1)
-    else:
-        strides = (x.stride(0), w.stride(0), res.stride(0) if res is not None else 0, y.stride(0))
-        _skinny[(programs, triton.cdiv(m, block_m))](
-            *tensors,
-            m,
-            n,
-            k,
-            *strides,
-            p_in,
-            rms_eps,
-            **settings,
-            BLOCK_M=block_m,
-            PRECISION="ieee" if x.dtype == torch.float32 else "tf32",
-            num_stages=cfg[3],
-        )
     return y, (parts if stats else None)
 
 
@@ -390,22 +288,16 @@ def skinny_linear_stats(
 @skinny_linear_stats.register_fake
 def _(x, w, residual):
     m = x.numel() // x.shape[-1]
-    programs = -(-w.shape[0] // _choice(m, w.shape[0], x.shape[-1], x.element_size())[0])
+    programs = -(-w.shape[0] // config(m, w.shape[0], x.shape[-1], x.element_size())[0])
     return x.new_empty(*x.shape[:-1], w.shape[0]), x.new_empty(programs, m, dtype=torch.float32)
 
 
-def _choice(m: int, n: int, k: int, itemsize: int) -> tuple:
-    """_launch's config for an [m, k] x [n, k]^T product: gemv_config's (`_gemv`) for one row where GEMV is on,
-    else config's (`_skinny`)."""
-    return gemv_config(n, k) if m == 1 and GEMV else config(m, n, k, itemsize)
-
-
 def _run(x, w, b, residual, **kw):
-    """_launch on x and the residual as [rows, features], with _choice()'s config for the shape."""
+    """_launch on x and the residual as [rows, features], with config()'s launch choice for the shape."""
     x2 = _rows(x)
     m, k = x2.shape
     r2 = _rows(residual) if residual is not None else None
-    return _launch(x2, w, b, _choice(m, w.shape[0], k, x2.element_size()), r2, **kw)
+    return _launch(x2, w, b, config(m, w.shape[0], k, x2.element_size()), r2, **kw)
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:

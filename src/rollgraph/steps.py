@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from rollgraph import pdl
 from rollgraph.graphs import GraphKey
 from rollgraph.sampling import greedy, sample
 
@@ -65,7 +64,6 @@ class Steps:
             # Under compile+graphs the graph captures both parts anyway.
             _raise_recompile_limits()
             _generate_batch1_matmuls()
-            _inductor_pdl(buffers.tokens.device)
             if cache_dir:  # inductor's on-disk cache: a second start reuses the first one's compiled kernels
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
             runner.compile()
@@ -190,18 +188,6 @@ def _generate_batch1_matmuls() -> None:
     inductor_config.coordinate_descent_tuning = True
     if not static_launcher_keeps_tuning(torch.__version__):
         inductor_config.use_static_cuda_launcher = False
-
-
-def _inductor_pdl(device: torch.device) -> None:
-    """Inductor's own programmatic dependent launch (its kernels wait for the one before them inside the kernel,
-    perf-notes v36) wherever rollgraph's kernels use it (pdl.active, with pdl.INDUCTOR), if this torch has the
-    switch; process-wide, like every inductor setting."""
-    import torch._inductor.config as inductor_config
-
-    if hasattr(inductor_config.triton, "enable_pdl"):
-        inductor_config.triton.enable_pdl = pdl.INDUCTOR and pdl.active(device)
-    elif pdl.INDUCTOR and pdl.active(device):
-        logger.info("torch %s's inductor has no PDL switch; its kernels launch one after another", torch.__version__)
 
 
 def static_launcher_keeps_tuning(version: str) -> bool:
