@@ -8,7 +8,7 @@
 #   skinny:ROWS                scripts/skinny_bench.py (few-row matmuls: cuBLAS, inductor, skinny_linear)
 #   gemm[:ROWS[:autotune[:MODEL]]]  scripts/prefill_gemm_probe.py (MODEL's projections, default 7B's, at ROWS,
 #                              default 384-512; "autotune" adds max-autotune, "-" leaves it out), in OUT/gN
-#   ttft:MODEL:MODE            scripts/ttft_overhead.py (the server's share of client TTFT)
+#   ttft:MODEL:MODE            scripts/ttft_overhead.py (a client's TTFT split hop by hop, v38)
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
 #   pattn                      scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23)
 #   coldpath                   scripts/cold_path_probe.py (request parsing after an idle gap; CPU only, v25)
@@ -48,7 +48,7 @@ for step in "$@"; do
     gemm) mkdir -p "$out/g$n" && [ "${b:-}" != - ] && tune=${b:+--$b} || tune=
           python3 scripts/prefill_gemm_probe.py --out "$out/g$n/prefill_gemm.json" ${a:+--rows $a} $tune \
             ${c:+--model $c} 2>&1 | tee "$out/g$n/prefill_gemm.txt" | grep "^{" ;;
-    ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_$a.json" 2>&1 \
+    ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_${a}_${b//+/_}.json" 2>&1 \
             | tail -3 ;;
     launch) PYTHONPATH=src:scripts python3 scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
               --out "$out/launch_${a}_${b//+/_}.json" 2>&1 | grep "^{" ;;

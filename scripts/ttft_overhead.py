@@ -1,5 +1,11 @@
-"""The server's share of a client's time to first token: client TTFT minus the server's own `ttft_ms`, and the two
-parts the server reports (`frame_to_queue_ms`, `first_token_out_ms`), over many short streamed requests.
+"""Where a client's time to first token goes, hop by hop, over many short streamed requests (perf-notes v38).
+
+On one host the server's `first_byte_at` and `first_token_sent_at` stamps share the client's clock, so the client's
+TTFT splits into: `client_send` (generate(): validate, encode, send), `send_to_first_byte` (the server's event loop
+waking for the frame), `first_byte_to_frame`, `frame_to_queue` (parse and validate, the job made), `queue` (the
+engine thread waking for the job), `engine` (the server's `ttft_ms` less `queue`: the prefill, its launch and the
+token's read-back), `first_token_out` (the frame encoded and written), and `sent_to_client` (the client waking for it,
+reading and decoding it). `gap` is client TTFT minus the server's `ttft_ms`; `unsplit` what the parts leave over.
 
 Usage: PYTHONPATH=src python scripts/ttft_overhead.py --model llama-tiny --mode eager --requests 300 [--out F.json]
        [--server-arg=--token-writes=loop ...]
@@ -10,6 +16,7 @@ It starts a real `rollgraph serve`, warms it up with 20 requests, then prints on
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import statistics
@@ -51,7 +58,7 @@ def main() -> None:
         a.mode,
         *a.server_arg,
     ]
-    rows: dict[str, list[float]] = {"client_ttft": [], "server_ttft": [], "gap": [], "in": [], "out": []}
+    rows: dict[str, list[float]] = collections.defaultdict(list)
     with open(log, "w") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
     try:
@@ -61,6 +68,7 @@ def main() -> None:
             for i in range(a.requests + 20):
                 t0 = time.perf_counter()
                 gen = c.generate(ids, max_new_tokens=2)
+                sent = time.perf_counter()
                 it = iter(gen)
                 next(it)
                 t1 = time.perf_counter()
@@ -70,11 +78,22 @@ def main() -> None:
                     continue
                 t = gen.result["timings"]
                 client = (t1 - t0) * 1e3
+                parts = {
+                    "client_send": (sent - t0) * 1e3,
+                    "send_to_first_byte": (t["first_byte_at"] - sent) * 1e3,
+                    "first_byte_to_frame": t["first_byte_to_frame_ms"],
+                    "frame_to_queue": t["frame_to_queue_ms"],
+                    "queue": t["queue_ms"],
+                    "engine": t["ttft_ms"] - t["queue_ms"],
+                    "first_token_out": t["first_token_out_ms"],
+                    "sent_to_client": (t1 - t["first_token_sent_at"]) * 1e3,
+                }
                 rows["client_ttft"].append(client)
                 rows["server_ttft"].append(t["ttft_ms"])
                 rows["gap"].append(client - t["ttft_ms"])
-                rows["in"].append(t["frame_to_queue_ms"])
-                rows["out"].append(t["first_token_out_ms"])
+                for k, v in parts.items():
+                    rows[k].append(v)
+                rows["unsplit"].append(client - sum(parts.values()))
     finally:
         stop_process(proc)
     summary = {

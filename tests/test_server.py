@@ -141,8 +141,10 @@ def test_seed_client_loop_matches_in_process_greedy_with_prefix_reuse(server, re
 def test_streamed_tokens_equal_final_frame_and_in_process(server, ref):
     ids = [3, 9, 27, 81]
     with Client(server.socket_path) as c:
+        start = time.perf_counter()
         gen = c.generate(ids, max_new_tokens=20)
         events = list(gen.events())
+        end = time.perf_counter()
         final = gen.result
     tokens = [e.token_id for e in events]
     assert [e.index for e in events] == list(range(20))
@@ -154,6 +156,9 @@ def test_streamed_tokens_equal_final_frame_and_in_process(server, ref):
     assert timings["queue_ms"] >= 0 and timings["prefill_ms"] > 0 and len(timings["step_ms"]) == 19
     # the connection's own share of a client's TTFT, on both sides of the engine
     assert 0 <= timings["frame_to_queue_ms"] < 1000 and 0 <= timings["first_token_out_ms"] < 1000, timings
+    assert 0 <= timings["first_byte_to_frame_ms"] < 1000, timings
+    # the server's clock stamps are this host's CLOCK_MONOTONIC, as the client's time.perf_counter() is
+    assert start < timings["first_byte_at"] < timings["first_token_sent_at"] < end, (start, end, timings)
     for side in ("made", "sent"):  # gaps between consecutive streamed tokens, on the server
         assert 0 < timings[f"itl_{side}_median_ms"] <= timings[f"itl_{side}_max_ms"] < 10_000, timings
     assert "prefix_reused_tokens" in final and sum(final["graphs"].values()) >= 20

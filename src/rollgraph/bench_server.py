@@ -41,6 +41,7 @@ class BenchError(RollgraphError):
 
 TRANSPORT_KEYS = (
     "queue_ms",
+    "first_byte_to_frame_ms",
     "frame_to_queue_ms",
     "first_token_out_ms",
     "token_frames_direct",

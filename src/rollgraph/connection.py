@@ -146,7 +146,8 @@ class Connection:
         self.gone = False  # the peer closed or stopped reading: nothing more is sent
         self._peek: asyncio.Future[bytes] | None = None
         self._job: GenerateJob | None = None
-        self._body_at = 0.0  # when the current request's frame was read whole (time.perf_counter)
+        self._first_byte_at = 0.0  # when the current request's frame began to arrive (time.perf_counter)
+        self._body_at = 0.0  # when it was read whole
         self._transport_ms: dict[str, float] = {}  # the last generation's time in this process around the engine
 
     def close(self) -> None:
@@ -194,6 +195,7 @@ class Connection:
     async def _read_body(self) -> bytes | None:
         """The next frame's body, or None when the connection is to be closed (EOF, stall, too large)."""
         first = await self._first_byte_task()
+        self._first_byte_at = time.perf_counter()
         self._peek = None
         if not first:
             return None
@@ -347,7 +349,11 @@ class Connection:
 
         watch.add_done_callback(on_peer)
         self._job = job
-        self._transport_ms = {"frame_to_queue_ms": round((job.enqueued - self._body_at) * 1e3, 3)}
+        self._transport_ms = {
+            "first_byte_to_frame_ms": round((self._body_at - self._first_byte_at) * 1e3, 3),
+            "frame_to_queue_ms": round((job.enqueued - self._body_at) * 1e3, 3),
+            "first_byte_at": self._first_byte_at,
+        }
         self.ctx.engine_thread.submit(job)
         made: list[float] = []  # frames written here: when the engine thread had the token, and when it was written
         sent: list[float] = []
@@ -411,6 +417,7 @@ def _stream_figures(direct: DirectWriter | None, made: list[float], sent: list[f
     out: dict = {"token_frames_direct": len(direct.sent) if direct is not None else 0}
     if made:
         out["first_token_out_ms"] = round((sent[0] - made[0]) * 1e3, 3)
+        out["first_token_sent_at"] = sent[0]
     if len(made) < 2:
         return out
     for name, stamps in (("made", made), ("sent", sent)):
@@ -423,10 +430,13 @@ def _stream_figures(direct: DirectWriter | None, made: list[float], sent: list[f
 def final_frame(done: Done, tokenizer: Any, transport_ms: dict | None = None) -> dict:
     """The final generate frame: protocol.generate_reply plus server timings and prefix reuse.
 
-    `transport_ms` is what the connection adds around the engine: `frame_to_queue_ms` (request frame read whole ->
-    job queued) and, when streaming, `first_token_out_ms` (token 0 made -> its frame written) and the median and
-    largest gaps between tokens as made and as sent (`itl_made_*`, `itl_sent_*`). A client's TTFT minus the server's
-    `ttft_ms` minus these is the socket and the client itself."""
+    `transport_ms` is what the connection adds around the engine: `first_byte_to_frame_ms` (the request frame's
+    first byte seen -> read whole), `frame_to_queue_ms` (read whole -> job queued) and, when streaming,
+    `first_token_out_ms` (token 0 made -> its frame written) and the median and largest gaps between tokens as made
+    and as sent (`itl_made_*`, `itl_sent_*`). A client's TTFT minus the server's `ttft_ms` minus these is the socket
+    and the client itself. `first_byte_at` and `first_token_sent_at` are this process's time.perf_counter() at those
+    two points: CLOCK_MONOTONIC on Linux, so a client on the same host can split the rest with its own stamps
+    (scripts/ttft_overhead.py)."""
     data = done.result.to_dict()
     timings = {"queue_ms": round(done.queue_ms, 3), **data["timings"], **(transport_ms or {})}
     timings["ttft_ms"] = round(done.queue_ms + done.result.prefill_ms, 3)
