@@ -83,16 +83,21 @@ class FrameTooLarge(RollgraphError):
 # ----------------------------------------------------------------------------------------------------- frames
 
 
+# Built once: json.dumps / json.loads with any non-default argument build a new encoder or decoder (and its scanner)
+# on every call, which costs more than encoding or decoding a small frame (perf-notes v39).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def encode_frame(obj: dict) -> bytes:
     """Header + compact UTF-8 JSON. Raises ValueError for NaN/inf, TypeError for values JSON cannot hold."""
     if not isinstance(obj, dict):
         raise TypeError(f"a frame holds one JSON object (dict), got {type(obj).__name__}")
     try:
-        text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        body = text.encode("utf-8")
+        body = _ENCODER.encode(obj).encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate cannot be UTF-8; JSON's \uXXXX escapes still carry it as valid ASCII JSON.
-        body = json.dumps(obj, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode("ascii")
+        body = _ASCII_ENCODER.encode(obj).encode("ascii")
     if len(body) > _MAX_HEADER_LENGTH:
         raise FrameTooLarge(len(body), _MAX_HEADER_LENGTH)
     return _HEADER.pack(len(body)) + body
@@ -121,6 +126,9 @@ def _depth(obj: object) -> int:
     return deepest
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
+
+
 def decode_payload(data: bytes) -> dict:
     """Frame body -> dict. Raises RequestError: `invalid_json` (not UTF-8 JSON, NaN/Infinity),
     `invalid_message` (not an object, nested deeper than MAX_JSON_DEPTH), `invalid_value` (a number no
@@ -130,7 +138,7 @@ def decode_payload(data: bytes) -> dict:
     except UnicodeDecodeError as exc:
         raise RequestError(f"frame is not UTF-8: {exc.reason} at byte {exc.start}", code="invalid_json") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_parse_float)
+        obj = _DECODER.decode(text)
     except RequestError:
         raise
     except RecursionError:
