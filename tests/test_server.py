@@ -4,6 +4,7 @@ be made to do (fail a step, lack a tokenizer) and for connection admission."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -393,7 +394,10 @@ def test_connection_limit_replies_overloaded():
             extra.sendall(encode_frame({"type": "health"}))
             reply = recv_frame(extra)
             assert reply is not None and reply["code"] == "overloaded"
-            assert extra.recv(1) == b""
+            # Then the server closes it without reading the health frame. Depending on timing this end sees that
+            # close as EOF or, with the frame still unread there, as a reset after the reply (seen on the H100 host).
+            with contextlib.suppress(ConnectionResetError):
+                assert extra.recv(1) == b""
         held.pop().close()
         connect_served(srv.socket_path).close()  # the place is free once the server has read the EOF
         held[0].close()
