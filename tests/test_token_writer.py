@@ -10,7 +10,7 @@ import pytest
 
 from rollgraph.client import Client
 from rollgraph.protocol import decode_payload, recv_frame, send_frame, token_frame
-from rollgraph.token_writer import DirectWriter, TokenFrames
+from rollgraph.token_writer import DirectWriter, TokenFrames, engine_socket
 from serverproc import FakeEngine, ThreadServer
 
 
@@ -41,7 +41,8 @@ def split_frames(stream: bytes) -> list[dict]:
 
 def test_a_full_socket_turns_the_writer_off_and_hands_back_exactly_the_unsent_bytes():
     ours, peer = small_pair()
-    writer = DirectWriter(ours.fileno())
+    dup = engine_socket(ours.fileno())
+    writer = DirectWriter(dup)
     frames, rest, whole = TokenFrames(None), b"", 0
     while not rest and whole < 5000:  # far more than the small buffers hold
         rest = writer.send(frames.encode(whole), time.perf_counter())
@@ -58,6 +59,7 @@ def test_a_full_socket_turns_the_writer_off_and_hands_back_exactly_the_unsent_by
     # What the socket took, then the handed-back rest: one unbroken stream of frames 0..whole.
     assert [f["index"] for f in split_frames(taken + rest)] == list(range(whole + 1))
     writer.close()
+    dup.close()
     ours.close()
     peer.close()
 
@@ -65,21 +67,31 @@ def test_a_full_socket_turns_the_writer_off_and_hands_back_exactly_the_unsent_by
 def test_a_gone_peer_is_an_error_and_the_frame_comes_back():
     ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     peer.close()
-    writer = DirectWriter(ours.fileno())
+    dup = engine_socket(ours.fileno())
+    writer = DirectWriter(dup)
     frame = TokenFrames(None).encode(1)
     assert writer.send(frame, 0.0) == frame
     assert isinstance(writer.error, OSError) and not writer.active
     writer.close()
+    dup.close()
     ours.close()
 
 
-def test_after_close_nothing_is_sent_and_the_connection_socket_stays_open():
+def test_after_close_nothing_is_sent_and_a_later_writer_on_the_same_socket_sends():
+    """A connection makes one engine_socket and a DirectWriter per request on it: a closed writer sends nothing,
+    the next one sends, and closing the duplicate leaves the connection's own socket open."""
     ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    writer = DirectWriter(ours.fileno())
-    writer.close()
+    dup = engine_socket(ours.fileno())
+    first = DirectWriter(dup)
+    first.close()
     frame = TokenFrames(None).encode(1)
-    assert writer.send(frame, 0.0) == frame
-    ours.sendall(b"still open")  # the writer closed its own duplicate only
+    assert first.send(frame, 0.0) == frame
+    second = DirectWriter(dup)
+    assert second.send(frame, 0.0) == b"" and second.active
+    second.close()
+    assert recv_frame(peer) == decode_payload(frame[4:])
+    dup.close()
+    ours.sendall(b"still open")
     assert peer.recv(64) == b"still open"
     ours.close()
     peer.close()
@@ -139,3 +151,29 @@ def test_a_client_gone_mid_stream_leaves_the_server_serving():
         with Client(srv.socket_path) as c2:
             assert list(c2.generate([1], max_new_tokens=3)) == fake_tokens(3)
             assert c2.stats()["server"]["cancelled"] == 1
+
+
+def test_one_socket_duplicate_a_connection_closed_with_it(monkeypatch):
+    """The engine thread's writers share one duplicate of their connection's socket (perf-notes v40): one
+    duplicate however many requests stream on a connection, and the connection closes it when it ends."""
+    from rollgraph import connection
+
+    made: list[socket.socket] = []
+
+    def counted(fileno: int) -> socket.socket:
+        made.append(engine_socket(fileno))
+        return made[-1]
+
+    monkeypatch.setattr(connection, "engine_socket", counted)
+    with ThreadServer(FakeEngine()) as srv:
+        with Client(srv.socket_path) as c:
+            for _ in range(6):
+                assert list(c.generate([1], max_new_tokens=3)) == fake_tokens(3)
+            assert len(made) == 1 and made[0].fileno() >= 0
+        with Client(srv.socket_path) as c:
+            assert list(c.generate([1], max_new_tokens=3)) == fake_tokens(3)
+            deadline = time.monotonic() + 5
+            while made[0].fileno() >= 0 and time.monotonic() < deadline:  # closed once the server reads the EOF
+                time.sleep(0.02)
+            assert made[0].fileno() == -1, "the first connection's duplicate outlived it"
+            assert len(made) == 2 and made[1].fileno() >= 0

@@ -44,7 +44,7 @@ from rollgraph.protocol import (
     parse_request,
     success_reply,
 )
-from rollgraph.token_writer import DirectWriter, TokenFrames
+from rollgraph.token_writer import DirectWriter, TokenFrames, engine_socket
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +146,7 @@ class Connection:
         self.gone = False  # the peer closed or stopped reading: nothing more is sent
         self._peek: asyncio.Future[bytes] | None = None
         self._job: GenerateJob | None = None
+        self._engine_sock: socket.socket | None = None  # for the engine thread's token writes, made at first use
         self._first_byte_at = 0.0  # when the current request's frame began to arrive (time.perf_counter)
         self._body_at = 0.0  # when it was read whole
         self._transport_ms: dict[str, float] = {}  # the last generation's time in this process around the engine
@@ -177,6 +178,8 @@ class Connection:
         finally:
             self._drop_peek()
             self.writer.close()
+            if self._engine_sock is not None:  # every DirectWriter on it was closed when its request ended
+                self._engine_sock.close()
 
     def _drop_peek(self) -> None:
         peek, self._peek = self._peek, None
@@ -314,11 +317,13 @@ class Connection:
         transport = self.writer.transport
         if self.ctx.config.token_writes != "engine" or transport.is_closing() or transport.get_write_buffer_size():
             return None
-        sock = self.writer.get_extra_info("socket")
-        try:
-            return DirectWriter(sock.fileno()) if sock is not None else None
-        except OSError:
-            return None
+        if self._engine_sock is None:
+            sock = self.writer.get_extra_info("socket")
+            try:
+                self._engine_sock = engine_socket(sock.fileno()) if sock is not None else None
+            except OSError:
+                return None
+        return DirectWriter(self._engine_sock) if self._engine_sock is not None else None
 
     async def _run(self, params: GenerationParams, frames: TokenFrames | None) -> Done:
         """Queue a generation on the engine thread and relay its events; cancel it if the peer goes away.
@@ -340,6 +345,13 @@ class Connection:
             _post(loop, events, event)
 
         job = GenerateJob(params, emit)
+        self._job = job
+        self.ctx.engine_thread.submit(job)  # first: the rest here overlaps the engine thread's wake (perf-notes v40)
+        self._transport_ms = {
+            "first_byte_to_frame_ms": round((self._body_at - self._first_byte_at) * 1e3, 3),
+            "frame_to_queue_ms": round((job.enqueued - self._body_at) * 1e3, 3),
+            "first_byte_at": self._first_byte_at,
+        }
         watch = self._first_byte_task()
 
         def on_peer(task: asyncio.Future[bytes]) -> None:
@@ -348,13 +360,6 @@ class Connection:
                 job.cancel()
 
         watch.add_done_callback(on_peer)
-        self._job = job
-        self._transport_ms = {
-            "first_byte_to_frame_ms": round((self._body_at - self._first_byte_at) * 1e3, 3),
-            "frame_to_queue_ms": round((job.enqueued - self._body_at) * 1e3, 3),
-            "first_byte_at": self._first_byte_at,
-        }
-        self.ctx.engine_thread.submit(job)
         made: list[float] = []  # frames written here: when the engine thread had the token, and when it was written
         sent: list[float] = []
         try:

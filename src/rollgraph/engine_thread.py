@@ -77,14 +77,14 @@ class GenerateJob:
         self.params = params
         self.emit = emit
         self.enqueued = time.perf_counter()
-        self._cancelled = threading.Event()
+        self._cancelled = False  # set from any thread: one store, atomic under the GIL (no Event to make, v40)
 
     def cancel(self) -> None:
-        self._cancelled.set()
+        self._cancelled = True
 
     @property
     def cancelled(self) -> bool:
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def run(self, engine: Engine) -> None:
         started = time.perf_counter()

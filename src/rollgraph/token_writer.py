@@ -8,8 +8,11 @@ milliseconds late (perf-notes v8-v10). The engine thread has the frame first, so
 Order is kept by three rules. The connection makes a writer only when its transport has nothing buffered, and writes
 nothing on that connection until the job's terminal event. A frame the socket does not take whole (the client reads
 slowly), or a failed send, turns the writer off for good: the unsent rest and every later frame go through the loop,
-whose queue keeps order (`call_soon_threadsafe` is FIFO). And the writer owns a duplicate of the socket's descriptor,
-closed under a lock, so a send can never reach a descriptor number that another connection has been given since.
+whose queue keeps order (`call_soon_threadsafe` is FIFO). And the writers send on a duplicate of the socket's
+descriptor (`engine_socket`) that the connection makes once and closes only after its last writer is closed, and a
+writer is closed under its lock, so a send can never reach a descriptor number that another connection has been
+given since. (One duplicate a connection, not one a request: that took an os.dup, a socket object and a setblocking
+on the way from a request's frame to its job, perf-notes v40.)
 """
 
 from __future__ import annotations
@@ -37,17 +40,24 @@ class TokenFrames:
         return frame
 
 
+def engine_socket(fileno: int) -> socket.socket:
+    """A non-blocking duplicate of a connection's socket, for DirectWriters; whoever makes it closes it, after the
+    last writer on it is closed."""
+    sock = socket.socket(fileno=os.dup(fileno))
+    sock.setblocking(False)
+    return sock
+
+
 class DirectWriter:
-    """Sends frames on the calling thread with non-blocking sends on its own duplicate of `fileno`.
+    """Sends frames on the calling thread with non-blocking sends on `sock` (an `engine_socket`).
 
     `send` returns the bytes it could not send (empty when the socket took the whole frame); after a partial or
     failed send the writer is off and returns every later frame whole, for the caller to route through the loop.
     `made` and `sent` hold the perf_counter stamps of each frame it sent (the token's making, the send's end).
     """
 
-    def __init__(self, fileno: int) -> None:
-        self._sock = socket.socket(fileno=os.dup(fileno))
-        self._sock.setblocking(False)
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
         self._lock = threading.Lock()
         self.active = True
         self.error: OSError | None = None
@@ -72,7 +82,6 @@ class DirectWriter:
             return frame[n:]
 
     def close(self) -> None:
-        """No send after this returns; the duplicate descriptor is closed (the connection's own stays open)."""
+        """No send after this returns (the socket stays open: its maker closes it)."""
         with self._lock:
             self.active = False
-            self._sock.close()
