@@ -32,6 +32,7 @@ from rollgraph.engine_thread import CallJob, Done, EngineThread, Event, Failed, 
 from rollgraph.errors import RequestError, RollgraphError
 from rollgraph.params import GenerationParams
 from rollgraph.protocol import (
+    DEFAULT_MAX_FRAME_BYTES,
     FrameTooLarge,
     GenerateRequest,
     HealthRequest,
@@ -125,16 +126,37 @@ def peer_uid(sock: Any) -> int:
     return uid
 
 
-async def refuse(writer: asyncio.StreamWriter, error: RollgraphError, counters: Counters) -> None:
-    """Send one error frame to a connection that is not served, then close it (never raises)."""
+REFUSE_LINGER_S = 1.0
+"""How long a refused connection is read after its error frame, waiting for the client to close (below)."""
+
+
+async def refuse(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, error: RollgraphError, counters: Counters
+) -> None:
+    """Send one error frame to a connection that is not served, then close it (never raises).
+
+    The close lingers: after the frame the server ends its side (the client reads the frame, then EOF) and reads
+    whatever the client sent until it closes, for up to REFUSE_LINGER_S (and at most one frame's worth). Closed with
+    the client's request still unread, a Unix socket reports a reset to the client after the frame instead of EOF
+    (seen on the H100 host: bench/results/2026-11-27_h100_v38/, call 8)."""
     counters.connections_refused[error.code] += 1
     try:
         writer.write(encode_frame(error.to_reply()))
         await asyncio.wait_for(writer.drain(), 1.0)
+        if writer.can_write_eof():
+            writer.write_eof()
+        await asyncio.wait_for(_discard_until_eof(reader, DEFAULT_MAX_FRAME_BYTES), REFUSE_LINGER_S)
     except (ConnectionError, asyncio.TimeoutError):
         pass
     finally:
         writer.close()
+
+
+async def _discard_until_eof(reader: asyncio.StreamReader, limit: int) -> None:
+    """Read and drop what the peer sends until it closes or `limit` bytes have come."""
+    taken = 0
+    while taken < limit and (chunk := await reader.read(1 << 16)):
+        taken += len(chunk)
 
 
 class Connection:

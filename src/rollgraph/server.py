@@ -218,7 +218,7 @@ class Server:
         refusal = self._refusal(ctx, writer)
         if refusal is not None:
             logger.info("refused a connection: %s", refusal.message)
-            await refuse(writer, refusal, ctx.counters)
+            await refuse(reader, writer, refusal, ctx.counters)
             return
         conn = Connection(ctx, reader, writer)
         task = asyncio.current_task()
