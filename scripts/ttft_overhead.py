@@ -6,6 +6,8 @@ waking for the frame), `first_byte_to_frame`, `frame_to_queue` (parse and valida
 engine thread waking for the job), `engine` (the server's `ttft_ms` less `queue`: the prefill, its launch and the
 token's read-back), `first_token_out` (the frame encoded and written), and `sent_to_client` (the client waking for it,
 reading and decoding it). `gap` is client TTFT minus the server's `ttft_ms`; `unsplit` what the parts leave over.
+Where the server reports `launch_ms` (v41), `engine` is split again into `engine_launch` (the host's work up to the
+return of token 0's launch call) and `engine_wait` (the rest: the GPU, the read-back).
 
 Usage: PYTHONPATH=src python scripts/ttft_overhead.py --model llama-tiny --mode eager --requests 300 [--out F.json]
        [--server-arg=--token-writes=loop ...]
@@ -42,7 +44,11 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=10)
     p.add_argument("--out")
     p.add_argument("--server-arg", action="append", default=[], help="one more `serve` flag (repeatable)")
+    p.add_argument("--server-cpus", help="run the server under `taskset -c` with this CPU list (e.g. 2,3)")
+    p.add_argument("--client-cpus", help="pin this client process to this CPU list (e.g. 8)")
     a = p.parse_args()
+    if a.client_cpus:
+        os.sched_setaffinity(0, {int(c) for c in a.client_cpus.split(",")})
     folder = tempfile.mkdtemp(prefix="rg-ttft-")
     sock, log = os.path.join(folder, "s.sock"), os.path.join(folder, "serve.log")
     cmd = [
@@ -58,6 +64,8 @@ def main() -> None:
         a.mode,
         *a.server_arg,
     ]
+    if a.server_cpus:
+        cmd = ["taskset", "-c", a.server_cpus, *cmd]
     rows: dict[str, list[float]] = collections.defaultdict(list)
     with open(log, "w") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT)
@@ -94,6 +102,10 @@ def main() -> None:
                 for k, v in parts.items():
                     rows[k].append(v)
                 rows["unsplit"].append(client - sum(parts.values()))
+                if t.get("launch_ms") is not None:  # engine = launch (host, to token 0's launch) + the wait (v41)
+                    rows["engine_launch"].append(t["launch_ms"])
+                    rows["engine_wait"].append(parts["engine"] - t["launch_ms"])
+            server = c.stats()["server"]
     finally:
         stop_process(proc)
     summary = {
@@ -101,7 +113,10 @@ def main() -> None:
         "mode": a.mode,
         "requests": a.requests,
         "server_args": a.server_arg,
+        "server_cpus": a.server_cpus,
+        "client_cpus": a.client_cpus,
         "python": sys.version.split()[0],
+        "started_on_submit": server.get("started_on_submit"),
         **{
             k: {"median": round(statistics.median(v), 4), "p10": pct(v, 0.1), "p90": pct(v, 0.9)}
             for k, v in rows.items()

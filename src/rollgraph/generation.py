@@ -15,6 +15,9 @@ class GenerationResult:
     finish_reason: str | None = None
     prompt_tokens: int = 0
     prefill_ms: float = 0.0
+    launch_ms: float | None = None
+    """Host time from the generation's start to the return of token 0's launch (None in seed mode, whose loop
+    launches it); prefill_ms runs on to token 0's read-back."""
     step_ms: list[float] = field(default_factory=list)
     sources: Counter = field(default_factory=Counter)
     prefix_reused: int = 0
@@ -27,6 +30,7 @@ class GenerationResult:
             "usage": {"prompt_tokens": self.prompt_tokens, "completion_tokens": len(self.output_tokens)},
             "timings": {
                 "prefill_ms": round(self.prefill_ms, 3),
+                "launch_ms": round(self.launch_ms, 3) if self.launch_ms is not None else None,
                 "decode_ms_mean": round(sum(steps) / len(steps), 3) if steps else None,
                 "step_ms": [round(s, 3) for s in steps],
             },
