@@ -37,7 +37,7 @@ for step in "$@"; do
   IFS=: read -r what a b c <<<"$step"
   echo "=== $step ($(date -u +%T))"
   case "$what" in
-    tests) python3 -m pytest -m gpu tests/test_gpu.py tests/test_faults.py tests/test_first_step.py ${a:+-k "$a"} -q -rA -p no:cacheprovider \
+    tests) python3 -m pytest -m gpu tests/test_gpu.py tests/test_faults.py ${a:+-k "$a"} -q -rA -p no:cacheprovider \
              --durations=0 2>&1 | tee "$out/gpu_tests$n.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
     figures) mkdir -p "$out/f$n" && python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out/f$n" \
              ${c:+--repeats $c} 2>&1 \

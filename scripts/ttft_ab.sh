@@ -3,7 +3,7 @@
 # each: the process-to-process spread of the host's hops (~0.08 ms, perf-notes v38) needs both sides in one call.
 # Usage on the device machine: bash scripts/ttft_ab.sh OUT MODEL MODE ROUNDS LABEL:DIR[:SERVE_FLAG[:SCRIPT_ARGS]] ...
 #   DIR is a tree with src/ and scripts/ (. for this one, or a copy of an older commit carried beside it); SERVE_FLAG
-#   one more `serve` flag, e.g. base:.:--first-step=engine; SCRIPT_ARGS more ttft_overhead.py arguments, e.g.
+#   one more `serve` flag, e.g. loop:.:--token-writes=loop; SCRIPT_ARGS more ttft_overhead.py arguments, e.g.
 #   "pinned:.::--server-cpus 2,3 --client-cpus 8"
 set -uo pipefail
 out=${1:?output folder} model=${2:?model} mode=${3:?mode} rounds=${4:?rounds}

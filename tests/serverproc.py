@@ -137,23 +137,7 @@ class FakeGeneration:
         self.result.finish_reason = self.result.finish_reason or "cancelled"
 
 
-class StandIn:
-    """What the engine thread asks of an Engine besides generate(): stand-ins have no graphs, so no job of theirs
-    starts on the submitting thread (engine_thread.py) unless the server says `first_step="any"`."""
-
-    def starts_with_a_replay(self, params: GenerationParams) -> bool:
-        return False
-
-    def start(self, params: GenerationParams):
-        gen = self.generate(params)
-        self.threads.add(threading.current_thread().name)
-        return gen
-
-    def use_this_thread(self) -> None:
-        pass
-
-
-class FakeEngine(StandIn):
+class FakeEngine:
     """What the server needs of an Engine; ids containing 13 make the model step fail."""
 
     def __init__(self, captures: int = 0) -> None:

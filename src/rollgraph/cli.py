@@ -140,14 +140,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="who writes streamed token frames: the engine thread, straight into the socket (default), or the "
         "asyncio loop",
     )
-    s.add_argument(
-        "--first-step",
-        choices=("replay", "engine", "any"),
-        default="replay",
-        help="who launches a request's first step when the engine is idle: the event loop's thread if that step is "
-        "a captured graph (default; saves the engine thread's wake-up), always the engine thread (engine), or the "
-        "loop's thread for any step (any: eager and compiled steps block the loop meanwhile; for tests)",
-    )
 
     g = sub.add_parser("generate", help="generate in-process (--model) or through a server (--socket)")
     where = g.add_mutually_exclusive_group(required=True)

@@ -152,8 +152,3 @@ class ServerConfig:
     """Who writes streamed token frames: "engine" (the engine thread sends each frame into the socket itself the
     moment it has the token, falling back to the loop when the socket is full) or "loop" (every frame goes through
     the asyncio loop)."""
-    first_step: str = "replay"
-    """Who launches a request's first step when the engine thread is idle: "replay" (the event loop's thread, when
-    that step is a graph the pool holds: the engine thread's wake-up is then off the time to first token,
-    engine_thread.py), "engine" (always the engine thread) or "any" (the loop's thread for eager and compiled steps
-    too; they block the loop meanwhile, so this is for tests)."""

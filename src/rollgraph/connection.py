@@ -97,8 +97,7 @@ class Counters:
 @dataclass
 class ServerContext:
     """What every connection shares. `engine` is used here only for pure-Python reads (`validate`, the
-    tokenizer); everything that touches torch goes through `engine_thread` (whose `submit` may start a job on this
-    thread, under the engine's lock: engine_thread.py)."""
+    tokenizer); everything that touches torch goes through `engine_thread`."""
 
     config: ServerConfig
     engine: Any
@@ -115,7 +114,6 @@ class ServerContext:
             **self.counters.to_dict(),
             "queued_jobs": self.engine_thread.queued(),
             "idle_captures": self.engine_thread.idle_captures,
-            "started_on_submit": self.engine_thread.started_on_submit,
         }
 
 
@@ -370,7 +368,7 @@ class Connection:
 
         job = GenerateJob(params, emit)
         self._job = job
-        self.ctx.engine_thread.submit(job)  # first: the rest here overlaps the engine's work (perf-notes v40, v42)
+        self.ctx.engine_thread.submit(job)  # first: the rest here overlaps the engine thread's wake (perf-notes v40)
         self._transport_ms = {
             "first_byte_to_frame_ms": round((self._body_at - self._first_byte_at) * 1e3, 3),
             "frame_to_queue_ms": round((job.enqueued - self._body_at) * 1e3, 3),

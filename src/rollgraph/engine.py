@@ -57,11 +57,6 @@ class Engine:
         self._capture_stream: torch.cuda.Stream | None = None
         self._shared_pool: tuple | None = None  # memory pool of all prefill graphs with PoolConfig.share_prefill_pool
         self.host = HostTokens(self.device)
-        # A bare "cuda" means the device current where the engine is built; other threads are told which (start()).
-        cuda = self.device.type == "cuda"
-        self._device_index = (
-            (self.device.index if self.device.index is not None else torch.cuda.current_device()) if cuda else None
-        )
         self._upload = torch.zeros(self.max_seq_len, dtype=torch.int64, pin_memory=True) if self.host.cuda else None
         self._upload_np = self._upload.numpy() if self._upload is not None else None  # the same pinned memory
         self._ahead: tuple[int, SamplingParams, str] | None = None  # speculated step: handle, sampling, source
@@ -190,38 +185,12 @@ class Engine:
             )
 
     def generate(self, params: GenerationParams) -> Generation:
-        """Validate, then return an iterator of the generated token ids; nothing runs before its first next()."""
-        params, result = self._admit(params)
-        return Generation(self._later(params, result), result)
-
-    def start(self, params: GenerationParams) -> Generation:
-        """generate(), with the step that makes token 0 launched before it returns; the iterator reads token 0 back,
-        then runs the remaining steps. Until it is exhausted or closed, nothing else may use the engine."""
-        params, result = self._admit(params)
-        return Generation(self._run(params, result), result)
-
-    def _admit(self, params: GenerationParams) -> tuple[GenerationParams, GenerationResult]:
+        """Validate, then return an iterator of the generated token ids."""
         self.validate(params)
         if params.sampling.seed is None and not params.sampling.greedy:
             params = replace(params, sampling=replace(params.sampling, seed=random.getrandbits(62)))
-        return params, GenerationResult(prompt_tokens=len(params.input_ids))
-
-    def _later(self, params: GenerationParams, result: GenerationResult) -> Iterator[int]:
-        yield from self._run(params, result)
-
-    def starts_with_a_replay(self, params: GenerationParams) -> bool:
-        """Whether `start(params)` would begin with a graph the pool holds (or with the token of the step speculated
-        for it): host work of a few hundred µs and no compiled or eager step, which any thread may do while the engine
-        thread waits for work (engine_thread.py). Call it only where start() could run."""
-        if self.config.mode == "seed" or not self.graphs_enabled:
-            return False
-        kind, key = self._first_source(list(params.input_ids), params.sampling, self._row_tokens, self._ahead)
-        return kind == "ahead" or (key is not None and key in self.pool)
-
-    def use_this_thread(self) -> None:
-        """Make the engine's device current on the calling thread (a thread other than the one that loaded it)."""
-        if self._device_index is not None:
-            torch.cuda.set_device(self._device_index)
+        result = GenerationResult(prompt_tokens=len(params.input_ids))
+        return Generation(self._run(params, result), result)
 
     def next_token(self, input_ids: list[int]) -> int:
         """The original design's message: the greedy next token after `input_ids` (prefix reuse applies)."""
@@ -235,7 +204,6 @@ class Engine:
         buf.seeds[0] = s.seed or 0
 
     def _run(self, params: GenerationParams, result: GenerationResult) -> Iterator[int]:
-        """Launch token 0's step now (seed mode: leave it to the loop), and return the iterator over the tokens."""
         self.requests += 1
         ids, smp, start = list(params.input_ids), not params.sampling.greedy, time.perf_counter()
         held, ahead = self._row_tokens, self._ahead
@@ -251,10 +219,6 @@ class Engine:
             def step(i: int) -> None:
                 result.sources[self._execute(GraphKey("decode", 1, self._kv_len(len(ids) + i - 1), smp))] += 1
 
-        return self._tokens(ids, params, result, step, start, first)
-
-    def _tokens(self, ids, params, result, step, start: float, first) -> Iterator[int]:
-        """_loop, and on a good end what row 0 then holds (_keep_row)."""
         ok = False
         try:
             yield from self._loop(params, result, step, start, first)
@@ -328,41 +292,30 @@ class Engine:
 
     # ---- row 0 between requests: prefix reuse and the speculated step --------------------------------------------
 
-    def _first_source(self, ids: list[int], sampling: SamplingParams, held, ahead) -> tuple[str, GraphKey | None]:
-        """How token 0 after `ids` is made, reusing row 0's cache where that is exact, and the step's key.
+    def _first_token(self, ids: list[int], params: GenerationParams, held, ahead, result: GenerationResult) -> int:
+        """Launch whatever yields token 0 and return its handle, reusing row 0's cache where that is exact.
 
         Reuse never changes a token: it runs exactly the decode step that streaming generation would have run.
-        (1) "ahead": ids equal the held sequence and a step for it was speculated with the same sampling: take its
-        token (no key). (2) "extend": ids are the held sequence plus one token: one decode step. (3) "prefill":
-        anything else, on its bucket's key (None: longer than every bucket, one pass at its exact length).
+        (1) ids equal the held sequence and a step for it was speculated with the same sampling: take its token.
+        (2) ids are the held sequence plus one token: one decode step. Anything else: a fresh prefill.
         """
-        smp = not sampling.greedy
-        if ahead is not None and held == ids and ahead[1] == sampling:
-            return "ahead", None
-        if held is not None and len(ids) == len(held) + 1 and ids[:-1] == held:
-            return "extend", GraphKey("decode", 1, self._kv_len(len(held)), smp)
-        n = len(ids)
-        bucket = next((b for b in self.config.prefill_buckets if n <= b <= self.max_seq_len), None)
-        return "prefill", GraphKey("prefill", 1, bucket, smp) if bucket is not None else None
-
-    def _first_token(self, ids: list[int], params: GenerationParams, held, ahead, result: GenerationResult) -> int:
-        """Launch whatever yields token 0 (_first_source) and return its handle."""
         buf, smp = self.buffers, not params.sampling.greedy
-        kind, key = self._first_source(ids, params.sampling, held, ahead)
-        if ahead is not None and kind != "ahead":
-            self.counters["ahead_wasted"] += 1
-        self.counters["ahead_hit" if kind == "ahead" else kind] += 1
-        if kind == "ahead":
+        if ahead is not None and held == ids and ahead[1] == params.sampling:
+            self.counters["ahead_hit"] += 1
             result.prefix_reused = len(ids)
             result.sources[ahead[2]] += 1
             return ahead[0]
-        if kind == "extend":
+        if ahead is not None:
+            self.counters["ahead_wasted"] += 1
+        if held is not None and len(ids) == len(held) + 1 and ids[:-1] == held:
+            self.counters["extend"] += 1
             result.prefix_reused = len(held)
             buf.tokens[0] = ids[-1]
             buf.positions[0] = len(held)
-            result.sources[self._execute(key)] += 1
+            result.sources[self._execute(GraphKey("decode", 1, self._kv_len(len(held)), smp))] += 1
         else:
-            self._prefill(ids, key, smp, result)
+            self.counters["prefill"] += 1
+            self._prefill(ids, smp, result)
         return self.host.push(buf.tokens[:1])
 
     def _keep_row(self, ids: list[int], params: GenerationParams, result: GenerationResult) -> None:
@@ -381,17 +334,17 @@ class Engine:
         self._ahead = (self.host.push(self.buffers.tokens[:1]), params.sampling, source)
         self._row_tokens = [*row, out[-1]]
 
-    def _prefill(self, ids: list[int], key: GraphKey | None, smp: bool, result: GenerationResult) -> None:
-        """Fill row 0 with `ids` from position 0 and leave the first sampled token in the buffers; `key` is the
-        bucket's (None: longer than every bucket, one pass at its exact length, no graph)."""
+    def _prefill(self, ids: list[int], smp: bool, result: GenerationResult) -> None:
+        """Fill row 0 with `ids` from position 0 and leave the first sampled token in the buffers."""
         buf, n = self.buffers, len(ids)
-        self._put_prompt(ids, key.length if key is not None else n)
+        bucket = next((b for b in self.config.prefill_buckets if n <= b <= self.max_seq_len), None)
+        self._put_prompt(ids, bucket or n)
         buf.prompt_len[0] = n
-        if key is None:
+        if bucket is None:  # longer than every bucket: one pass at its exact length, no graph
             self.steps.fn(GraphKey("prefill", 1, n, smp))()
             result.sources[self._direct] += 1
             return
-        result.sources[self._execute(key)] += 1
+        result.sources[self._execute(GraphKey("prefill", 1, bucket, smp))] += 1
 
     def _put_prompt(self, ids: list[int], width: int) -> None:
         """Row 0 of the prompt buffer = ids, then zeros up to `width`. On CUDA one copy from pinned memory: a copy

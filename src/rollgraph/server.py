@@ -1,10 +1,9 @@
 """The generator process: load the model, pre-capture, then serve the wire protocol on a Unix socket.
 
 Threads: the asyncio loop (this module and `connection.py`) accepts connections, reads frames and streams
-replies; the engine thread (`engine_thread.py`) does the torch work, one job at a time in arrival order (a
-request's first step may be launched by the loop's thread while the engine thread waits for work, under the
-engine's lock: `--first-step`). The socket only opens once loading and pre-capture are done, so a client that can
-connect is served at full speed.
+replies; the engine thread (`engine_thread.py`) does all torch work, one job at a time in arrival order. The
+socket only opens once loading and pre-capture are done, so a client that can connect is served at full
+speed.
 
 The socket file is created with mode 0600 and removed on exit; parent directories that do not exist yet are
 created with mode 0700 (and kept). A stale socket (nobody listening) is replaced; a live server's socket, or a
@@ -55,7 +54,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         allowed_uids=tuple(args.allow_uid or ()),
         gc_freeze=getattr(args, "gc_freeze", ServerConfig.gc_freeze),
         token_writes=getattr(args, "token_writes", ServerConfig.token_writes),
-        first_step=getattr(args, "first_step", ServerConfig.first_step),
     )
     checks = (
         ("--max-frame-bytes", config.max_frame_bytes >= 64, "an integer >= 64"),
@@ -63,7 +61,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         ("--frame-timeout", config.frame_timeout_s > 0, "a number of seconds > 0"),
         ("--drain-timeout", config.drain_timeout_s >= 0, "a number of seconds >= 0"),
         ("--token-writes", config.token_writes in ("engine", "loop"), 'one of "engine", "loop"'),
-        ("--first-step", config.first_step in ("replay", "engine", "any"), 'one of "replay", "engine", "any"'),
         (
             "--socket",
             len(os.fsencode(config.socket_path)) < 108,
@@ -178,7 +175,7 @@ class Server:
 
     def __init__(self, config: ServerConfig, load: Callable[[], Any]) -> None:
         self.config = config
-        self.engine_thread = EngineThread(load, config.first_step)
+        self.engine_thread = EngineThread(load)
         self._conns: dict[Connection, asyncio.Task] = {}
         self.ctx: ServerContext | None = None
 
