@@ -57,8 +57,6 @@ class Engine:
         self._capture_stream: torch.cuda.Stream | None = None
         self._shared_pool: tuple | None = None  # memory pool of all prefill graphs with PoolConfig.share_prefill_pool
         self.host = HostTokens(self.device)
-        self._upload = torch.zeros(self.max_seq_len, dtype=torch.int64, pin_memory=True) if self.host.cuda else None
-        self._upload_np = self._upload.numpy() if self._upload is not None else None  # the same pinned memory
         self._ahead: tuple[int, SamplingParams, str] | None = None  # speculated step: handle, sampling, source
         self.counters: Counter = Counter()  # how requests started: prefill, extend, ahead_hit, ahead_wasted
         self.requests = 0
@@ -336,10 +334,9 @@ class Engine:
 
     def _prefill(self, ids: list[int], smp: bool, result: GenerationResult) -> None:
         """Fill row 0 with `ids` from position 0 and leave the first sampled token in the buffers."""
-        buf, n = self.buffers, len(ids)
+        n = len(ids)
         bucket = next((b for b in self.config.prefill_buckets if n <= b <= self.max_seq_len), None)
         self._put_prompt(ids, bucket or n)
-        buf.prompt_len[0] = n
         if bucket is None:  # longer than every bucket: one pass at its exact length, no graph
             self.steps.fn(GraphKey("prefill", 1, n, smp))()
             result.sources[self._direct] += 1
@@ -347,19 +344,14 @@ class Engine:
         result.sources[self._execute(GraphKey("prefill", 1, bucket, smp))] += 1
 
     def _put_prompt(self, ids: list[int], width: int) -> None:
-        """Row 0 of the prompt buffer = ids, then zeros up to `width`. On CUDA one copy from pinned memory: a copy
-        from pageable memory would wait for the stream first and take a second kernel for the zeros. The ids and
-        zeros go into the pinned buffer through its numpy view, without a torch call (perf-notes v41). The pinned
-        buffer is free again once token 0 is read back; a request that failed before that can only have its own
-        pending copy overwritten by the next request's prompt."""
-        n, row = len(ids), self.buffers.prompt[0]
-        if self._upload is None:
-            row[:n] = torch.tensor(ids, dtype=torch.int64)
-            row[n:width].zero_()
-            return
-        self._upload_np[:n] = ids
-        self._upload_np[n:width] = 0
-        row[:width].copy_(self._upload[:width], non_blocking=True)
+        """The prefill's input row 0 = ids, then zeros up to `width`, and its length: written into the host buffers
+        that the prefill step copies in first (StepBuffers; perf-notes v41, v44), through numpy, so the step's graph
+        can be launched right after. They are free again once token 0 is read back; a request that failed before
+        that can only have its own pending copy overwritten by the next request's prompt."""
+        buf, n = self.buffers, len(ids)
+        buf.prompt_ids[0, :n] = ids
+        buf.prompt_ids[0, n:width] = 0
+        buf.prompt_lens[0] = n
 
     # ---- figures -----------------------------------------------------------------------------------------------
 

@@ -21,11 +21,21 @@ logger = logging.getLogger(__name__)
 
 
 class StepBuffers:
-    """Every tensor a step reads or writes, allocated once at the largest size and sliced per key."""
+    """Every tensor a step reads or writes, allocated once at the largest size and sliced per key.
+
+    A prefill's inputs come from the host: its step begins by copying `host_prompt` and `host_prompt_len` (pinned on
+    CUDA) into `prompt` and `prompt_len`. Captured, those copies are memcpy nodes at the head of the graph that read
+    the host buffers when the graph runs, so a request writes its ids through the numpy views (`prompt_ids`) and
+    launches, with no torch call in between (perf-notes v44). The host buffers may be rewritten once the last
+    prefill's token has been read back."""
 
     def __init__(self, max_batch: int, max_seq_len: int, vocab: int, device: torch.device) -> None:
         i64 = dict(dtype=torch.int64, device=device)
         f32 = dict(dtype=torch.float32, device=device)
+        pinned = dict(dtype=torch.int64, pin_memory=device.type == "cuda")
+        self.host_prompt = torch.zeros(max_batch, max_seq_len, **pinned)
+        self.host_prompt_len = torch.ones(max_batch, **pinned)
+        self.prompt_ids, self.prompt_lens = self.host_prompt.numpy(), self.host_prompt_len.numpy()  # same memory
         self.prompt = torch.zeros(max_batch, max_seq_len, **i64)
         self.prompt_len = torch.ones(max_batch, **i64)
         self.tokens = torch.zeros(max_batch, **i64)
@@ -83,7 +93,15 @@ class Steps:
         elif key.phase == "prefill":
             core = _prefill_core
 
+            # Row 0 alone is one contiguous copy; more rows are copied whole (a strided copy would go through a
+            # pageable staging buffer, which a capture cannot read later).
+            host, dev = (
+                (buf.host_prompt[:1, :n], buf.prompt[:1, :n]) if b == 1 else (buf.host_prompt[:b], buf.prompt[:b])
+            )
+
             def step() -> None:
+                dev.copy_(host, non_blocking=True)
+                buf.prompt_len[:b].copy_(buf.host_prompt_len[:b], non_blocking=True)
                 lens = buf.prompt_len[:b]
                 logits, nxt = core(r, buf.prompt[:b, :n], lens, buf.write_kv, smp, *_sampling_args(buf, b))
                 buf.logits[:b].copy_(logits)
@@ -108,6 +126,8 @@ class Steps:
         buf.positions[:b].fill_(self.runner.max_seq_len - 1)
         buf.prompt[:b, : key.length].zero_()
         buf.prompt_len[:b].fill_(key.length)
+        buf.prompt_ids[:b, : key.length] = 0  # what a prefill step copies in first
+        buf.prompt_lens[:b] = key.length
 
 
 def run_once_in_threads(runner, keys: Iterable[GraphKey], vocab: int, device: torch.device, threads: int) -> int:
