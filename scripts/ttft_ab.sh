@@ -20,6 +20,6 @@ for r in $(seq 1 "$rounds"); do
       --requests ${TTFT_REQUESTS:-300} --out "$out/ttft_r${r}_$label.json" ${flag:+--server-arg=$flag} $extra 2>&1 \
       | tail -1 \
       | python3 -c "import json,sys; s=sys.stdin.read(); d=json.loads(s) if s.startswith('{') else print(s) or {}
-print({k: d[k]['median'] for k in d if isinstance(d[k], dict)}, 'started_on_submit', d.get('started_on_submit'))")
+print({k: d[k]['median'] for k in d if isinstance(d[k], dict)})")
   done
 done

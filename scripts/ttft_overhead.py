@@ -105,7 +105,6 @@ def main() -> None:
                 if t.get("launch_ms") is not None:  # engine = launch (host, to token 0's launch) + the wait (v41)
                     rows["engine_launch"].append(t["launch_ms"])
                     rows["engine_wait"].append(parts["engine"] - t["launch_ms"])
-            server = c.stats()["server"]
     finally:
         stop_process(proc)
     summary = {
@@ -116,7 +115,6 @@ def main() -> None:
         "server_cpus": a.server_cpus,
         "client_cpus": a.client_cpus,
         "python": sys.version.split()[0],
-        "started_on_submit": server.get("started_on_submit"),
         **{
             k: {"median": round(statistics.median(v), 4), "p10": pct(v, 0.1), "p90": pct(v, 0.9)}
             for k, v in rows.items()

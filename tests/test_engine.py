@@ -220,3 +220,15 @@ def test_steps_run_from_threads_leave_the_cache_and_buffers_as_they_were(caplog)
     too_wide = GraphKey("prefill", 4, 16)  # four rows against a one-row cache
     assert run_once_in_threads(engine.runner, [too_wide], engine.vocab_size, engine.device, 2) == 1
     assert "building the kernels of prefill/b4/T16/greedy failed" in caplog.text
+
+
+def test_launch_ms_is_reported_up_to_token_0s_launch():
+    engine = make_engine("llama-tiny", mode="eager")
+    gen = engine.generate(GenerationParams((1, 2, 3), 4))
+    list(gen)
+    assert 0 <= gen.result.launch_ms <= gen.result.prefill_ms
+    assert gen.result.to_dict()["timings"]["launch_ms"] == round(gen.result.launch_ms, 3)
+    seed = make_engine("llama-tiny", mode="seed")
+    gen = seed.generate(GenerationParams((1, 2, 3), 2))
+    list(gen)
+    assert gen.result.launch_ms is None  # the seed loop launches token 0 itself
