@@ -108,6 +108,23 @@ def test_compiled_decode_leaves_one_row_matmuls_to_inductor(monkeypatch):
     assert runner.skinny_phases == {"prefill", "decode", "full"}
     runner.compile()
     assert runner.skinny_phases == {"prefill", "full"}
+    assert runner._dims("decode")[7] and not runner._dims("prefill")[7]  # gate/up as two products (v47)
+
+
+def test_gate_up_halves_give_the_stacked_products_values(monkeypatch):
+    """Compiled decode's gate/up as two products over the halves of the stacked weight (GATE_HALVES) computes what
+    the one product over [gate; up] does; the knob off keeps the one product."""
+    runner = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
+    tokens, positions = torch.tensor([7]), torch.tensor([3])
+    runner.prefill(torch.tensor([[1, 2, 3]]), 0, torch.tensor([2]))
+    stacked = runner.decode(tokens, positions, 64, torch.zeros(1, dtype=torch.bool))
+    runner.halves_phases = frozenset({"decode"})
+    halves = runner.decode(tokens, positions, 64, torch.zeros(1, dtype=torch.bool))
+    torch.testing.assert_close(halves, stacked, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(llama, "GATE_HALVES", False)
+    off = llama.LlamaRunner(load_model(ModelConfig("llama-tiny", device="cpu")).model, 1, 64)
+    off.compile()
+    assert not off._dims("decode")[7]
 
 
 def test_eager_mode_auto_picks_pytorch_kernels_and_keeps_an_explicit_triton(monkeypatch):

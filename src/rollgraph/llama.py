@@ -25,6 +25,11 @@ from rollgraph.kv_cache import StaticKVCache
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 logger = logging.getLogger(__name__)
+GATE_HALVES = True
+"""Compiled decode multiplies by the gate and the up half of the stacked [gate; up] weight as two products (two views,
+no copy), which inductor fuses into one reduction kernel whose epilogue writes SiLU(gate) · up; with one product over
+the stacked weight it fuses SiLU · up into the down projection's loads instead, and every program of that kernel
+recomputes it (perf-notes v47). Read by `LlamaRunner.compile()`; pool_figures option `no-halves` turns it off."""
 
 
 @dataclass
@@ -122,6 +127,8 @@ class LlamaRunner:
             full_layer,
             head,
         )
+        self.halves_phases: frozenset = frozenset()
+        """Phases whose gate/up projection runs as two products, one per half of the stacked weight (GATE_HALVES)."""
         self._write_on = torch.ones(1, dtype=torch.bool, device=self.device)
         self.cache = StaticKVCache(
             len(self.layers), max_batch, self.n_kv, max_seq_len, self.head_dim, self.dtype, self.device
@@ -163,7 +170,8 @@ class LlamaRunner:
 
     def _dims(self, phase: str) -> tuple:
         """The layer functions' static settings: head layout, norm epsilon, whether few-row matmuls use skinny,
-        whether its gate/up projection gates in its epilogue, and whether the norms ride in its sums of squares."""
+        whether its gate/up projection gates in its epilogue, whether the norms ride in its sums of squares, and
+        whether the gate/up projection runs as two products (halves_phases)."""
         few = phase in self.skinny_phases
         return (
             self.n_heads,
@@ -173,6 +181,7 @@ class LlamaRunner:
             few,
             few and self.gated_epilogue,
             few and self.fused_norm,
+            phase in self.halves_phases,
         )
 
     # ---- steps -------------------------------------------------------------------------------------------------
@@ -185,6 +194,8 @@ class LlamaRunner:
         # One-row matmuls: inductor's generated reductions read as fast as skinny_linear (perf-notes v6) and fuse
         # the norms and residual adds around them, so compiled decode leaves them to inductor.
         self.skinny_phases = self.skinny_phases - {"decode"}
+        if GATE_HALVES:
+            self.halves_phases = frozenset({"decode"})
         self._prefill_layer = torch.compile(
             fused_prefill_layer if self.fused_prefill else prefill_layer, fullgraph=True
         )
@@ -363,8 +374,9 @@ def _finish(x, attn_out, w, dims):
 def _project(x, parts, norm_w, w, b, dims, gate: bool):
     """F.linear(rms_norm(x, norm_w), w, b), and with `gate` silu(gate) · up of it (w = [gate; up]). With few rows:
     skinny_linear, which gates in its epilogue (dims[5]) and, given x's partial sums of squares (`parts`, with
-    norm_w folded into w and None), normalises in its epilogue too. Elsewhere inductor fuses SiLU · up into its
-    own one-row reduction (compiled decode) or the norm, the product and SiLU · up run as kernels of their own."""
+    norm_w folded into w and None), normalises in its epilogue too. With dims[7] (compiled decode) the gate and up
+    halves are two products, which inductor fuses into one reduction that gates in its epilogue (GATE_HALVES).
+    Elsewhere the norm, the product and SiLU · up run as kernels of their own, or inductor fuses them."""
     eps, few, gate_in_kernel = dims[3], dims[4], dims[5]
     if parts is not None and _is_few(x):  # the norm from the partials, inside the kernel
         h, norm = x, (parts, eps)
@@ -372,6 +384,9 @@ def _project(x, parts, norm_w, w, b, dims, gate: bool):
         h, norm = _rms_norm(x, norm_w, eps), (None, 0.0)
     if gate and gate_in_kernel and _is_few(x):
         return skinny.skinny_linear(h, w, b, None, True, *norm)
+    if gate and dims[7] and norm[0] is None:
+        half = w.shape[0] // 2
+        return F.silu(_linear(h, w[:half], None, few)) * _linear(h, w[half:], None, few)
     y = skinny.skinny_linear(h, w, b, None, False, *norm) if norm[0] is not None else _linear(h, w, b, few)
     if not gate:
         return y
