@@ -27,9 +27,10 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 logger = logging.getLogger(__name__)
 GATE_HALVES = True
 """Compiled decode multiplies by the gate and the up half of the stacked [gate; up] weight as two products (two views,
-no copy), which inductor fuses into one reduction kernel whose epilogue writes SiLU(gate) · up; with one product over
-the stacked weight it fuses SiLU · up into the down projection's loads instead, and every program of that kernel
-recomputes it (perf-notes v47). Read by `LlamaRunner.compile()`; pool_figures option `no-halves` turns it off."""
+no copy) and has inductor write SiLU(gate) · up to memory, so that one reduction kernel makes gate and up and writes
+the product in its epilogue. With one product over the stacked weight, inductor inlines SiLU · up into the down
+projection's loads instead, and every program of that kernel recomputes it (perf-notes v47, v48). Read by
+`LlamaRunner.compile()`; pool_figures option `no-halves` turns it off."""
 
 
 @dataclass
@@ -194,7 +195,7 @@ class LlamaRunner:
         # One-row matmuls: inductor's generated reductions read as fast as skinny_linear (perf-notes v6) and fuse
         # the norms and residual adds around them, so compiled decode leaves them to inductor.
         self.skinny_phases = self.skinny_phases - {"decode"}
-        if GATE_HALVES:
+        if GATE_HALVES and _can_write_values():
             self.halves_phases = frozenset({"decode"})
         self._prefill_layer = torch.compile(
             fused_prefill_layer if self.fused_prefill else prefill_layer, fullgraph=True
@@ -386,12 +387,29 @@ def _project(x, parts, norm_w, w, b, dims, gate: bool):
         return skinny.skinny_linear(h, w, b, None, True, *norm)
     if gate and dims[7] and norm[0] is None:
         half = w.shape[0] // 2
-        return F.silu(_linear(h, w[:half], None, few)) * _linear(h, w[half:], None, few)
+        return _written(F.silu(_linear(h, w[:half], None, few)) * _linear(h, w[half:], None, few))
     y = skinny.skinny_linear(h, w, b, None, False, *norm) if norm[0] is not None else _linear(h, w, b, few)
     if not gate:
         return y
     g, up = y.chunk(2, dim=-1)
     return F.silu(g) * up
+
+
+def _written(t: torch.Tensor) -> torch.Tensor:
+    """t, which inductor must write to memory (a no-op in eager). Inductor otherwise inlines an element-wise value
+    into its consumer's loads: SiLU · up into the down projection, whose every program would then recompute it.
+    Written, it can ride in the epilogue of the reduction that made gate and up (perf-notes v48). The op is inductor's
+    stride-fixing prim, present since torch 2.1; `LlamaRunner.compile()` checks that it is there."""
+    return torch.ops.prims.inductor_force_stride_order(t, t.stride())
+
+
+def _can_write_values() -> bool:
+    """Whether _written's op exists in this torch (inductor registers it on import)."""
+    try:
+        import torch._inductor.inductor_prims
+    except ImportError:
+        return False
+    return hasattr(torch.ops.prims, "inductor_force_stride_order")
 
 
 def _residual_linear(h, w, residual, dims):
