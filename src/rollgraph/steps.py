@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from rollgraph import tuning
 from rollgraph.graphs import GraphKey
 from rollgraph.sampling import greedy, sample
 
@@ -207,7 +206,6 @@ def _generate_batch1_matmuls() -> None:
     import torch._inductor.config as inductor_config
 
     inductor_config.coordinate_descent_tuning = True
-    tuning.install()  # the descent starts from the best of a fixed grid for one-row products (perf-notes v49)
     if not static_launcher_keeps_tuning(torch.__version__):
         inductor_config.use_static_cuda_launcher = False
 

@@ -1,0 +1,16 @@
+set -u
+export PYTHONPATH=src PYTHONUNBUFFERED=1
+O=$OUT
+{ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)"; } > $O/env.txt 2>&1
+cat $O/env.txt
+nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw --format=csv -lms 500 > $O/smi.csv &
+for n in 1 2 3; do
+  d=$O/p$n; mkdir -p $d
+  s=$(date +%s)
+  TORCHINDUCTOR_CACHE_DIR=/tmp/g$n/ind TRITON_CACHE_DIR=/tmp/g$n/tri timeout 170 python3 scripts/profile_decode.py --model llama-2-7b --modes compile+graphs --out $d > $d/out.txt 2>&1
+  echo "p$n rc=$? wall=$(( $(date +%s) - s ))s"
+  grep -v -i warn $d/out.txt | grep -v "^model" | head -6
+  (cd /tmp/g$n/ind && find . -name "*.best_config" | tar czf $d/best.tgz -T -)
+done
+kill %1
+date -u
