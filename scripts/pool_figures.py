@@ -15,7 +15,7 @@ import time
 import torch
 
 from rollgraph import decode_attention as fused
-from rollgraph import llama, prefill_attention, sampling
+from rollgraph import llama, prefill_attention, sampling, tune_timing
 from rollgraph import skinny_linear as skinny
 from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
@@ -63,7 +63,9 @@ def engine_config(spec: str) -> EngineConfig:
     no-norm (the norms by F.rms_norm apart, not carried in skinny_linear's sums of squares, perf-notes v35: likewise
     a knob),
     no-halves (compiled decode's gate/up projection as one product over the stacked weight, SiLU · up then fused into
-    the down projection by inductor, as before v47: likewise a knob).
+    the down projection by inductor, as before v47: likewise a knob),
+    no-clean (inductor times the configs it tunes its own way, not by tune_timing.py's, as before v50: likewise a
+    knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -126,7 +128,7 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
     return out
 
 
-KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "no-halves")
+KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "no-halves", "no-clean")
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
 
@@ -141,6 +143,7 @@ def set_knobs(spec: str) -> None:
     skinny.FUSE_GATE = "no-gate" not in opts
     skinny.FUSE_NORM = "no-norm" not in opts
     llama.GATE_HALVES = "no-halves" not in opts
+    tune_timing.ENABLED = "no-clean" not in opts
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from rollgraph import tune_timing
 from rollgraph.graphs import GraphKey
 from rollgraph.sampling import greedy, sample
 
@@ -206,6 +207,7 @@ def _generate_batch1_matmuls() -> None:
     import torch._inductor.config as inductor_config
 
     inductor_config.coordinate_descent_tuning = True
+    tune_timing.install()  # configs timed as a step runs them: after other reads, by median (perf-notes v50)
     if not static_launcher_keeps_tuning(torch.__version__):
         inductor_config.use_static_cuda_launcher = False
 
