@@ -34,3 +34,23 @@ def test_install_wraps_the_benchmarkers_class_once_and_hands_on_what_it_does_not
 def test_install_leaves_a_benchmarker_without_benchmark_gpu_alone(monkeypatch):
     monkeypatch.setattr(benchmarking, "benchmarker", object())
     assert not tune_timing.install()
+
+
+def test_a_launch_the_device_refuses_times_as_infinite_and_other_errors_rise(monkeypatch):
+    monkeypatch.setattr(benchmarking, "benchmarker", Benchmarker())
+    monkeypatch.setattr(Benchmarker, "benchmark_gpu", Benchmarker.benchmark_gpu)
+    assert tune_timing.install()
+    monkeypatch.setattr(tune_timing.torch.cuda, "is_available", lambda: True)
+
+    def refused(fn):
+        raise RuntimeError("CUDA error: invalid configuration argument")
+
+    monkeypatch.setattr(tune_timing, "time_after_clean_reads", refused)
+    assert benchmarking.benchmarker.benchmark_gpu(lambda: None, rep=40) == float("inf")
+
+    def broken(fn):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(tune_timing, "time_after_clean_reads", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        benchmarking.benchmarker.benchmark_gpu(lambda: None, rep=40)
