@@ -107,6 +107,26 @@ def test_stop_tokens_and_finish_reasons():
     assert gen.result.finish_reason == "length"
 
 
+def steps_run_at_each_token(engine, ids, n):
+    """How many steps had run when each token came out (a step is counted once its source is known)."""
+    gen = engine.generate(GenerationParams(tuple(ids), n))
+    return [sum(gen.result.sources.values()) for _ in gen], gen.result.output_tokens
+
+
+def test_a_step_is_launched_ahead_only_where_it_replays(monkeypatch):
+    engine = make_engine("llama-tiny", mode="eager")
+    ids = [3, 1, 4, 1, 5]
+    counts, plain = steps_run_at_each_token(engine, ids, 6)
+    assert counts == [1, 2, 3, 4, 5, 6]  # nothing replays here: step i+1 starts after token i is out
+    monkeypatch.setattr(engine, "_replays", lambda key: key.phase == "decode")  # as if each step were a graph
+    counts, ahead = steps_run_at_each_token(engine, ids, 6)
+    assert counts == [2, 3, 4, 5, 6, 6] and ahead == plain  # step i+1 launched before token i is read
+    engine = make_engine("llama-tiny", mode="eager", kv_bucket=8)  # steps 1-3 read 8 cache entries, 4-5 16
+    monkeypatch.setattr(engine, "_replays", lambda key: key.length > 8)  # as if only the 16 graph were held
+    counts, mixed = steps_run_at_each_token(engine, ids, 6)
+    assert counts == [1, 2, 3, 5, 6, 6] and mixed == plain
+
+
 def test_resend_loop_reuses_the_row_and_changes_no_token():
     ids = [1, 9, 8, 7]
     fresh = run(make_engine("llama-tiny", mode="eager"), ids, 10)

@@ -285,3 +285,13 @@ def test_configs_are_timed_after_clean_reads():
     ms = tune_timing.time_after_clean_reads(lambda: dst.copy_(src))
     assert 2 * src.nbytes / 4e12 * 1e3 < ms < 2 * src.nbytes / 0.5e12 * 1e3
     assert benchmarking.benchmarker.benchmark_gpu(lambda: dst.copy_(src), rep=40) == pytest.approx(ms, rel=0.3)
+
+
+@pytest.mark.parametrize("mode, want", [("eager", [1, 2, 3, 4, 5]), ("graphs", [2, 3, 4, 5, 5])])
+def test_only_a_replayed_step_is_launched_before_the_token_before_it(mode, want):
+    """An op-by-op step's launch takes as long as the step: token 0 must not wait for step 1's launch in eager."""
+    eng = engine_for("llama-tiny", mode)
+    gen = eng.generate(GenerationParams(tuple(PROMPTS[1]), 5))
+    counts = [sum(gen.result.sources.values()) for _ in gen]
+    assert counts == want, counts  # steps run when each token came out
+    free(eng)

@@ -150,6 +150,10 @@ class Engine:
         finally:
             self.buffers.restore(snap)  # write_kv on again; warm-ups wrote no cache entry, so row 0 still holds
 
+    def _replays(self, key: GraphKey) -> bool:
+        """Whether `key` runs as a graph replay now: a launch that costs microseconds, not the step's own time."""
+        return self.graphs_enabled and key.phase in self.runner.graph_phases and key in self.pool
+
     def _execute(self, key: GraphKey) -> str:
         """Run one step for `key`: replay its graph if the pool holds it, else run it directly; returns the source."""
         capturable = self.graphs_enabled and key.phase in self.runner.graph_phases
@@ -209,17 +213,23 @@ class Engine:
         if smp:  # greedy steps read no sampling buffer: four fewer copies before the prefill starts
             self._set_sampling(params)
         if self.config.mode == "seed":
-            first, step = None, self._seed_step(ids, smp, result)
+            first, step, replays = None, self._seed_step(ids, smp, result), None
         else:
             first = self._first_token(ids, params, held, ahead, result)
             result.launch_ms = (time.perf_counter() - start) * 1e3
 
+            def key(i: int) -> GraphKey:
+                return GraphKey("decode", 1, self._kv_len(len(ids) + i - 1), smp)
+
             def step(i: int) -> None:
-                result.sources[self._execute(GraphKey("decode", 1, self._kv_len(len(ids) + i - 1), smp))] += 1
+                result.sources[self._execute(key(i))] += 1
+
+            def replays(i: int) -> bool:
+                return self._replays(key(i))
 
         ok = False
         try:
-            yield from self._loop(params, result, step, start, first)
+            yield from self._loop(params, result, step, start, first, replays)
             ok = True
         except GeneratorExit:
             ok = True
@@ -240,16 +250,19 @@ class Engine:
 
         return step
 
-    def _loop(self, params: GenerationParams, result: GenerationResult, step, start: float, first) -> Iterator[int]:
+    def _loop(
+        self, params: GenerationParams, result: GenerationResult, step, start: float, first, replays
+    ) -> Iterator[int]:
         """Run steps and yield tokens until a stop token or max_new_tokens; record per-step host timings.
 
         `first` is the handle of token 0 when the caller has already launched its step (None: step(0) does it).
-        On CUDA (not in seed mode, whose next input is the token itself) step i+1 is launched before token i is
-        read back, so the GPU never waits for Python between steps; after a stop token that one extra step is
-        thrown away (it only writes the cache past the sequence's end).
+        Where step i+1 replays a graph (`replays(i + 1)`; None in seed mode, whose next input is the token itself),
+        it is launched before token i is read back, so the GPU never waits for Python between steps; after
+        a stop token that one extra step is thrown away (it only writes the cache past the sequence's end). A step
+        run op by op is launched only after token i is out: its launch takes as long as the step, and token i
+        would wait for it.
         """
         stops, n = set(params.stop_token_ids), params.max_new_tokens
-        ahead = self.host.cuda and self.config.mode != "seed"
         slots: deque[int] = deque()
         launched = 0
 
@@ -264,7 +277,7 @@ class Engine:
 
         launch()
         for i in range(n):
-            if ahead and launched < n:
+            if replays is not None and launched < n and replays(launched):
                 launch()
             tok = self.host.pop(slots.popleft())
             now = time.perf_counter()
@@ -281,7 +294,7 @@ class Engine:
             yield tok
             if result.finish_reason:
                 return
-            if not ahead:
+            if launched == i + 1:
                 launch()
 
     def _kv_len(self, pos: int) -> int:
