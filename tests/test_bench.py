@@ -24,6 +24,7 @@ from rollgraph.bench_report import (
     request_label,
     summarize,
     token_agreement,
+    token_prefix,
 )
 from rollgraph.bench_server import TRANSPORT_KEYS, BenchError, run_server_mode
 from rollgraph.floors import Floors
@@ -84,6 +85,17 @@ def test_token_agreement_compares_each_mode_with_the_first():
     b = ModeRun("graphs", "server", samples=[sample(repeat=0), flipped])
     skipped = ModeRun("hf-static-compile", "peer", status="skipped")
     assert token_agreement([a, b, skipped]) == {"eager": 1.0, "graphs": 0.5, "hf-static-compile": None}
+
+
+def test_token_prefix_counts_leading_tokens_shared_with_the_first_mode():
+    a = ModeRun("eager", "server", samples=[sample(repeat=0, itl=(1.0,) * 4), sample(repeat=1, itl=(1.0,) * 4)])
+    early = Sample(10, 0, 1.0, (1.0,) * 4, 5.0, (0, 1, 7, 3, 4))  # the first mode's is (0, 1, 2, 3, 4)
+    at_once = Sample(10, 1, 1.0, (1.0,) * 4, 5.0, (9, 1, 2, 3, 4))
+    b = ModeRun("graphs", "server", samples=[early, at_once])
+    short = ModeRun("compile", "server", samples=[Sample(10, 0, 1.0, (1.0,), 2.0, (0, 1))])  # stopped early
+    skipped = ModeRun("hf-static-compile", "peer", status="skipped")
+    got = token_prefix([a, b, short, skipped])
+    assert got == {"eager": 5, "graphs": 1, "compile": 2, "hf-static-compile": None}
 
 
 # ---- settings and prompts --------------------------------------------------------------------------------------
@@ -184,6 +196,7 @@ def test_smoke_outputs_are_complete_and_consistent(smoke):
     assert samples["hf-eager"][0]["server_transport_ms"] is None
     # float32 on CPU: every server mode and transformers' own generate make the same greedy tokens
     assert results["token_agreement"] == {**dict.fromkeys(modes[:-1], 1.0), "hf-static-compile": None}
+    assert results["token_prefix"] == {**dict.fromkeys(modes[:-1], SMOKE["new_tokens"]), "hf-static-compile": None}
 
 
 def test_smoke_files_and_summary_line(smoke):
@@ -193,6 +206,7 @@ def test_smoke_files_and_summary_line(smoke):
     assert summary["modes"]["eager"]["median_itl_ms"] > 0
     report = (out / "report.md").read_text()
     assert report.count("| Prompt Length | TTFT (ms) | P99 ITL (ms) | Graphs Used | Memory (GB) |") == 3
+    assert "Greedy tokens against `eager`'s for the same prompt" in report and "`seed` 100% (4)" in report
     assert "## `eager`" in report and "## `hf-eager` (transformers)" in report and "## Comparison" in report
     assert "| 20 tokens |" in report and "| **Average** |" in report
     assert "polls its socket without sleeping" in report  # the smoke run measures with --client-wait spin

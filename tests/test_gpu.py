@@ -93,14 +93,16 @@ def test_graphs_equal_eager_in_bf16(name):
     free(eager)
 
 
-def test_native_runner_logits_match_transformers():
+@pytest.mark.parametrize("name", ["llama-3.2-1b", "llama-2-7b"])
+def test_native_runner_logits_match_transformers(name):
     """Norm weights drawn away from their initial ones (the same in both loads), as in trained models; the native
-    runner's decode steps run skinny_linear, SiLU · up in its epilogue, against transformers' separate kernels."""
+    runner's decode steps run skinny_linear, SiLU · up in its epilogue, against transformers' separate kernels.
+    float32, so a near-tie in random weights' flat logits cannot flip a token (7B: two copies, ~54 GB)."""
 
     from skinny_check import draw_norm_weights
 
     def engine(runner, **kw):
-        model = load_model(ModelConfig("llama-3.2-1b", dtype="float32"))
+        model = load_model(ModelConfig(name, dtype="float32"))
         draw_norm_weights(model.model, 11)
         eng = Engine(model, EngineConfig(mode="eager", runner=runner, **SMALL, **kw))
         eng.warm_up(progress=False)

@@ -12,6 +12,7 @@ results.json, as `build_results` makes it (null wherever a figure is unknown, e.
     machine: device, cuda, copy_bandwidth (B/s), matmul_flops, matmul_dtype, versions,
     floors: copy_bandwidth_GBps, matmul_TFLOPs, weight_bytes, params, decode_floor_ms, prefill_floor_ms {"10": ms},
     token_agreement: {mode: share of its requests whose tokens equal the first mode's for the same prompt},
+    token_prefix: {mode: median count of leading tokens equal to the first mode's for the same prompt},
     modes: {mode: {mode, kind (server | peer), status (ok | failed | skipped), error,
                    startup_s, capture_s, graphs, graph_bytes, memory_after_start_bytes, memory_peak_bytes, ...,
                    graphs_used, sources, {mean,median,p99}_{ttft,itl,tpot,e2el}_ms,
@@ -245,6 +246,25 @@ def token_agreement(runs: Sequence[ModeRun]) -> dict[str, float | None]:
     return out
 
 
+def token_prefix(runs: Sequence[ModeRun]) -> dict[str, float | None]:
+    """Per mode, the median number of leading tokens its requests share with the first mode's for the same prompt.
+    Where token_agreement is low, this says how far two paths go before a near-tie flips a token."""
+    ok = [r for r in runs if r.samples]
+    if not ok:
+        return {}
+    ref = {(s.prompt_len, s.repeat): s.output_tokens for s in ok[0].samples}
+    out: dict[str, float | None] = {}
+    for run in runs:
+        shared = []
+        for s in run.samples:
+            want = ref.get((s.prompt_len, s.repeat))
+            if want is not None:
+                n = next((i for i, (a, b) in enumerate(zip(s.output_tokens, want, strict=False)) if a != b), None)
+                shared.append(min(len(s.output_tokens), len(want)) if n is None else n)
+        out[run.mode] = statistics.median(shared) if shared else None
+    return out
+
+
 def build_results(
     *, settings: dict, command: str, machine: Machine, floors: Floors, runs: Sequence[ModeRun], out: str, date: str
 ) -> dict:
@@ -269,6 +289,7 @@ def build_results(
         "machine": asdict(machine),
         "floors": floors_result(floors, lengths),
         "token_agreement": token_agreement(runs),
+        "token_prefix": token_prefix(runs),
         "modes": {r.mode: mode_result(r, lengths, floors) for r in runs},
     }
 

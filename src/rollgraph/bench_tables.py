@@ -69,6 +69,17 @@ def _header(results: dict) -> str:
         "garbage collector paused (as timeit does), for rollgraph's client and the peers alike."
         + CLIENT_WAIT_NOTE.get(s.get("client_wait", "block"), "")
     )
+    agree, prefix = results.get("token_agreement") or {}, results.get("token_prefix") or {}
+    if len(agree) > 1:
+        first = next(iter(agree))
+        shown = [
+            f"`{m}` {agree[m]:.0%} ({prefix[m]:g})" for m in list(agree)[1:] if agree[m] is not None and m in prefix
+        ]
+        lines.append(
+            f"Greedy tokens against `{first}`'s for the same prompt, share of requests equal throughout (median "
+            f"leading tokens shared): {', '.join(shown)}. In half precision a near-tie in the logits can flip a token "
+            "and the rest of the request with it; random weights give many near-ties."
+        )
     return "\n".join(lines)
 
 
