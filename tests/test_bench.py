@@ -206,7 +206,7 @@ def test_smoke_files_and_summary_line(smoke):
     assert summary["modes"]["eager"]["median_itl_ms"] > 0
     report = (out / "report.md").read_text()
     assert report.count("| Prompt Length | TTFT (ms) | P99 ITL (ms) | Graphs Used | Memory (GB) |") == 3
-    assert "Greedy tokens against `eager`'s for the same prompt" in report and "`seed` 100% (4)" in report
+    assert "Greedy tokens against those of `eager` for the same prompt" in report and "`seed` 100% (4)" in report
     assert "## `eager`" in report and "## `hf-eager` (transformers)" in report and "## Comparison" in report
     assert "| 20 tokens |" in report and "| **Average** |" in report
     assert "polls its socket without sleeping" in report  # the smoke run measures with --client-wait spin

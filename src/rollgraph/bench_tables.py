@@ -76,7 +76,7 @@ def _header(results: dict) -> str:
             f"`{m}` {agree[m]:.0%} ({prefix[m]:g})" for m in list(agree)[1:] if agree[m] is not None and m in prefix
         ]
         lines.append(
-            f"Greedy tokens against `{first}`'s for the same prompt, share of requests equal throughout (median "
+            f"Greedy tokens against those of `{first}` for the same prompt, share of requests equal throughout (median "
             f"leading tokens shared): {', '.join(shown)}. In half precision a near-tie in the logits can flip a token "
             "and the rest of the request with it; random weights give many near-ties."
         )
