@@ -232,37 +232,39 @@ def floors_result(floors: Floors, lengths: Sequence[int]) -> dict:
     }
 
 
-def token_agreement(runs: Sequence[ModeRun]) -> dict[str, float | None]:
-    """Per mode, the fraction of requests whose greedy tokens equal the first mode's for the same prompt.
-    Below 1.0 in half precision can be rounding (a near-tie in the logits); in float32 it is a bug."""
+def _paired_tokens(runs: Sequence[ModeRun]) -> dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """Per mode, (its tokens, the first mode's) for each of its requests whose prompt the first mode also ran."""
     ok = [r for r in runs if r.samples]
     if not ok:
         return {}
     ref = {(s.prompt_len, s.repeat): s.output_tokens for s in ok[0].samples}
-    out: dict[str, float | None] = {}
-    for run in runs:
-        pairs = [(s.output_tokens, ref[k]) for s in run.samples if (k := (s.prompt_len, s.repeat)) in ref]
-        out[run.mode] = round(sum(a == b for a, b in pairs) / len(pairs), 4) if pairs else None
-    return out
+    return {
+        run.mode: [(s.output_tokens, ref[k]) for s in run.samples if (k := (s.prompt_len, s.repeat)) in ref]
+        for run in runs
+    }
+
+
+def token_agreement(runs: Sequence[ModeRun]) -> dict[str, float | None]:
+    """Per mode, the fraction of requests whose greedy tokens equal the first mode's for the same prompt.
+    Below 1.0 in half precision can be rounding (a near-tie in the logits); in float32 it is a bug."""
+    return {
+        mode: round(sum(a == b for a, b in pairs) / len(pairs), 4) if pairs else None
+        for mode, pairs in _paired_tokens(runs).items()
+    }
+
+
+def _shared(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    """How many leading tokens a and b have in common."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
 def token_prefix(runs: Sequence[ModeRun]) -> dict[str, float | None]:
     """Per mode, the median number of leading tokens its requests share with the first mode's for the same prompt.
     Where token_agreement is low, this says how far two paths go before a near-tie flips a token."""
-    ok = [r for r in runs if r.samples]
-    if not ok:
-        return {}
-    ref = {(s.prompt_len, s.repeat): s.output_tokens for s in ok[0].samples}
-    out: dict[str, float | None] = {}
-    for run in runs:
-        shared = []
-        for s in run.samples:
-            want = ref.get((s.prompt_len, s.repeat))
-            if want is not None:
-                n = next((i for i, (a, b) in enumerate(zip(s.output_tokens, want, strict=False)) if a != b), None)
-                shared.append(min(len(s.output_tokens), len(want)) if n is None else n)
-        out[run.mode] = statistics.median(shared) if shared else None
-    return out
+    return {
+        mode: statistics.median(_shared(a, b) for a, b in pairs) if pairs else None
+        for mode, pairs in _paired_tokens(runs).items()
+    }
 
 
 def build_results(
