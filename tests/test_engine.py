@@ -127,20 +127,29 @@ def test_a_step_is_launched_ahead_only_where_it_replays(monkeypatch):
     assert counts == [1, 2, 3, 5, 6, 6] and mixed == plain
 
 
-def test_resend_loop_reuses_the_row_and_changes_no_token():
+@pytest.mark.parametrize("replays", [False, True])
+def test_resend_loop_reuses_the_row_and_changes_no_token(replays, monkeypatch):
     ids = [1, 9, 8, 7]
     fresh = run(make_engine("llama-tiny", mode="eager"), ids, 10)
     engine = make_engine("llama-tiny", mode="eager")
-    seq, got = list(ids), []
+    if replays:  # as if every decode step were a held graph: the resend's step is speculated
+        monkeypatch.setattr(engine, "_replays", lambda key: key.phase == "decode")
+    seq, got, steps = list(ids), [], []
     for _ in range(10):  # the original client's loop: resend the whole sequence for each token
         gen = engine.generate(GenerationParams(tuple(seq), 1))
         tok = next(iter(gen))
         got.append(tok)
+        steps.append(sum(gen.result.sources.values()))
         reused = gen.result.prefix_reused
         seq.append(tok)
     assert got == fresh
-    assert reused == len(seq) - 1  # the last request found its token already made by the speculated step
-    assert engine.counters == {"prefill": 1, "ahead_hit": 9}
+    if replays:
+        assert reused == len(seq) - 1  # the last request found its token already made by the speculated step
+        assert engine.counters == {"prefill": 1, "ahead_hit": 9}
+    else:  # a step run op by op is not speculated: each resend feeds its one new token
+        assert reused == len(seq) - 2
+        assert engine.counters == {"prefill": 1, "extend": 9}
+        assert steps == [1] * 10  # no request ran a step after its own token
 
 
 def test_reuse_after_streaming_equals_streaming():
@@ -155,9 +164,10 @@ def test_reuse_after_streaming_equals_streaming():
     assert engine.counters["prefill"] == 2  # the prompt alone is a prefix of the held row: prefilled afresh
 
 
-def test_extend_by_a_token_the_model_did_not_choose():
+def test_extend_by_a_token_the_model_did_not_choose(monkeypatch):
     ids = [5, 6, 7]
     engine = make_engine("llama-tiny", mode="eager")
+    monkeypatch.setattr(engine, "_replays", lambda key: key.phase == "decode")  # so the one-token reply speculates
     first = run(engine, ids, 1)[0]
     other = (first + 1) % 300
     got = run(engine, [*ids, first, other], 6)  # held row + speculated token + one new token
@@ -252,3 +262,4 @@ def test_launch_ms_is_reported_up_to_token_0s_launch():
     gen = seed.generate(GenerationParams((1, 2, 3), 2))
     list(gen)
     assert gen.result.launch_ms is None  # the seed loop launches token 0 itself
+

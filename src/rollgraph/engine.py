@@ -333,15 +333,20 @@ class Engine:
         """Remember what row 0 holds; after a one-token request, speculate the step its resend would ask for.
 
         The original client asks for one token at a time and resends the sequence with that token appended, so
-        the decode step for it runs while the reply travels, and the resend finds its token already made.
+        the decode step for it runs while the reply travels, and the resend finds its token already made. Only a
+        step that replays a graph is speculated (as in `_loop`): one run op by op would hold the request's final
+        frame for the whole launch, about as long as the step, and the resend then extends the row instead.
         """
         out = result.output_tokens
         row = ids + out[:-1]  # the last token has not been fed yet
         self._row_tokens = row
         if params.max_new_tokens != 1 or result.finish_reason != "length" or len(row) + 2 > self.max_seq_len:
             return
+        key = GraphKey("decode", 1, self._kv_len(len(row)), not params.sampling.greedy)
+        if not self._replays(key):
+            return
         # The last step left out[-1] in the token buffer and its position in the position buffer.
-        source = self._execute(GraphKey("decode", 1, self._kv_len(len(row)), not params.sampling.greedy))
+        source = self._execute(key)
         self._ahead = (self.host.push(self.buffers.tokens[:1]), params.sampling, source)
         self._row_tokens = [*row, out[-1]]
 
