@@ -65,7 +65,9 @@ def engine_config(spec: str) -> EngineConfig:
     no-halves (compiled decode's gate/up projection as one product over the stacked weight, SiLU · up then fused into
     the down projection by inductor, as before v47: likewise a knob),
     no-clean (inductor times the configs it tunes its own way, not by tune_timing.py's, as before v50: likewise a
-    knob).
+    knob),
+    no-addmm (with more rows than skinny_linear takes, the residual added in a kernel of its own after cuBLAS's
+    product, not in its epilogue by addmm, as before v55: likewise a knob).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -128,7 +130,7 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
     return out
 
 
-KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "no-halves", "no-clean")
+KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "no-halves", "no-clean", "no-addmm")
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
 
@@ -144,6 +146,7 @@ def set_knobs(spec: str) -> None:
     skinny.FUSE_NORM = "no-norm" not in opts
     llama.GATE_HALVES = "no-halves" not in opts
     tune_timing.ENABLED = "no-clean" not in opts
+    llama.RESIDUAL_IN_GEMM = "no-addmm" not in opts
 
 
 def main() -> None:

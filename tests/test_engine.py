@@ -263,3 +263,22 @@ def test_launch_ms_is_reported_up_to_token_0s_launch():
     list(gen)
     assert gen.result.launch_ms is None  # the seed loop launches token 0 itself
 
+
+def test_the_residual_rides_in_the_product_only_past_skinny_rows(monkeypatch):
+    """`residual + x @ w.T` is one addmm with more rows than skinny_linear takes (cuBLAS adds it in its epilogue),
+    a product and an add with fewer; the same values either way, and the same tokens with the knob off."""
+    from rollgraph import llama
+
+    calls = []
+    addmm = torch.addmm
+    monkeypatch.setattr(torch, "addmm", lambda *a: calls.append(a[1].shape) or addmm(*a))
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(48, 64, generator=g)
+    for rows in (1, 32, 33, 40):
+        x, r = torch.randn(1, rows, 64, generator=g), torch.randn(1, rows, 48, generator=g)
+        torch.testing.assert_close(llama._linear(x, w, None, False, residual=r), r + torch.nn.functional.linear(x, w))
+    assert calls == [(33, 64), (40, 64)]  # 1 and 32 rows are few: a product and an add
+    ids = list(range(7, 47))  # 40 rows: the prefill's residuals go through addmm
+    on = run(make_engine("llama-tiny", mode="eager"), ids)
+    monkeypatch.setattr(llama, "RESIDUAL_IN_GEMM", False)
+    assert run(make_engine("llama-tiny", mode="eager"), ids) == on

@@ -31,6 +31,10 @@ no copy) and has inductor write SiLU(gate) · up to memory, so that one reductio
 the product in its epilogue. With one product over the stacked weight, inductor inlines SiLU · up into the down
 projection's loads instead, and every program of that kernel recomputes it (perf-notes v47, v48). Read by
 `LlamaRunner.compile()`; pool_figures option `no-halves` turns it off."""
+RESIDUAL_IN_GEMM = True
+"""With more rows than skinny_linear takes, `residual + x @ w.T` is one addmm: cuBLAS adds the residual in its epilogue
+(beta = 1) before its one rounding, instead of a separate add kernel that reads both and writes the sum (perf-notes
+v55). False adds apart, as before (the A/B knob, read at every call; pool_figures option `no-addmm`)."""
 
 
 @dataclass
@@ -427,11 +431,16 @@ def _is_few(x: torch.Tensor) -> bool:
 
 def _linear(x, w, b, few: bool, residual=None):
     """F.linear (+ residual), or the skinny_linear kernel, which adds the residual itself, when `few` is set and x
-    has at most skinny.MAX_ROWS rows."""
+    has at most skinny.MAX_ROWS rows; with more rows cuBLAS adds it (RESIDUAL_IN_GEMM)."""
     if few and _is_few(x):
         if residual is None or skinny.FUSE_RESIDUAL:
             return skinny.skinny_linear(x, w, b, residual)
         return residual + skinny.skinny_linear(x, w, b)
+    if residual is not None and b is None and RESIDUAL_IN_GEMM and not _is_few(x):
+        # (few rows stay a product and an add: compiled decode's one-row product is inductor's generated reduction,
+        # which takes the add into its epilogue, where an addmm would be an extern cuBLAS call)
+        n = w.shape[0]
+        return torch.addmm(residual.reshape(-1, n), x.reshape(-1, x.shape[-1]), w.t()).view(residual.shape)
     y = F.linear(x, w, b)
     return y if residual is None else residual + y
 
