@@ -431,7 +431,8 @@ def _is_few(x: torch.Tensor) -> bool:
 
 def _linear(x, w, b, few: bool, residual=None):
     """F.linear (+ residual), or the skinny_linear kernel, which adds the residual itself, when `few` is set and x
-    has at most skinny.MAX_ROWS rows; with more rows cuBLAS adds it (RESIDUAL_IN_GEMM)."""
+    has at most skinny.MAX_ROWS rows; with more rows cuBLAS adds it (RESIDUAL_IN_GEMM), outside compiled code into
+    the residual's own storage: callers pass a residual they no longer need (the layer's stream before the add)."""
     if few and _is_few(x):
         if residual is None or skinny.FUSE_RESIDUAL:
             return skinny.skinny_linear(x, w, b, residual)
@@ -439,8 +440,10 @@ def _linear(x, w, b, few: bool, residual=None):
     if residual is not None and b is None and RESIDUAL_IN_GEMM and not _is_few(x):
         # (few rows stay a product and an add: compiled decode's one-row product is inductor's generated reduction,
         # which takes the add into its epilogue, where an addmm would be an extern cuBLAS call)
-        n = w.shape[0]
-        return torch.addmm(residual.reshape(-1, n), x.reshape(-1, x.shape[-1]), w.t()).view(residual.shape)
+        r, x2 = residual.reshape(-1, w.shape[0]), x.reshape(-1, x.shape[-1])
+        if torch.compiler.is_compiling():  # functional for inductor; ATen's addmm copies r into its output first
+            return torch.addmm(r, x2, w.t()).view(residual.shape)
+        return r.addmm_(x2, w.t()).view(residual.shape)  # in place: cuBLAS reads and writes r, no copy
     y = F.linear(x, w, b)
     return y if residual is None else residual + y
 
