@@ -441,11 +441,25 @@ def _linear(x, w, b, few: bool, residual=None):
         # (few rows stay a product and an add: compiled decode's one-row product is inductor's generated reduction,
         # which takes the add into its epilogue, where an addmm would be an extern cuBLAS call)
         r, x2 = residual.reshape(-1, w.shape[0]), x.reshape(-1, x.shape[-1])
-        if torch.compiler.is_compiling():  # functional for inductor; ATen's addmm copies r into its output first
-            return torch.addmm(r, x2, w.t()).view(residual.shape)
-        return r.addmm_(x2, w.t()).view(residual.shape)  # in place: cuBLAS reads and writes r, no copy
+        if torch.compiler.is_compiling():  # a mutating op inductor keeps in place (a functional addmm would copy)
+            add_product(r, x2, w)
+        else:
+            r.addmm_(x2, w.t())  # in place: cuBLAS reads and writes r, with no copy of it first
+        return r.view(residual.shape)
     y = F.linear(x, w, b)
     return y if residual is None else residual + y
+
+
+@torch.library.custom_op("rollgraph::add_product", mutates_args=("r",))
+def add_product(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    """r += x @ w.T in place: cuBLAS's product with beta = 1 on r itself. ATen's functional addmm, which inductor
+    would call otherwise, first copies its input into a new output (perf-notes v55)."""
+    r.addmm_(x, w.t())
+
+
+@add_product.register_fake
+def _(r, x, w) -> None:
+    return None
 
 
 def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, heads: tuple[int, int, int]) -> bool:
