@@ -265,8 +265,9 @@ def test_launch_ms_is_reported_up_to_token_0s_launch():
 
 
 def test_the_residual_rides_in_the_product_only_past_skinny_rows(monkeypatch):
-    """`residual + x @ w.T` is one addmm with more rows than skinny_linear takes (cuBLAS adds it in its epilogue),
-    a product and an add with fewer; the same values either way, and the same tokens with the knob off."""
+    """`residual + x @ w.T` is one product in place on the residual with more rows than skinny_linear takes (cuBLAS
+    adds it in its epilogue), a product and an add with fewer; the same values either way, and the same tokens in
+    compiled code and with the knob off."""
     from rollgraph import llama
 
     calls = []
@@ -283,6 +284,6 @@ def test_the_residual_rides_in_the_product_only_past_skinny_rows(monkeypatch):
     assert calls == [(33, 64), (40, 64)]  # 1 and 32 rows are few: a product and an add
     ids = list(range(7, 47))  # 40 rows: the prefill's residuals go through addmm
     on = run(make_engine("llama-tiny", mode="eager"), ids)
-    assert run(make_engine("llama-tiny", mode="compile"), ids) == on  # inductor's functional addmm
+    assert run(make_engine("llama-tiny", mode="compile"), ids) == on  # through the rollgraph::add_product op
     monkeypatch.setattr(llama, "RESIDUAL_IN_GEMM", False)
     assert run(make_engine("llama-tiny", mode="eager"), ids) == on

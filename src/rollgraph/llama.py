@@ -32,9 +32,10 @@ the product in its epilogue. With one product over the stacked weight, inductor 
 projection's loads instead, and every program of that kernel recomputes it (perf-notes v47, v48). Read by
 `LlamaRunner.compile()`; pool_figures option `no-halves` turns it off."""
 RESIDUAL_IN_GEMM = True
-"""With more rows than skinny_linear takes, `residual + x @ w.T` is one addmm: cuBLAS adds the residual in its epilogue
-(beta = 1) before its one rounding, instead of a separate add kernel that reads both and writes the sum (perf-notes
-v55). False adds apart, as before (the A/B knob, read at every call; pool_figures option `no-addmm`)."""
+"""With more rows than skinny_linear takes, `residual + x @ w.T` is one product that cuBLAS runs in place on the
+residual with beta = 1, adding it in its epilogue before its one rounding, instead of a separate add kernel that reads
+both and writes the sum (perf-notes v55). False adds apart, as before (the A/B knob, read at every call; pool_figures
+option `no-addmm`)."""
 
 
 @dataclass
