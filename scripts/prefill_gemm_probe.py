@@ -5,6 +5,10 @@ high), so a 400-token prompt costs what the 512 bucket costs. This probe asks wh
 same product does better at 400 rows:
 - cuBLAS (`F.linear`) at row counts from 384 to 512, to see where its time steps;
 - the swapped product `W @ x.T` (tokens on cuBLAS's other tile dimension; the result is transposed);
+- the same product through cuBLASLt (`torch.backends.cuda.preferred_blas_library("cublaslt")`), whose heuristic
+  may pick other kernels at these row counts;
+- the product added in place into a residual (`r.addmm_(x, w.T)`, beta = 1), as prefill runs the output and down
+  projections since perf-notes v55;
 - optionally (`--autotune`) inductor's max-autotune choice at 400 rows, Triton templates against cuBLAS.
 Reports microseconds and TFLOP/s counted on the rows asked for (so padding shows as a lower rate).
 
@@ -52,7 +56,16 @@ def main() -> None:
             row = {"model": a.model, "n": n, "k": k, "m": m}
             row["cublas_us"] = timed(F.linear, x, w)
             row["swapped_us"] = timed(lambda x, w: torch.mm(w, x.t()), x, w)
-            for key in ("cublas", "swapped"):
+            r = torch.randn(m, n, device=dev, dtype=dt)
+            row["addmm_inplace_us"] = timed(lambda x, w, r=r: r.addmm_(x, w.t()), x, w)
+            default = torch.backends.cuda.preferred_blas_library()
+            torch.backends.cuda.preferred_blas_library("cublaslt")
+            try:
+                row["cublaslt_us"] = timed(F.linear, x, w)
+                torch.testing.assert_close(F.linear(x, w), F.linear(x.float(), w.float()).to(dt), rtol=2e-2, atol=2e-2)
+            finally:
+                torch.backends.cuda.preferred_blas_library(default)
+            for key in ("cublas", "swapped", "addmm_inplace", "cublaslt"):
                 row[f"{key}_tflops"] = round(2 * m * n * k / row[f"{key}_us"] / 1e6, 1)
             rows_out.append(row)
             print(json.dumps(row), flush=True)
