@@ -14,8 +14,8 @@ import time
 
 import torch
 
+from rollgraph import blas_choice, llama, prefill_attention, sampling, tune_timing
 from rollgraph import decode_attention as fused
-from rollgraph import llama, prefill_attention, sampling, tune_timing
 from rollgraph import skinny_linear as skinny
 from rollgraph.config import EngineConfig, ModelConfig, PoolConfig
 from rollgraph.engine import Engine
@@ -67,7 +67,10 @@ def engine_config(spec: str) -> EngineConfig:
     no-clean (inductor times the configs it tunes its own way, not by tune_timing.py's, as before v50: likewise a
     knob),
     no-addmm (with more rows than skinny_linear takes, the residual added in a kernel of its own after cuBLAS's
-    product, not in its epilogue by addmm, as before v55: likewise a knob).
+    product, not in its epilogue by addmm, as before v55: likewise a knob),
+    no-lt (every such product through cuBLAS's default, none through cuBLASLt where start-up timed it faster, as
+    before v57: likewise a knob),
+    plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
     kw: dict = {}
@@ -80,6 +83,8 @@ def engine_config(spec: str) -> EngineConfig:
             kw["pool"] = PoolConfig(share_prefill_pool=False)
         elif opt.startswith("pb") and opt[2:].isdigit():
             kw["prefill_buckets"] = tuple(1 << i for i in range(4, int(opt[2:]).bit_length()))
+        elif opt.startswith("plus") and opt[4:].isdigit():
+            kw["prefill_buckets"] = tuple(sorted({*EngineConfig().prefill_buckets, int(opt[4:])}))
         elif opt in ("mm-torch", "mm-triton"):
             kw["matmul"] = opt[3:]
         elif opt.startswith("split") and opt[5:].isdigit():
@@ -99,7 +104,7 @@ def split_at(spec: str) -> int:
     return DEFAULT_SPLIT_AT
 
 
-def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> dict:
+def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3, prompts=(10, 100, 400)) -> dict:
     out = {"model": name}
     for run, spec in enumerate(modes):
         label = spec if modes.count(spec) == 1 else f"{spec}#{modes[:run].count(spec) + 1}"
@@ -121,7 +126,9 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
         out["weight_bytes"] = engine.runner.weight_bytes
         out["kv_cache_bytes"] = engine.runner.cache.nbytes
         out["decode_floor_ms"] = round(engine.runner.weight_bytes / bandwidth * 1e3, 3)
-        out[label] = [itl(engine, n, repeats=repeats) for n in (10, 100, 400)]
+        if blas_choice.ENABLED:
+            out[f"{label}_cublaslt"] = [k for k, lib in blas_choice.choices().items() if lib == "cublaslt"]
+        out[label] = [itl(engine, n, repeats=repeats) for n in prompts]
         del engine, model
         torch._dynamo.reset()  # compiled code is cached per function: a later spec must compile afresh
         gc.collect()
@@ -130,7 +137,7 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3) -> 
     return out
 
 
-KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "no-halves", "no-clean", "no-addmm")
+KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "no-halves", "no-clean", "no-addmm", "no-lt")
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
 
@@ -147,6 +154,7 @@ def set_knobs(spec: str) -> None:
     llama.GATE_HALVES = "no-halves" not in opts
     tune_timing.ENABLED = "no-clean" not in opts
     llama.RESIDUAL_IN_GEMM = "no-addmm" not in opts
+    blas_choice.ENABLED = "no-lt" not in opts
 
 
 def main() -> None:
@@ -155,6 +163,7 @@ def main() -> None:
     p.add_argument("--modes", default="graphs,eager")
     p.add_argument("--out", default=".")
     p.add_argument("--repeats", type=int, default=3, help="measured requests per prompt length (after one warm-up)")
+    p.add_argument("--prompts", default="10,100,400", help="prompt lengths (comma-separated)")
     a = p.parse_args()
     bw = measure_copy_bandwidth()
     results = {
@@ -164,7 +173,7 @@ def main() -> None:
         "models": [],
     }
     for name in a.models.split(","):
-        r = figures(name, bw, a.modes.split(","), a.repeats)
+        r = figures(name, bw, a.modes.split(","), a.repeats, [int(n) for n in a.prompts.split(",")])
         results["models"].append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "per_graph"}), flush=True)
     with open(f"{a.out}/pool_figures.json", "w") as f:

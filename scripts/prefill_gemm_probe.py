@@ -62,10 +62,11 @@ def main() -> None:
             torch.backends.cuda.preferred_blas_library("cublaslt")
             try:
                 row["cublaslt_us"] = timed(F.linear, x, w)
+                row["cublaslt_addmm_inplace_us"] = timed(lambda x, w, r=r: r.addmm_(x, w.t()), x, w)
                 torch.testing.assert_close(F.linear(x, w), F.linear(x.float(), w.float()).to(dt), rtol=2e-2, atol=2e-2)
             finally:
                 torch.backends.cuda.preferred_blas_library(default)
-            for key in ("cublas", "swapped", "addmm_inplace", "cublaslt"):
+            for key in ("cublas", "swapped", "addmm_inplace", "cublaslt", "cublaslt_addmm_inplace"):
                 row[f"{key}_tflops"] = round(2 * m * n * k / row[f"{key}_us"] / 1e6, 1)
             rows_out.append(row)
             print(json.dumps(row), flush=True)

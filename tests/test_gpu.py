@@ -297,3 +297,41 @@ def test_only_a_replayed_step_is_launched_before_the_token_before_it(mode, want)
     counts = [sum(gen.result.sources.values()) for _ in gen]
     assert counts == want, counts  # steps run when each token came out
     free(eng)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_blas_choice_times_both_libraries_and_both_add_the_product_in_graphs(dtype):
+    """perf-notes v57: choose() times cuBLAS and cuBLASLt on prefill-sized products and keeps one per shape; each
+    library's in-place product equals the float product, run as it is and replayed from a CUDA graph."""
+    from rollgraph import blas_choice
+
+    blas_choice.forget()
+    g = torch.Generator(device="cuda").manual_seed(3)
+    w = torch.randn(2048, 8192, device="cuda", dtype=dtype, generator=g) * 0.02  # llama-3.2-1b's down projection
+    timings = blas_choice.choose([48, 400], [w])
+    assert set(timings) == {(48, 2048, 8192), (400, 2048, 8192)}
+    for us in timings.values():
+        assert set(us) == {"cublas", "cublaslt"} and all(0 < t < 5000 for t in us.values()), us
+    assert set(blas_choice.choices().values()) <= {"cublas", "cublaslt"} and len(blas_choice.choices()) == 2
+    x = torch.randn(400, 8192, device="cuda", dtype=dtype, generator=g)
+    r0 = torch.randn(400, 2048, device="cuda", dtype=dtype, generator=g)
+    want = (r0.float() + x.float() @ w.float().T).to(dtype)
+    default = torch.backends.cuda.preferred_blas_library()
+    for library in blas_choice.LIBRARIES:
+        blas_choice._chosen[blas_choice._key(x, w)] = library
+        r = r0.clone()
+        blas_choice.add_product_(r, x, w)
+        torch.testing.assert_close(r, want, atol=2e-2, rtol=2e-2)
+        assert torch.backends.cuda.preferred_blas_library() == default  # put back after the product
+        r.copy_(r0)
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            blas_choice.add_product_(r.clone(), x, w)  # warm the library's handle and workspace on this stream
+            with torch.cuda.graph(graph, stream=stream):
+                blas_choice.add_product_(r, x, w)
+        torch.cuda.current_stream().wait_stream(stream)
+        r.copy_(r0)
+        graph.replay()
+        torch.testing.assert_close(r, want, atol=2e-2, rtol=2e-2)
+    blas_choice.forget()

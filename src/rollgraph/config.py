@@ -78,12 +78,14 @@ class EngineConfig:
     """Longest prompt + generation; capped by the model's own maximum."""
     max_batch: int = 1
     """Rows of the static KV cache (one request per row)."""
-    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 320, 384, 432, 512)
+    prefill_buckets: tuple[int, ...] = (16, 32, 64, 128, 256, 320, 384, 400, 432, 512)
     """A prompt is padded to the smallest bucket that holds it; longer prompts run at their exact length without a
     graph (eager, or compiled in the compile modes). Past ~512 tokens a prefill is compute-bound, so a graph saves
     little there and would hold the largest activations (perf-notes v5-v7). Above 256 the buckets sit where cuBLAS's
     time per row count steps down on the H100 (perf-notes v16-v18: its matmuls for 7B and 1B take as long at 192
-    rows as at 256, and less at 432 rows than at 400 or 448), so padding costs little compute there."""
+    rows as at 256, and less at 432 rows than at 448), so padding costs little compute there. 400 is a bucket since
+    its down projection runs through cuBLASLt (blas_choice): 7B's 400-token prefill took 0.33-0.41 ms less in it
+    than at 432 rows (perf-notes v57); the prefill graphs share one memory pool, so it adds no graph memory."""
     kv_bucket: int = 256
     """Decode attention reads the live KV rounded up to a multiple of this; 0 = always the whole cache."""
     batch_buckets: tuple[int, ...] = (1,)

@@ -61,6 +61,7 @@ class Engine:
         self.counters: Counter = Counter()  # how requests started: prefill, extend, ahead_hit, ahead_wasted
         self.requests = 0
         self.kernel_build_s = 0.0  # warm_up's kernel builds from threads, before the captures (_build_kernels)
+        self.blas_timings: dict = {}  # warm_up's timings of prefill products per library (blas_choice.choose)
         self.graphs_enabled = config.uses_graphs and self.device.type == "cuda"
         if config.uses_graphs and not self.graphs_enabled:
             logger.warning("mode %s: no CUDA device, so CUDA graphs are off and every step runs eagerly", config.mode)
@@ -93,7 +94,9 @@ class Engine:
         return sorted({min(n, self.max_seq_len) for n in range(step, self.max_seq_len + step, step)})
 
     def warm_up(self, progress: bool = True) -> None:
-        """Pre-capture the default key set (graph modes on CUDA); compile modes compile them instead."""
+        """Pre-capture the default key set (graph modes on CUDA); compile modes compile them instead. First, on CUDA,
+        the runner times its prefill products at the bucket sizes through both BLAS libraries (blas_choice)."""
+        self._choose_blas()
         if self.graphs_enabled and self.config.precapture:
             self._build_kernels()
             self.pool.precapture(self.default_keys(), progress=progress)
@@ -106,6 +109,13 @@ class Engine:
             self.buffers.restore(snap)
             secs, cache = time.perf_counter() - start, compile_cache_counts()
             logger.info("compiled %d step shapes in %.1f s (inductor cache: %s)", len(self.default_keys()), secs, cache)
+
+    def _choose_blas(self) -> None:
+        choose = getattr(self.runner, "choose_blas", None)
+        if choose is None or self.device.type != "cuda" or self.config.mode == "seed":
+            return
+        rows = sorted({k.batch * k.length for k in self._bucket_keys() if k.phase == "prefill"})
+        self.blas_timings = choose(rows)
 
     def _build_kernels(self) -> None:
         """Build the default keys' Triton kernels from threads before capturing (steps.run_once_in_threads); only

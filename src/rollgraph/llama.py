@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from rollgraph import blas_choice, prefill_attention
 from rollgraph import decode_attention as fused
-from rollgraph import prefill_attention
 from rollgraph import skinny_linear as skinny
 from rollgraph.config import ATTENTION, MATMUL
 from rollgraph.kv_cache import StaticKVCache
@@ -164,6 +164,14 @@ class LlamaRunner:
     def triton_kernels(self) -> bool:
         """Whether some step runs a Triton kernel of rollgraph's own (built at its first call)."""
         return self.fused_decode or bool(self.skinny_phases)
+
+    def choose_blas(self, rows: list[int]) -> dict:
+        """Time the products that prefill adds into the residual (the output and down projections) at each row
+        count past skinny_linear's, through cuBLAS and cuBLASLt, and keep the faster per shape (blas_choice)."""
+        if not RESIDUAL_IN_GEMM or not self.layers:
+            return {}
+        rows = [m for m in rows if m > skinny.MAX_ROWS]
+        return blas_choice.choose(rows, (self.layers[0].wo, self.layers[0].w_down))
 
     @property
     def weight_bytes(self) -> int:
@@ -444,8 +452,8 @@ def _linear(x, w, b, few: bool, residual=None):
         r, x2 = residual.reshape(-1, w.shape[0]), x.reshape(-1, x.shape[-1])
         if torch.compiler.is_compiling():  # a mutating op inductor keeps in place (a functional addmm would copy)
             add_product(r, x2, w)
-        else:
-            r.addmm_(x2, w.t())  # in place: cuBLAS reads and writes r, with no copy of it first
+        else:  # in place: cuBLAS (or cuBLASLt, blas_choice) reads and writes r, with no copy of it first
+            blas_choice.add_product_(r, x2, w)
         return r.view(residual.shape)
     y = F.linear(x, w, b)
     return y if residual is None else residual + y
@@ -454,8 +462,9 @@ def _linear(x, w, b, few: bool, residual=None):
 @torch.library.custom_op("rollgraph::add_product", mutates_args=("r",))
 def add_product(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
     """r += x @ w.T in place: cuBLAS's product with beta = 1 on r itself. ATen's functional addmm, which inductor
-    would call otherwise, first copies its input into a new output (perf-notes v55)."""
-    r.addmm_(x, w.t())
+    would call otherwise, first copies its input into a new output (perf-notes v55). The library is blas_choice's
+    for the shape, decided when the op runs (so at capture time for a graph)."""
+    blas_choice.add_product_(r, x, w)
 
 
 @add_product.register_fake

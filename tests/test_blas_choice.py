@@ -1,0 +1,72 @@
+"""blas_choice: which BLAS library runs each prefill product that adds into the residual (the CPU side; the timing
+and both libraries' products run in test_gpu.py)."""
+
+import contextlib
+
+import pytest
+import torch
+
+from rollgraph import blas_choice
+from rollgraph.config import EngineConfig, ModelConfig
+from rollgraph.engine import Engine
+from rollgraph.models import load_model
+
+
+@pytest.fixture(autouse=True)
+def clean():
+    blas_choice.forget()
+    yield
+    blas_choice.forget()
+
+
+def spy_on_using(monkeypatch) -> list[str]:
+    """Record the libraries add_product_ asks for (this CPU build of torch has no cuBLASLt to switch to)."""
+    asked: list[str] = []
+
+    @contextlib.contextmanager
+    def using(library):
+        asked.append(library)
+        yield
+
+    monkeypatch.setattr(blas_choice, "using", using)
+    return asked
+
+
+def test_an_untimed_shape_keeps_the_default_library_and_the_product_is_added_in_place(monkeypatch):
+    asked = spy_on_using(monkeypatch)
+    g = torch.Generator().manual_seed(1)
+    r, x, w = torch.randn(40, 24, generator=g), torch.randn(40, 16, generator=g), torch.randn(24, 16, generator=g)
+    want = r + x @ w.T
+    storage = r.data_ptr()
+    blas_choice.add_product_(r, x, w)
+    torch.testing.assert_close(r, want)
+    assert r.data_ptr() == storage and asked == [] and blas_choice.library_for(x, w) is None
+
+
+def test_a_chosen_shape_runs_through_its_library_unless_the_knob_is_off(monkeypatch):
+    asked = spy_on_using(monkeypatch)
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(24, 16, generator=g)
+    x40, x48 = torch.randn(40, 16, generator=g), torch.randn(48, 16, generator=g)
+    blas_choice._chosen[blas_choice._key(x40, w)] = "cublaslt"
+    blas_choice._chosen[blas_choice._key(x48, w)] = "cublas"
+    for x in (x40, x48, torch.randn(56, 16, generator=g)):
+        r = torch.randn(x.shape[0], 24, generator=g)
+        want = r + x @ w.T
+        blas_choice.add_product_(r, x, w)
+        torch.testing.assert_close(r, want)
+    assert asked == ["cublaslt", "cublas"]  # 56 rows were never timed: the default, with no switch
+    assert blas_choice.choices() == {(40, 24, 16): "cublaslt", (48, 24, 16): "cublas"}
+    monkeypatch.setattr(blas_choice, "ENABLED", False)
+    blas_choice.add_product_(torch.zeros(40, 24), x40, w)
+    assert asked == ["cublaslt", "cublas"] and blas_choice.library_for(x40, w) is None
+
+
+def test_nothing_is_timed_off_cuda(monkeypatch):
+    """choose() times only CUDA products; on this CPU the engine's warm-up asks nothing and chooses nothing."""
+    asked = spy_on_using(monkeypatch)
+    w = torch.randn(24, 16)
+    assert blas_choice.choose([64, 400], [w]) == {}
+    engine = Engine(load_model(ModelConfig("llama-tiny")), EngineConfig(max_seq_len=256, prefill_buckets=(16, 64)))
+    engine.warm_up(progress=False)
+    assert engine.blas_timings == {} and blas_choice.choices() == {} and asked == []
