@@ -70,3 +70,42 @@ def test_nothing_is_timed_off_cuda(monkeypatch):
     engine = Engine(load_model(ModelConfig("llama-tiny")), EngineConfig(max_seq_len=256, prefill_buckets=(16, 64)))
     engine.warm_up(progress=False)
     assert engine.blas_timings == {} and blas_choice.choices() == {} and asked == []
+
+
+def test_switches_from_many_threads_never_interleave(monkeypatch):
+    """Warm-up runs steps from several threads at once: each chosen product must run under its own library, and the
+    process must end on its default. torch's process-wide setting is stood in for by a value whose switch sleeps, to
+    widen the window in which two unlocked switches would interleave (this CPU build cannot select cuBLASLt)."""
+    import threading
+    import time
+
+    setting = {"now": "cublas"}
+
+    def preferred(library=None):
+        if library is not None:
+            time.sleep(0.0005)
+            setting["now"] = library
+        return setting["now"]
+
+    monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", preferred)
+    seen = []  # (rows, the library set when the product was launched)
+    addmm_ = torch.Tensor.addmm_
+    record = lambda r, *a: seen.append((r.shape[0], setting["now"])) or addmm_(r, *a)  # noqa: E731
+    monkeypatch.setattr(torch.Tensor, "addmm_", record)
+    w = torch.randn(8, 4)
+    wanted = {40: "cublaslt", 48: "cublas"}
+    for rows, library in wanted.items():
+        blas_choice._chosen[blas_choice._key(torch.empty(rows, 4), w)] = library
+
+    def work(rows):
+        x = torch.randn(rows, 4)
+        for _ in range(20):
+            blas_choice.add_product_(torch.zeros(rows, 8), x, w)
+
+    threads = [threading.Thread(target=work, args=(rows,)) for rows in (40, 48) * 4]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 160 and all(library == wanted[rows] for rows, library in seen)
+    assert setting["now"] == "cublas"

@@ -7,9 +7,11 @@ were level and at 368 cuBLAS was ahead. Rather than carry a table for one GPU an
 (rows, weight) shape the engine will capture, both ways, and `add_product_` runs each product through the faster one.
 
 torch's choice of library is process-wide (`torch.backends.cuda.preferred_blas_library`) and read when a product is
-launched, so for a CUDA graph at capture time. `add_product_` sets it around its one product and puts it back. Another
-thread's product launched in that window would take the same library: both are correct, so that costs at most time.
-Shapes never timed (prompts longer than every bucket, CPU) keep the process's default library.
+launched, so for a CUDA graph at capture time. `add_product_` sets it around its one product and puts it back, under a
+lock: warm-up runs steps from several threads at once (`steps.run_once_in_threads`), and two unlocked switches could
+interleave and leave the process on the wrong library. Another thread's untimed product launched inside that window
+takes the same library: both are correct, so that costs at most time. Shapes never timed (prompts longer than every
+bucket, CPU) keep the process's default library.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import statistics
+import threading
 from collections.abc import Iterable
 
 import torch
@@ -29,6 +32,7 @@ MARGIN = 0.97
 """cuBLASLt is taken only where it timed at most this fraction of cuBLAS's time: a tie keeps the default."""
 LIBRARIES = ("cublas", "cublaslt")
 _chosen: dict[tuple, str] = {}
+_switch = threading.Lock()  # one switch of the process-wide library at a time (module docstring)
 
 
 def _key(x: torch.Tensor, w: torch.Tensor) -> tuple:
@@ -46,7 +50,7 @@ def add_product_(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
     if library is None:
         r.addmm_(x, w.t())
         return
-    with using(library):
+    with _switch, using(library):
         r.addmm_(x, w.t())
 
 
@@ -76,7 +80,7 @@ def choose(rows: Iterable[int], weights: Iterable[torch.Tensor], rounds: int = 5
             us: dict[str, list[float]] = {lib: [] for lib in LIBRARIES}
             for _ in range(rounds):
                 for lib in LIBRARIES:
-                    with using(lib):
+                    with _switch, using(lib):
                         us[lib].append(_time_us(r.addmm_, x, w.t(), calls))
             med = {lib: round(statistics.median(v), 2) for lib, v in us.items()}
             _chosen[_key(x, w)] = "cublaslt" if med["cublaslt"] <= MARGIN * med["cublas"] else "cublas"
@@ -109,10 +113,8 @@ def _time_us(fn, a: torch.Tensor, b: torch.Tensor, calls: int) -> float:
 
 
 def _has_cublaslt() -> bool:
-    before = torch.backends.cuda.preferred_blas_library()
     try:
-        torch.backends.cuda.preferred_blas_library("cublaslt")
-    except RuntimeError:
+        with _switch, using("cublaslt"):
+            return True
+    except RuntimeError:  # "Cannot set preferred backend to cuBLASLt if PyTorch has not been compiled with cuBLASLt"
         return False
-    torch.backends.cuda.preferred_blas_library(before)
-    return True
