@@ -70,6 +70,7 @@ def test_nothing_is_timed_off_cuda(monkeypatch):
     engine = Engine(load_model(ModelConfig("llama-tiny")), EngineConfig(max_seq_len=256, prefill_buckets=(16, 64)))
     engine.warm_up(progress=False)
     assert engine.blas_timings == {} and blas_choice.choices() == {} and asked == []
+    assert engine.stats()["cublaslt_products"] == []
 
 
 def test_switches_from_many_threads_never_interleave(monkeypatch):

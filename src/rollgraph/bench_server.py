@@ -132,6 +132,7 @@ def _start_info(stats: dict, startup_s: float) -> dict:
         "startup_s": round(startup_s, 3),
         "capture_s": pool.get("capture_s"),
         "kernel_build_s": stats.get("kernel_build_s"),
+        "cublaslt_products": stats.get("cublaslt_products"),
         "graphs": pool.get("graphs"),
         "graph_bytes": pool.get("bytes"),
         "memory_after_start_bytes": memory.get("reserved"),

@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import torch
 
+from rollgraph import blas_choice
 from rollgraph.config import EngineConfig, PoolConfig
 from rollgraph.errors import RequestError
 from rollgraph.generation import Generation, GenerationResult
@@ -394,6 +395,11 @@ class Engine:
             "matmul": None if skinny_phases is None else ("triton" if skinny_phases else "torch"),
         }
 
+    def cublaslt_products(self) -> list[str]:
+        """The prefill products (rows x n x k) that warm-up's timing sent through cuBLASLt (blas_choice)."""
+        chosen = blas_choice.choices()
+        return [f"{m}x{n}x{k}" for m, n, k in sorted(self.blas_timings) if chosen.get((m, n, k)) == "cublaslt"]
+
     def stats(self) -> dict:
         cuda = self.device.type == "cuda"
         return {
@@ -409,6 +415,7 @@ class Engine:
             "graphs_enabled": self.graphs_enabled,
             "kernels": self.kernels(),
             "kernel_build_s": round(self.kernel_build_s, 3),
+            "cublaslt_products": self.cublaslt_products(),
             "compile_cache": compile_cache_counts() if self.steps.compiled else None,
             "pool": self.pool.report(),
             "memory": {
