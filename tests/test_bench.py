@@ -174,6 +174,11 @@ def test_smoke_outputs_are_complete_and_consistent(smoke):
     assert results["floors"]["decode_floor_ms"] is None and results["floors"]["weight_bytes"] > 0
     assert results["command"].startswith("rollgraph bench --model llama-tiny")
     assert all(results[k] for k in ("torch", "transformers", "date"))
+    host = results["machine"]["host"]  # measured on CPU too: not a floor
+    assert (
+        0 < host["wake_after_1ms_us"]["median"] <= host["wake_after_1ms_us"]["p90"] and host["parse_400_tokens_us"] > 0
+    )
+    assert "Host: a process blocked for 1 ms ran again" in (out / "report.md").read_text()
     n, per_len = SMOKE["new_tokens"], SMOKE["repeats"]
     requests = len(SMOKE["lengths"]) * per_len
     for name in modes[:-1]:

@@ -10,6 +10,7 @@ results.json, as `build_results` makes it (null wherever a figure is unknown, e.
     schema, date, command, argv, model, dtype, device, gpu, torch, transformers, python, rollgraph, out,
     settings: the BenchSettings fields,
     machine: device, cuda, copy_bandwidth (B/s), matmul_flops, matmul_dtype, versions,
+             host {wake_after_1ms_us {median, p90}, parse_400_tokens_us} (host_probe.py),
     floors: copy_bandwidth_GBps, matmul_TFLOPs, weight_bytes, params, decode_floor_ms, prefill_floor_ms {"10": ms},
     token_agreement: {mode: share of its requests whose tokens equal the first mode's for the same prompt},
     token_prefix: {mode: median count of leading tokens equal to the first mode's for the same prompt},

@@ -61,6 +61,15 @@ def _header(results: dict) -> str:
             f"({fl['params'] / 1e9:.3g} B parameters): decode floor {fl['decode_floor_ms']:.3f} ms, prefill floor "
             f"{min(prefill):.3f}–{max(prefill):.3f} ms. A ratio is latency / floor."
         )
+    host = (results.get("machine") or {}).get("host")
+    if host:
+        wake = host["wake_after_1ms_us"]
+        lines.append(
+            f"Host: a process blocked for 1 ms ran again {wake['median']:.0f} µs after a message was sent to it "
+            f"(median; 90th percentile {wake['p90']:.0f} µs), and the server's parse of a 400-token request took "
+            f"{host['parse_400_tokens_us']:.0f} µs. Short-prompt TTFT and the P99 depend on the host as well as "
+            "the GPU (host_probe.py)."
+        )
     s = results["settings"]
     lines.append(
         f"Workload: batch 1, greedy, {s['new_tokens']} new tokens; per prompt length {s['warmup']} uncounted "

@@ -6,10 +6,11 @@ Prefill of T tokens does 2 · params · T FLOPs over the same weight read: short
 ones compute-bound, so its floor is max(weight bytes / bandwidth, 2 · params · T / matmul rate).
 
 Both rates are measured here, not taken from a data sheet: a large device-to-device copy (bytes read + written,
-timed with CUDA events) and a bf16 8192³ matmul (fp16 where the GPU lacks bf16; median of several). Without CUDA
-the rates are None and so are the floors. `python -m rollgraph.floors` prints the machine's figures as one JSON
-line; `rollgraph bench` runs it in a short subprocess, so the rates are measured before any server holds the GPU
-and the bench process itself never creates a CUDA context.
+timed with CUDA events) and a bf16 8192³ matmul (fp16 where the GPU lacks bf16; median of several). Without CUDA the
+rates are None and so are the floors. The host's own figures (host_probe.py) are measured either way: they are not
+floors, but short-prompt TTFT and the P99 move with the host a run gets. `python -m rollgraph.floors` prints the
+machine's figures as one JSON line; `rollgraph bench` runs it in a short subprocess, so the rates are measured
+before any server holds the GPU and the bench process itself never creates a CUDA context.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass
 from importlib import metadata
+
+from rollgraph.host_probe import measure_host
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class Machine:
     torch: str | None
     transformers: str | None
     python: str
+    host: dict | None = None
+    """The host's figures (host_probe.measure_host): a process's wake after 1 ms idle, a 400-token request's parse."""
 
 
 @dataclass(frozen=True)
@@ -125,11 +130,12 @@ def measure_machine() -> Machine:
     import torch
 
     versions = dict(torch=_version("torch"), transformers=_version("transformers"), python=platform.python_version())
+    host = measure_host()
     if not torch.cuda.is_available():
-        return Machine("cpu", False, None, None, None, **versions)
+        return Machine("cpu", False, None, None, None, **versions, host=host)
     bandwidth = measure_copy_bandwidth()
     flops, dtype = measure_matmul_rate()
-    return Machine(torch.cuda.get_device_name(), True, bandwidth, flops, dtype, **versions)
+    return Machine(torch.cuda.get_device_name(), True, bandwidth, flops, dtype, **versions, host=host)
 
 
 def main() -> int:

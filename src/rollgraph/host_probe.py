@@ -1,0 +1,78 @@
+"""How fast this host runs a request's host work: the serving path's costs that no GPU floor covers.
+
+TTFT at short prompts and the P99 of the inter-token latency depend on the host a run gets. The same tree on two H100
+machines an hour apart gave TTFT 5.93 and 6.19 ms at 10 tokens, while the server's own figure moved by 0.06 ms
+(perf-notes v38, v54, and the main runs at 4b824e2 and 6a11386). Two figures, measured beside the GPU's rates by
+`python -m rollgraph.floors`, let runs on different hosts be compared:
+- `wake_us`: how long a process blocked in recv() on a Unix socket takes to run again once a message is sent to it
+  after an idle gap (1 ms by default, about the gap between the bench's requests). Each hop between the client, the
+  server's event loop and its engine thread pays one such wake.
+- `parse_us`: the server's parse of a 400-token generate frame (JSON decode and validation), warm: the host's
+  single-thread Python speed on work every request does.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+_STAMP = struct.Struct("q")
+_CLOCK = time.CLOCK_MONOTONIC  # one clock for both processes: a stamp taken in one is read in the other
+_ECHO = """
+import socket, struct, sys, time
+s, stamp = socket.socket(fileno=int(sys.argv[1])), struct.Struct("q")
+while True:
+    data = s.recv(stamp.size, socket.MSG_WAITALL)
+    woke = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    if len(data) < stamp.size:
+        break
+    s.sendall(stamp.pack(woke - stamp.unpack(data)[0]))
+"""
+
+
+def wake_us(gap_s: float = 0.001, samples: int = 200, warmup: int = 10) -> dict[str, float]:
+    """Median and 90th percentile, in µs, from a send to the moment the receiving process (blocked in recv() for
+    `gap_s` before it) runs again; measured in a child process over a socket pair."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    child = subprocess.Popen([sys.executable, "-c", _ECHO, str(theirs.fileno())], pass_fds=(theirs.fileno(),))
+    theirs.close()
+    delays = []
+    try:
+        for i in range(warmup + samples):
+            time.sleep(gap_s)
+            ours.sendall(_STAMP.pack(time.clock_gettime_ns(_CLOCK)))
+            reply = ours.recv(_STAMP.size, socket.MSG_WAITALL)
+            if len(reply) < _STAMP.size:
+                raise RuntimeError("the wake probe's child process closed its socket")
+            if i >= warmup:
+                delays.append(_STAMP.unpack(reply)[0] / 1e3)
+    finally:
+        ours.close()
+        child.wait(timeout=10)
+    delays.sort()
+    return {"median": round(statistics.median(delays), 1), "p90": round(delays[int(0.9 * (len(delays) - 1))], 1)}
+
+
+def parse_us(tokens: int = 400, calls: int = 200, warmup: int = 20) -> float:
+    """Median µs for the server's parse of one generate frame with `tokens` prompt ids (its payload decoded from
+    JSON, then validated into a request), warm."""
+    from rollgraph.protocol import decode_payload, encode_frame, parse_request
+
+    frame = encode_frame({"type": "generate", "input_tokens": list(range(3, 3 + tokens)), "max_new_tokens": 64})
+    payload = frame[4:]  # past the length prefix
+    times = []
+    for i in range(warmup + calls):
+        start = time.perf_counter_ns()
+        parse_request(decode_payload(payload))
+        if i >= warmup:
+            times.append((time.perf_counter_ns() - start) / 1e3)
+    return round(statistics.median(times), 1)
+
+
+def measure_host() -> dict:
+    """Both figures, as `python -m rollgraph.floors` reports them under `host`."""
+    return {"wake_after_1ms_us": wake_us(), "parse_400_tokens_us": parse_us()}
