@@ -84,8 +84,8 @@ class EngineConfig:
     little there and would hold the largest activations (perf-notes v5-v7). Above 256 the buckets sit where cuBLAS's
     time per row count steps down on the H100 (perf-notes v16-v18: its matmuls for 7B and 1B take as long at 192
     rows as at 256, and less at 432 rows than at 448), so padding costs little compute there. 400 is a bucket since
-    its down projection runs through cuBLASLt (blas_choice): 7B's 400-token prefill took 0.33-0.41 ms less in it
-    than at 432 rows (perf-notes v57); the prefill graphs share one memory pool, so it adds no graph memory."""
+    its down projection runs through cuBLASLt (blas_choice): on one H100, 7B's 400-token prefill took 0.40 ms less in
+    it than in the 432 bucket (perf-notes v57); the prefill graphs share one memory pool, so it adds no graph memory."""
     kv_bucket: int = 256
     """Decode attention reads the live KV rounded up to a multiple of this; 0 = always the whole cache."""
     batch_buckets: tuple[int, ...] = (1,)
