@@ -18,3 +18,16 @@ def test_the_parse_figure_grows_with_the_prompt():
     short = host_probe.parse_us(tokens=10, calls=100)
     long = host_probe.parse_us(tokens=4000, calls=100)
     assert 0 < short < long, (short, long)
+
+
+def test_a_probe_that_cannot_run_records_nothing_and_stops_nothing(monkeypatch, caplog):
+    """The host figures are context for a run: a wake probe whose child cannot start leaves them None, with a
+    warning, and `python -m rollgraph.floors` still reports the machine."""
+    import subprocess
+
+    def no_child(*args, **kwargs):
+        raise OSError("no such interpreter (the test's stand-in for a child that cannot start)")
+
+    monkeypatch.setattr(subprocess, "Popen", no_child)
+    assert host_probe.measure_host() is None
+    assert "the host probe failed" in caplog.text
