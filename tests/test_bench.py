@@ -30,7 +30,7 @@ from rollgraph.bench_server import TRANSPORT_KEYS, BenchError, run_server_mode
 from rollgraph.floors import Floors
 
 VLLM_KEYS = [f"{stat}_{m}_ms" for m in ("ttft", "itl", "tpot", "e2el") for stat in ("mean", "median", "p99")]
-SMOKE = dict(modes=("eager", "seed"), lengths=(10, 20), new_tokens=4, repeats=1)
+SMOKE = dict(modes=("eager", "seed"), lengths=(10, 20), new_tokens=4, repeats=2, peer_repeats=1)
 
 
 def sample(prompt_len: int = 10, ttft: float = 10.0, itl: tuple = (2.0, 4.0), **kw) -> Sample:
@@ -110,12 +110,17 @@ def test_settings_map_flags_and_refuse_bad_values():
     assert s.all_modes == ("graphs", "eager", "hf-eager", "hf-static-compile")
     assert s.serve_flags() == ["--dtype", "auto", "--kv-bucket", "0", "--graph-memory", "512.0", "--on-miss=capture"]
     assert BenchSettings().prompt_lengths == (10, 50, 100, 150, 200, 250, 300, 350, 400)
+    s = parse_settings(["--repeats", "6", "--peer-repeats", "3"])
+    assert [s.measured(m) for m in ("graphs", "hf-eager", "hf-static-compile")] == [6, 3, 3]
+    assert parse_settings(["--repeats", "6"]).measured("hf-eager") == 6
     for bad in (
         dict(modes=("fast",)),
         dict(prompt_lengths=()),
         dict(new_tokens=1),
         dict(max_seq_len=100),
         dict(client_wait="fast"),
+        dict(repeats=3, peer_repeats=4),
+        dict(peer_repeats=0),
     ):
         with pytest.raises(BenchError):
             BenchSettings(**bad)
@@ -156,7 +161,8 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "out"
     argv = ["--model", "llama-tiny", "--modes", ",".join(SMOKE["modes"]),
             "--prompt-lengths", ",".join(map(str, SMOKE["lengths"])), "--new-tokens", str(SMOKE["new_tokens"]),
-            "--repeats", str(SMOKE["repeats"]), "--compare-peers", "--client-wait", "spin",
+            "--repeats", str(SMOKE["repeats"]), "--peer-repeats", str(SMOKE["peer_repeats"]), "--compare-peers",
+            "--client-wait", "spin",
             "--out", str(out)]  # fmt: skip
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     cmd = [sys.executable, "-m", "rollgraph", "bench", "--", *argv]
@@ -179,9 +185,10 @@ def test_smoke_outputs_are_complete_and_consistent(smoke):
         0 < host["wake_after_1ms_us"]["median"] <= host["wake_after_1ms_us"]["p90"] and host["parse_400_tokens_us"] > 0
     )
     assert "Host: a process blocked for 1 ms ran again" in (out / "report.md").read_text()
-    n, per_len = SMOKE["new_tokens"], SMOKE["repeats"]
-    requests = len(SMOKE["lengths"]) * per_len
+    n = SMOKE["new_tokens"]
     for name in modes[:-1]:
+        per_len = SMOKE["peer_repeats"] if name.startswith("hf-") else SMOKE["repeats"]  # the peers measure fewer
+        requests = len(SMOKE["lengths"]) * per_len
         m = results["modes"][name]
         assert m["status"] == "ok", m["error"]
         assert all(m[k] is not None for k in VLLM_KEYS)
@@ -215,6 +222,7 @@ def test_smoke_files_and_summary_line(smoke):
     assert "## `eager`" in report and "## `hf-eager` (transformers)" in report and "## Comparison" in report
     assert "| 20 tokens |" in report and "| **Average** |" in report
     assert "polls its socket without sleeping" in report  # the smoke run measures with --client-wait spin
+    assert "then 2 measured (random token ids, seed 0; 1 measured for the transformers peers)" in report
     assert (out / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     raw = json.loads((out / "requests.json").read_text())
     assert len(raw["seed"]) == len(SMOKE["lengths"]) * SMOKE["repeats"]

@@ -64,6 +64,10 @@ class BenchSettings:
     new_tokens: int = 64
     repeats: int = 3
     """Measured requests per prompt length (each with its own prompt)."""
+    peer_repeats: int | None = None
+    """Measured requests per prompt length for the transformers peers, the first of rollgraph's modes' prompts; None
+    = `repeats`. The static + compile peer recompiles for every prompt length, so a run that measures rollgraph's
+    modes on more requests (a steadier P99) can keep the peers' part short."""
     warmup: int = 1
     """Uncounted requests before the measured ones of each prompt length."""
     seed: int = 0
@@ -102,6 +106,10 @@ class BenchSettings:
         for name, value, low in (("--new-tokens", self.new_tokens, 2), ("--repeats", self.repeats, 1)):
             if value < low:
                 raise BenchError(f"{name} must be an integer >= {low}; got {value}")
+        if self.peer_repeats is not None and not 1 <= self.peer_repeats <= self.repeats:
+            raise BenchError(
+                f"--peer-repeats must be between 1 and --repeats ({self.repeats}); got {self.peer_repeats}"
+            )
         if self.warmup < 0:
             raise BenchError(f"--warmup must be >= 0; got {self.warmup}")
         if self.dtype not in DTYPES:
@@ -111,6 +119,12 @@ class BenchSettings:
         longest = max(self.prompt_lengths) + self.new_tokens
         if self.max_seq_len is not None and self.max_seq_len < longest:
             raise BenchError(f"--max-seq-len {self.max_seq_len} is below the longest prompt + new tokens ({longest})")
+
+    def measured(self, mode: str) -> int:
+        """Measured requests per prompt length for `mode`."""
+        if mode in PEER_MODES and self.peer_repeats is not None:
+            return self.peer_repeats
+        return self.repeats
 
     @property
     def all_modes(self) -> tuple[str, ...]:
@@ -170,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-lengths", type=_csv(int), default=d.prompt_lengths, help="default 10,50,100,...,400")
     p.add_argument("--new-tokens", type=int, default=d.new_tokens)
     p.add_argument("--repeats", type=int, default=d.repeats, help="measured requests per prompt length")
+    p.add_argument(
+        "--peer-repeats",
+        type=int,
+        help="measured requests per prompt length for the transformers peers (default: --repeats; at most that)",
+    )
     p.add_argument("--warmup", type=int, default=d.warmup, help="uncounted requests per prompt length")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the random prompts")
     p.add_argument("--out", help="output folder (default bench/results/<date>_<gpu>_<model>)")
@@ -206,6 +225,7 @@ def parse_settings(argv: list[str]) -> BenchSettings:
         prompt_lengths=a.prompt_lengths,
         new_tokens=a.new_tokens,
         repeats=a.repeats,
+        peer_repeats=a.peer_repeats,
         warmup=a.warmup,
         seed=a.seed,
         out=a.out,
@@ -316,13 +336,13 @@ def run_modes(
     from tqdm import tqdm
 
     workdir = tempfile.mkdtemp(dir="/tmp", prefix="rgb")
-    per_mode = len(prompts)
+    per_mode = {mode: len(prompts_for(settings, mode, prompts)) for mode in settings.all_modes}
     runs = []
     try:
         prompts_file = os.path.join(workdir, "prompts.json")
         with open(prompts_file, "w", encoding="utf-8") as f:
-            json.dump([asdict(p) for p in prompts], f)
-        with tqdm(total=per_mode * len(settings.all_modes), unit="req", file=sys.stderr) as bar:
+            json.dump([asdict(p) for p in prompts_for(settings, PEER_MODES[0], prompts)], f)
+        with tqdm(total=sum(per_mode.values()), unit="req", file=sys.stderr) as bar:
             for i, mode in enumerate(settings.all_modes):
                 bar.set_description(mode)
                 done_before = bar.n
@@ -331,7 +351,7 @@ def run_modes(
                     run = run_peer_mode(settings, mode, prompts_file, machine.cuda, log, bar)
                 else:
                     run = run_server_mode(settings, mode, prompts, os.path.join(workdir, f"{i}.sock"), log, bar)
-                bar.update(done_before + per_mode - bar.n)  # a failed or skipped mode's remaining requests
+                bar.update(done_before + per_mode[mode] - bar.n)  # a failed or skipped mode's remaining requests
                 if run.status == "failed":
                     logger.error("mode %s failed: %s", mode, run.error)
                 runs.append(run)
@@ -339,6 +359,11 @@ def run_modes(
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return runs
+
+
+def prompts_for(settings: BenchSettings, mode: str, prompts: tuple[Prompt, ...]) -> tuple[Prompt, ...]:
+    """The prompts `mode` sends: the warm-ups and its first `settings.measured(mode)` measured ones per length."""
+    return tuple(p for p in prompts if p.repeat < settings.measured(mode))
 
 
 def write_outputs(results: dict, runs: list[ModeRun], out: str) -> None:

@@ -43,6 +43,13 @@ def markdown(results: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+def _peer_repeats(settings: dict) -> str:
+    """The clause "; N measured for the transformers peers" where they measured fewer requests per length than
+    rollgraph's modes, else nothing."""
+    n = settings.get("peer_repeats")
+    return "" if n is None or n == settings["repeats"] else f"; {n} measured for the transformers peers"
+
+
 def _header(results: dict) -> str:
     fl = results["floors"]
     lines = [
@@ -73,9 +80,9 @@ def _header(results: dict) -> str:
     s = results["settings"]
     lines.append(
         f"Workload: batch 1, greedy, {s['new_tokens']} new tokens; per prompt length {s['warmup']} uncounted "
-        f"warm-up request(s), then {s['repeats']} measured (random token ids, seed {s['seed']}). TTFT is the median "
-        "per length; ITL is pooled over the requests of a length. Timed requests run with the measuring process's "
-        "garbage collector paused (as timeit does), for rollgraph's client and the peers alike."
+        f"warm-up request(s), then {s['repeats']} measured (random token ids, seed {s['seed']}{_peer_repeats(s)}). "
+        "TTFT is the median per length; ITL is pooled over the requests of a length. Timed requests run with the "
+        "measuring process's garbage collector paused (as timeit does), for rollgraph's client and the peers alike."
         + CLIENT_WAIT_NOTE.get(s.get("client_wait", "block"), "")
     )
     agree, prefix = results.get("token_agreement") or {}, results.get("token_prefix") or {}
