@@ -48,8 +48,8 @@ def test_a_chosen_shape_runs_through_its_library_unless_the_knob_is_off(monkeypa
     g = torch.Generator().manual_seed(2)
     w = torch.randn(24, 16, generator=g)
     x40, x48 = torch.randn(40, 16, generator=g), torch.randn(48, 16, generator=g)
-    blas_choice._chosen[blas_choice._key(x40, w)] = "cublaslt"
-    blas_choice._chosen[blas_choice._key(x48, w)] = "cublas"
+    blas_choice._chosen[blas_choice._key(40, w)] = "cublaslt"
+    blas_choice._chosen[blas_choice._key(48, w)] = "cublas"
     for x in (x40, x48, torch.randn(56, 16, generator=g)):
         r = torch.randn(x.shape[0], 24, generator=g)
         want = r + x @ w.T
@@ -71,6 +71,33 @@ def test_nothing_is_timed_off_cuda(monkeypatch):
     engine.warm_up(progress=False)
     assert engine.blas_timings == {} and blas_choice.choices() == {} and asked == []
     assert engine.stats()["cublaslt_products"] == []
+
+
+def test_each_shape_is_timed_once_a_process_and_the_faster_library_within_the_margin_is_kept(monkeypatch):
+    """A second engine in the process (another mode, a test's eager reference) keeps the first engine's choices:
+    the libraries round differently, so choosing again on a near-tie could change its bf16 tokens."""
+    asked = spy_on_using(monkeypatch)
+    monkeypatch.setattr(blas_choice, "_can_time", lambda w: True)  # this CPU build has nothing to time
+    # µs per product by (rows, library): cuBLASLt clearly ahead at 400 rows, within the margin at 64
+    table = {(64, "cublas"): 10.0, (64, "cublaslt"): 9.8, (400, "cublas"): 70.0, (400, "cublaslt"): 60.0}
+    timed = []
+
+    def fake_time_us(fn, a, b, calls):
+        timed.append((a.shape[0], asked[-1]))
+        return table[a.shape[0], asked[-1]]
+
+    monkeypatch.setattr(blas_choice, "_time_us", fake_time_us)
+    w = torch.randn(24, 16)
+    first = blas_choice.choose([400, 64], [w], rounds=3)
+    assert first == {(64, 24, 16): {"cublas": 10.0, "cublaslt": 9.8}, (400, 24, 16): {"cublas": 70.0, "cublaslt": 60.0}}
+    assert sorted(timed) == sorted([(m, lib) for m in (64, 400) for lib in blas_choice.LIBRARIES] * 3)
+    assert blas_choice.choices() == {(64, 24, 16): "cublas", (400, 24, 16): "cublaslt"}
+    # a second timing would now choose otherwise; 128 rows is new, and a tie keeps the default
+    table.update({(64, "cublaslt"): 1.0, (400, "cublaslt"): 700.0, (128, "cublas"): 20.0, (128, "cublaslt"): 20.0})
+    timed.clear()
+    assert blas_choice.choose([64, 400, 128], [w], rounds=3)[(400, 24, 16)] == first[(400, 24, 16)]
+    assert {m for m, _ in timed} == {128}  # only the new shape was timed
+    assert blas_choice.choices() == {(64, 24, 16): "cublas", (400, 24, 16): "cublaslt", (128, 24, 16): "cublas"}
 
 
 def test_switches_from_many_threads_never_interleave(monkeypatch):
@@ -96,7 +123,7 @@ def test_switches_from_many_threads_never_interleave(monkeypatch):
     w = torch.randn(8, 4)
     wanted = {40: "cublaslt", 48: "cublas"}
     for rows, library in wanted.items():
-        blas_choice._chosen[blas_choice._key(torch.empty(rows, 4), w)] = library
+        blas_choice._chosen[blas_choice._key(rows, w)] = library
 
     def work(rows):
         x = torch.randn(rows, 4)

@@ -12,6 +12,11 @@ lock: warm-up runs steps from several threads at once (`steps.run_once_in_thread
 interleave and leave the process on the wrong library. Another thread's untimed product launched inside that window
 takes the same library: both are correct, so that costs at most time. Shapes never timed (prompts longer than every
 bucket, CPU) keep the process's default library.
+
+A shape is timed once per process: a later engine (a second warm-up, another mode in `pool_figures.py`, a test's
+eager reference) keeps the first choice. The two libraries round differently, so two engines in one process that
+chose apart from each other on a near-tie would give different bf16 tokens for the same prompt. A new process times
+again, and on a near-tie may choose the other library.
 """
 
 from __future__ import annotations
@@ -32,16 +37,17 @@ MARGIN = 0.97
 """cuBLASLt is taken only where it timed at most this fraction of cuBLAS's time: a tie keeps the default."""
 LIBRARIES = ("cublas", "cublaslt")
 _chosen: dict[tuple, str] = {}
+_timings: dict[tuple, dict[str, float]] = {}  # the medians each choice came from, by the same keys
 _switch = threading.Lock()  # one switch of the process-wide library at a time (module docstring)
 
 
-def _key(x: torch.Tensor, w: torch.Tensor) -> tuple:
-    return (x.shape[0], w.shape[0], w.shape[1], w.dtype, w.device)
+def _key(rows: int, w: torch.Tensor) -> tuple:
+    return (rows, w.shape[0], w.shape[1], w.dtype, w.device)
 
 
 def library_for(x: torch.Tensor, w: torch.Tensor) -> str | None:
     """The library chosen for x @ w.T, or None where none was (the default runs it)."""
-    return _chosen.get(_key(x, w)) if ENABLED else None
+    return _chosen.get(_key(x.shape[0], w)) if ENABLED else None
 
 
 def add_product_(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
@@ -67,27 +73,40 @@ def using(library: str):
 
 def choose(rows: Iterable[int], weights: Iterable[torch.Tensor], rounds: int = 5, calls: int = 10) -> dict:
     """Time r.addmm_(x, w.T) through each library for every row count and weight (CUDA only), alternating the two
-    `rounds` times over `calls` back-to-back products, and remember the faster by medians. Returns
-    {(rows, n, k): {library: µs}} for the log and reports; {} where the device is not CUDA or torch lacks cuBLASLt."""
+    `rounds` times over `calls` back-to-back products, and remember the faster by medians; shapes chosen earlier in
+    this process keep their choice and are not timed again. Returns {(rows, n, k): {library: µs}} for the log and
+    reports; {} where the device is not CUDA or torch lacks cuBLASLt."""
     weights = list(weights)
-    if not weights or weights[0].device.type != "cuda" or not _has_cublaslt():
+    if not weights or not _can_time(weights[0]):
         return {}
-    timings = {}
+    timings, timed = {}, 0
     for m in sorted(set(rows)):
         for w in weights:
-            x = torch.randn(m, w.shape[1], device=w.device, dtype=w.dtype)
-            r = torch.zeros(m, w.shape[0], device=w.device, dtype=w.dtype)
-            us: dict[str, list[float]] = {lib: [] for lib in LIBRARIES}
-            for _ in range(rounds):
-                for lib in LIBRARIES:
-                    with _switch, using(lib):
-                        us[lib].append(_time_us(r.addmm_, x, w.t(), calls))
-            med = {lib: round(statistics.median(v), 2) for lib, v in us.items()}
-            _chosen[_key(x, w)] = "cublaslt" if med["cublaslt"] <= MARGIN * med["cublas"] else "cublas"
-            timings[(m, w.shape[0], w.shape[1])] = med
-    lt = [k for k, v in timings.items() if v["cublaslt"] <= MARGIN * v["cublas"]]
-    logger.info("cuBLASLt for %d of %d prefill products (rows, n, k): %s", len(lt), len(timings), lt)
+            key = _key(m, w)
+            if key not in _timings:
+                _timings[key] = _time_both(m, w, rounds, calls)
+                _chosen[key] = "cublaslt" if _lt_wins(_timings[key]) else "cublas"
+                timed += 1
+            timings[key[:3]] = _timings[key]
+    lt = [k for k, v in timings.items() if _lt_wins(v)]
+    logger.info("cuBLASLt for %d of %d prefill products (%d timed now): %s", len(lt), len(timings), timed, lt)
     return timings
+
+
+def _lt_wins(medians: dict[str, float]) -> bool:
+    return medians["cublaslt"] <= MARGIN * medians["cublas"]
+
+
+def _time_both(m: int, w: torch.Tensor, rounds: int, calls: int) -> dict[str, float]:
+    """Median µs of r.addmm_(x, w.T) with `m` rows through each library, the two alternated `rounds` times."""
+    x = torch.randn(m, w.shape[1], device=w.device, dtype=w.dtype)
+    r = torch.zeros(m, w.shape[0], device=w.device, dtype=w.dtype)
+    us: dict[str, list[float]] = {lib: [] for lib in LIBRARIES}
+    for _ in range(rounds):
+        for lib in LIBRARIES:
+            with _switch, using(lib):
+                us[lib].append(_time_us(r.addmm_, x, w.t(), calls))
+    return {lib: round(statistics.median(v), 2) for lib, v in us.items()}
 
 
 def choices() -> dict:
@@ -96,8 +115,9 @@ def choices() -> dict:
 
 
 def forget() -> None:
-    """Drop every choice (tests)."""
+    """Drop every choice and its timings (tests)."""
     _chosen.clear()
+    _timings.clear()
 
 
 def _time_us(fn, a: torch.Tensor, b: torch.Tensor, calls: int) -> float:
@@ -110,6 +130,10 @@ def _time_us(fn, a: torch.Tensor, b: torch.Tensor, calls: int) -> float:
     end.record()
     end.synchronize()
     return start.elapsed_time(end) * 1e3 / calls
+
+
+def _can_time(w: torch.Tensor) -> bool:
+    return w.device.type == "cuda" and _has_cublaslt()
 
 
 def _has_cublaslt() -> bool:
