@@ -8,6 +8,8 @@
 #   skinny:ROWS                scripts/skinny_bench.py (few-row matmuls: cuBLAS, inductor, skinny_linear)
 #   gemm[:ROWS[:autotune[:MODEL]]]  scripts/prefill_gemm_probe.py (MODEL's projections, default 7B's, at ROWS,
 #                              default 384-512; "autotune" adds max-autotune, "-" leaves it out), in OUT/gN
+#   atune[:ROWS[:SHAPES]]      scripts/autotune_gemm_probe.py (max-autotune's templates, persistent TMA too, against
+#                              cuBLAS on 7B's products at ROWS, default 400; SHAPES indices 0-3), in OUT/aN
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (a client's TTFT split hop by hop, v38)
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
 #   pattn                      scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23)
@@ -48,6 +50,9 @@ for step in "$@"; do
     gemm) mkdir -p "$out/g$n" && [ "${b:-}" != - ] && tune=${b:+--$b} || tune=
           python3 scripts/prefill_gemm_probe.py --out "$out/g$n/prefill_gemm.json" ${a:+--rows $a} $tune \
             ${c:+--model $c} 2>&1 | tee "$out/g$n/prefill_gemm.txt" | grep "^{" ;;
+    atune) mkdir -p "$out/a$n" && PYTHONPATH=src:scripts python3 scripts/autotune_gemm_probe.py \
+             --out "$out/a$n/autotune_gemm.json" ${a:+--rows $a} ${b:+--shapes $b} 2>"$out/a$n/autotune.log" \
+             | tee "$out/a$n/autotune_gemm.txt" ;;
     ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_${a}_${b//+/_}.json" 2>&1 \
             | tail -3 ;;
     launch) PYTHONPATH=src:scripts python3 scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
