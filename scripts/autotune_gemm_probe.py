@@ -19,6 +19,8 @@ import torch
 import torch._inductor.config as ic
 from skinny_bench import time_us
 
+from rollgraph.blas_choice import using
+
 SHAPES = [(12288, 4096, False), (4096, 4096, True), (22016, 4096, False), (4096, 11008, True)]  # N, K, residual
 VARIANTS = {
     "default": {},
@@ -57,6 +59,8 @@ def main() -> None:
         row["cublas_us"] = timed(product(residual), x, w, r)
         if residual:  # as prefill runs it outside compiled code: in place, no copy of r first
             row["cublas_inplace_us"] = timed(lambda x, w, r: r.addmm_(x, w.t()), x, w, r.clone())
+            with using("cublaslt"):
+                row["cublaslt_inplace_us"] = timed(lambda x, w, r: r.addmm_(x, w.t()), x, w, r.clone())
         for name in a.variants.split(","):
             torch._dynamo.reset()
             with ic.patch({"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON", **VARIANTS[name]}):
@@ -70,6 +74,7 @@ def main() -> None:
                 row[f"{name}_compile_s"] = round(time.perf_counter() - t0, 1)
                 torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
                 row[f"{name}_us"] = timed(fn, x, w, r)
+            print(json.dumps(row), flush=True)  # after each variant: a slow one cut off by a time limit loses no other
         for key in [k for k in row if k.endswith("_us")]:
             row[key.replace("_us", "_tflops")] = round(2 * m * n * k / row[key] / 1e6, 1)
         rows_out.append(row)
