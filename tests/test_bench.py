@@ -67,6 +67,14 @@ def test_metric_block_counts_and_ratios():
     assert unknown["median_itl_floor_ratio"] is None and unknown["median_itl_ms"] == 3.0
 
 
+def test_the_steal_share_counts_only_requests_whose_cpu_time_was_read():
+    floors = Floors(None, None, None, None)
+    read = [sample(cpu_steal_ms=30.0, cpu_all_ms=1000.0), sample(cpu_steal_ms=0.0, cpu_all_ms=500.0, repeat=1)]
+    assert metric_block(read, floors)["cpu_steal_pct"] == pytest.approx(2.0)  # 30 of 1500 ms
+    assert metric_block([*read, sample(repeat=2)], floors)["cpu_steal_pct"] == pytest.approx(2.0)
+    assert metric_block([sample()], floors)["cpu_steal_pct"] is None  # a platform without /proc/stat
+
+
 def test_graph_labels():
     assert request_label({"pre": 64}, uses_graphs=True) == "Pre-captured"
     assert request_label({"background": 3, "inline": 1}, uses_graphs=True) == "Captured later"
@@ -185,6 +193,9 @@ def test_smoke_outputs_are_complete_and_consistent(smoke):
         0 < host["wake_after_1ms_us"]["median"] <= host["wake_after_1ms_us"]["p90"] and host["parse_400_tokens_us"] > 0
     )
     assert "Host: a process blocked for 1 ms ran again" in (out / "report.md").read_text()
+    if os.path.exists("/proc/stat"):  # Linux, as CI: every request read the hypervisor's steal around it
+        assert all(results["modes"][name]["cpu_steal_pct"] is not None for name in modes[:-1])
+        assert "the hypervisor stole" in (out / "report.md").read_text()
     n = SMOKE["new_tokens"]
     for name in modes[:-1]:
         per_len = SMOKE["peer_repeats"] if name.startswith("hf-") else SMOKE["repeats"]  # the peers measure fewer
@@ -256,3 +267,6 @@ def test_the_start_note_counts_kernel_builds_apart_from_capture():
     assert "(graph capture 1.90 s after 5.60 s of kernel builds, 17 graphs, 110.0 MiB)" in _mode_note(m)
     m["kernel_build_s"] = 0.0  # compile modes and CPU runs build nothing beforehand
     assert "(graph capture 1.90 s, 17 graphs, 110.0 MiB)" in _mode_note(m)
+    assert "stole" not in _mode_note(m)
+    m["cpu_steal_pct"] = 1.234
+    assert _mode_note(m).endswith("; the hypervisor stole 1.23% of the host's CPU time during its measured requests.")

@@ -31,3 +31,32 @@ def test_a_probe_that_cannot_run_records_nothing_and_stops_nothing(monkeypatch, 
     monkeypatch.setattr(subprocess, "Popen", no_child)
     assert host_probe.measure_host() is None
     assert "the host probe failed" in caplog.text
+
+
+def test_the_steal_is_read_from_the_aggregate_cpu_line():
+    """/proc/stat's first line: user nice system idle iowait irq softirq steal guest guest_nice, in ticks."""
+    line = "cpu  4705 150 1120 16250 520 0 87 300 40 0\n"
+    assert host_probe.parse_cpu_line(line) == (300, 4705 + 150 + 1120 + 16250 + 520 + 0 + 87 + 300)
+    assert host_probe.parse_cpu_line("cpu0 1 2 3 4 5 6 7 8 9 10") is None  # one CPU's line, not the sum
+    assert host_probe.parse_cpu_line("cpu  1 2 3 4") is None  # a kernel without the steal field
+    assert host_probe.parse_cpu_line("intr 1 2 3 4 5 6 7 8 9") is None
+
+
+def test_a_requests_steal_fields_come_from_readings_around_it(tmp_path):
+    """On Linux the readings grow with time; a missing reading (no /proc/stat) gives no fields rather than a guess."""
+    import os
+
+    before = host_probe.cpu_times_ms()
+    if before is None:  # not Linux: nothing to read, and the request records nothing
+        assert host_probe.steal_fields(None, None) == {}
+        return
+    time.sleep(0.05)
+    fields = host_probe.steal_fields(before, host_probe.cpu_times_ms())
+    assert set(fields) == {"cpu_steal_ms", "cpu_all_ms"}
+    assert 0 <= fields["cpu_steal_ms"] <= fields["cpu_all_ms"] and fields["cpu_all_ms"] > 0
+    assert host_probe.steal_fields(before, None) == {}
+    fake = tmp_path / "stat"
+    fake.write_text("cpu  100 0 100 700 0 0 0 100 0 0\ncpu0 100 0 100 700 0 0 0 100 0 0\n")
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
+    assert host_probe.cpu_times_ms(str(fake)) == (100 * tick_ms, 1000 * tick_ms)
+    assert host_probe.cpu_times_ms(str(tmp_path / "missing")) is None

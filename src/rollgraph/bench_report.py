@@ -17,7 +17,9 @@ results.json, as `build_results` makes it (null wherever a figure is unknown, e.
     modes: {mode: {mode, kind (server | peer), status (ok | failed | skipped), error,
                    startup_s, capture_s, graphs, graph_bytes, memory_after_start_bytes, memory_peak_bytes, ...,
                    graphs_used, sources, {mean,median,p99}_{ttft,itl,tpot,e2el}_ms,
-                   {mean,median,p99}_{ttft,itl,tpot}_floor_ratio, completed, total_output_tokens, num_itl,
+                   {mean,median,p99}_{ttft,itl,tpot}_floor_ratio, cpu_steal_pct (the share of the host's CPU
+                   time the hypervisor stole during the requests, host_probe.py), completed, total_output_tokens,
+                   num_itl,
                    rows: [{prompt_len, the same statistics, prefill_floor_ms, graphs_used, sources,
                            prefix_reused_tokens, memory_reserved_bytes}]}}
 """
@@ -66,6 +68,10 @@ class Sample:
     """The server's own mean decode step time (engine thread), from the final frame; None for a peer."""
     server_transport_ms: dict | None = None
     """The connection's time around the engine (frame_to_queue_ms, first_token_out_ms); None for a peer."""
+    cpu_steal_ms: float | None = None
+    """CPU time the hypervisor stole from this machine during the request, summed over its CPUs (host_probe.py)."""
+    cpu_all_ms: float | None = None
+    """All CPU time that passed during the request, summed over the CPUs: the steal's denominator."""
 
     @property
     def tokens(self) -> int:
@@ -159,10 +165,19 @@ def metric_block(samples: Sequence[Sample], floors: Floors) -> dict:
     block["median_server_ttft_ms"] = _round(statistics.median(server)) if server else None
     server = [s.server_decode_ms for s in samples if s.server_decode_ms is not None]
     block["mean_server_decode_ms"] = _round(statistics.fmean(server)) if server else None
+    block["cpu_steal_pct"] = steal_pct(samples)
     block["completed"] = len(samples)
     block["total_output_tokens"] = sum(s.tokens for s in samples)
     block["num_itl"] = sum(len(s.itl_ms) for s in samples)
     return block
+
+
+def steal_pct(samples: Sequence[Sample]) -> float | None:
+    """The share of all CPU time that was stolen during these requests, in percent; None where none was read."""
+    read = [s for s in samples if s.cpu_steal_ms is not None and s.cpu_all_ms]
+    if not read:
+        return None
+    return _round(100 * sum(s.cpu_steal_ms for s in read) / sum(s.cpu_all_ms for s in read))
 
 
 # ---------------------------------------------------------------------------------------------------- graph labels

@@ -141,6 +141,9 @@ def _mode_note(m: dict) -> str:
     mem = m.get("memory_after_start_bytes")
     if mem is not None:
         text += f"; GPU memory {_gb(mem)} GB reserved when ready, {_gb(m.get('memory_peak_bytes'))} GB peak allocated"
+    steal = m.get("cpu_steal_pct")
+    if steal is not None:
+        text += f"; the hypervisor stole {steal:.2f}% of the host's CPU time during its measured requests"
     return text + "."
 
 

@@ -9,11 +9,15 @@ machines an hour apart gave TTFT 5.93 and 6.19 ms at 10 tokens, while the server
   server's event loop and its engine thread pays one such wake.
 - `parse_us`: the server's parse of a 400-token generate frame (JSON decode and validation), warm: the host's
   single-thread Python speed on work every request does.
+Both are snapshots taken when a run starts, and on one machine they moved 2× within minutes (perf-notes, the main run
+at 2ae57ca). So the bench also reads, around each measured request, how much CPU time the hypervisor stole from this
+virtual machine (`cpu_times_ms`, `steal_fields`): a late interval can then be set against the steal of its request.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import statistics
 import struct
@@ -88,3 +92,38 @@ def measure_host() -> dict | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # TimeoutError is an OSError
         logger.warning("the host probe failed, so the run records no host figures: %s", exc)
         return None
+
+
+def cpu_times_ms(stat_path: str = "/proc/stat") -> tuple[float, float] | None:
+    """(stolen, all) CPU time in ms since boot, summed over this machine's CPUs, from /proc/stat's `cpu` line. Stolen
+    time is time a virtual CPU wanted to run while the hypervisor ran something else. None where the file or the
+    field is missing (not Linux, an old kernel)."""
+    try:
+        with open(stat_path, encoding="ascii") as f:
+            line = f.readline()
+    except OSError:
+        return None
+    ticks = parse_cpu_line(line)
+    if ticks is None:
+        return None
+    per_tick_ms = 1000.0 / os.sysconf("SC_CLK_TCK")
+    return ticks[0] * per_tick_ms, ticks[1] * per_tick_ms
+
+
+def parse_cpu_line(line: str) -> tuple[int, int] | None:
+    """(steal, all) ticks from /proc/stat's aggregate line: `cpu user nice system idle iowait irq softirq steal ...`.
+    All is the first eight fields (guest time is already inside user and nice). None if the line is not that."""
+    fields = line.split()
+    if len(fields) < 9 or fields[0] != "cpu" or not all(f.isdigit() for f in fields[1:9]):
+        return None
+    ticks = [int(f) for f in fields[1:9]]
+    return ticks[7], sum(ticks)
+
+
+def steal_fields(before: tuple[float, float] | None, after: tuple[float, float] | None) -> dict[str, float]:
+    """A measured request's `cpu_steal_ms` and `cpu_all_ms` (Sample's fields) from readings taken before and after it;
+    {} where either reading is missing. /proc/stat counts in ticks (10 ms on most kernels), summed over all CPUs, so a
+    request of a few hundred ms on 16 CPUs sees a few thousand ms of all time, and stolen time only in whole ticks."""
+    if before is None or after is None:
+        return {}
+    return {"cpu_steal_ms": round(after[0] - before[0], 1), "cpu_all_ms": round(after[1] - before[1], 1)}
