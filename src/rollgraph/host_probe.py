@@ -11,7 +11,9 @@ machines an hour apart gave TTFT 5.93 and 6.19 ms at 10 tokens, while the server
   single-thread Python speed on work every request does.
 Both are snapshots taken when a run starts, and on one machine they moved 2× within minutes (perf-notes, the main run
 at 2ae57ca). So the bench also reads, around each measured request, how much CPU time the hypervisor stole from this
-virtual machine (`cpu_times_ms`, `steal_fields`): a late interval can then be set against the steal of its request.
+virtual machine (`cpu_times_ms`, `steal_fields`). The kernel counts it in 10 ms ticks, so it shows a host that takes
+whole percent of the CPUs, not a single late wake of a fraction of a millisecond; and the wait for the host to run a
+halted vCPU again is not counted as steal at all. On the H100 hosts it read 0.00–0.01% (perf-notes v62).
 """
 
 from __future__ import annotations
