@@ -17,7 +17,7 @@ import time
 
 import torch
 import torch._inductor.config as ic
-from skinny_bench import time_us
+from skinny_bench import time_us, write_rows
 
 from rollgraph.blas_choice import using
 
@@ -79,8 +79,7 @@ def main() -> None:
             row[key.replace("_us", "_tflops")] = round(2 * m * n * k / row[key] / 1e6, 1)
         rows_out.append(row)
         print(json.dumps(row), flush=True)
-    with open(a.out, "w") as f:
-        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows_out}, f, indent=1)
+    write_rows(a.out, rows_out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from skinny_bench import time_us
+from skinny_bench import time_us, write_rows
 
 SHAPES = {  # (N, K) of the fused qkv, o, gate_up and down projections
     "llama-2-7b": [(12288, 4096), (4096, 4096), (22016, 4096), (4096, 11008)],
@@ -85,8 +85,7 @@ def main() -> None:
             torch.testing.assert_close(fn(x, w), F.linear(x, w), rtol=2e-2, atol=2e-2)
             rows_out.append(row)
             print(json.dumps(row), flush=True)
-    with open(a.out, "w") as f:
-        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows_out}, f, indent=1)
+    write_rows(a.out, rows_out)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,12 @@ def time_us(fn, xs, ws) -> float:
     return replay_us(g, 4, len(ws))[1]
 
 
+def write_rows(path: str, rows: list[dict]) -> None:
+    """A probe's rows as JSON, with the GPU and torch they were measured on."""
+    with open(path, "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+
+
 def replay_us(g: torch.cuda.CUDAGraph, replays: int, calls: int) -> list[float]:
     """Microseconds per call (the graph runs `calls` of them) of each replay but the first, sorted."""
     times = []
