@@ -115,6 +115,7 @@ def test_settings_map_flags_and_refuse_bad_values():
          "--server-arg=--on-miss=capture", "--graph-memory", "512", "--client-wait", "spin"]
     )  # fmt: skip
     assert s.client_wait == "spin" and BenchSettings().client_wait == "block"
+    assert parse_settings(["--client-wait", "near"]).client_wait == "near"
     assert s.all_modes == ("graphs", "eager", "hf-eager", "hf-static-compile")
     assert s.serve_flags() == ["--dtype", "auto", "--kv-bucket", "0", "--graph-memory", "512.0", "--on-miss=capture"]
     assert BenchSettings().prompt_lengths == (10, 50, 100, 150, 200, 250, 300, 350, 400)

@@ -363,7 +363,7 @@ def test_silent_server_raises_timeout_error(serve):
 
 def test_busy_poll_reads_byte_by_byte_streams_and_still_times_out(serve):
     server = serve(canned)
-    with Client(server.path, timeout=5, busy_poll=True) as client:
+    with Client(server.path, timeout=5, spin_ahead_s=0.006) as client:
         assert list(client.generate([1], max_new_tokens=4)) == [100, 101, 102, 103]
         assert client.send_request([1, 2, 3]) == [4]
     silent = serve(lambda conn, request: None)
@@ -372,6 +372,47 @@ def test_busy_poll_reads_byte_by_byte_streams_and_still_times_out(serve):
     with pytest.raises(TimeoutError, match=r"0\.2 s"):
         client.stats()
     assert 0.2 <= time.monotonic() - started < 3
+    client.close()
+
+
+def paced(gap_s: float, stall_after: int | None = None):
+    """A server that streams `max_new_tokens` tokens `gap_s` apart, whole frames at once; with `stall_after`, it
+    goes silent after that many tokens."""
+
+    def handler(conn: socket.socket, request: dict) -> None:
+        tokens = list(range(100, 100 + request["max_new_tokens"]))
+        for index, token in enumerate(tokens):
+            if index == stall_after:
+                return
+            time.sleep(gap_s)
+            conn.sendall(encode_frame(token_frame(token, index, None)))
+        conn.sendall(encode_frame(generate_reply(tokens, "length", 3, {}, {"decode": "pre-captured"})))
+
+    return handler
+
+
+def test_spin_ahead_sleeps_between_tokens_and_spins_only_near_the_next(serve):
+    """With tokens 30 ms apart and 6 ms of spin ahead, the client reads every token and spends most of the stream
+    asleep: a client that spun throughout would use about as much CPU time as the stream's wall time."""
+    server = serve(paced(0.03))
+    with Client(server.path, timeout=5, spin_ahead_s=0.006) as client:
+        started, cpu = time.monotonic(), time.process_time()
+        assert list(client.generate([1], max_new_tokens=12)) == list(range(100, 112))
+        wall, cpu = time.monotonic() - started, time.process_time() - cpu
+    assert wall >= 12 * 0.03 and cpu < 0.6 * wall, (wall, cpu)
+    with pytest.raises(ValueError, match="spin_ahead_s"):
+        Client(server.path, spin_ahead_s=-1)
+
+
+def test_spin_ahead_still_times_out_when_the_next_token_never_comes(serve):
+    silent = serve(paced(0.01, stall_after=3))
+    client = Client(silent.path, timeout=0.3, spin_ahead_s=0.005)
+    gen = client.generate([1], max_new_tokens=8)
+    assert [next(gen) for _ in range(3)] == [100, 101, 102]
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"0\.3 s"):
+        next(gen)
+    assert 0.25 <= time.monotonic() - started < 3
     client.close()
 
 

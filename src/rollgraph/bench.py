@@ -47,7 +47,7 @@ from rollgraph.floors import Floors, Machine
 logger = logging.getLogger(__name__)
 
 DEFAULT_LENGTHS = (10, *range(50, 401, 50))
-CLIENT_WAITS = ("block", "spin")
+CLIENT_WAITS = ("block", "spin", "near")
 VOCAB_CAP = 30000
 FIRST_ID = 3  # ids below this are special tokens (pad/bos/eos) in the Llama family
 
@@ -211,8 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--client-wait",
         choices=CLIENT_WAITS,
         default=d.client_wait,
-        help="how the measuring client waits for each frame: block in recv, or spin polling the socket (default: "
-        "%(default)s)",
+        help="how the measuring client waits for each frame: block in recv, spin polling the socket, or near: sleep "
+        "until 1 ms before the next token is due, then spin (default: %(default)s)",
     )
     return p
 

@@ -99,6 +99,10 @@ def wait_ready(proc: subprocess.Popen, socket_path: str, log_path: str, timeout_
     raise BenchError(f"the server was not ready within {timeout_s:g} s; the end of {log_path}:\n{log_tail(log_path)}")
 
 
+SPIN_AHEAD_S = 0.001
+"""`--client-wait near`: how long before a token is due the measuring client stops sleeping and polls (client.py)."""
+
+
 def timed_request(client: Client, prompt: Prompt, new_tokens: int) -> Sample:
     """One streaming greedy request, timed here: every token frame is stamped as it arrives (collector paused)."""
     stamps = []
@@ -184,8 +188,10 @@ def run_server_mode(
     try:
         wait_ready(proc, socket_path, log_path, settings.ready_timeout_s)
         startup_s = time.perf_counter() - started
-        busy_poll = settings.client_wait == "spin"
-        with Client(socket_path, timeout=settings.request_timeout_s, busy_poll=busy_poll) as client:
+        wait = {"busy_poll": settings.client_wait == "spin"}
+        if settings.client_wait == "near":
+            wait["spin_ahead_s"] = SPIN_AHEAD_S
+        with Client(socket_path, timeout=settings.request_timeout_s, **wait) as client:
             run.info = _start_info(client.stats(), startup_s)
             _measure(client, run, settings, prompts, bar)
             run.info.update(_end_info(client.stats()))

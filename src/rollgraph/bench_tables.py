@@ -10,6 +10,8 @@ from collections.abc import Iterable
 
 CLIENT_WAIT_NOTE = {
     "spin": " rollgraph's client polls its socket without sleeping while it waits for a frame (`--client-wait spin`).",
+    "near": " rollgraph's client sleeps until 1 ms before each token is due, then polls its socket without sleeping "
+    "(`--client-wait near`).",
     "block": "",
 }
 

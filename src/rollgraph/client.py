@@ -20,6 +20,7 @@ streaming, the ids come from the final frame.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import operator
 import os
@@ -159,7 +160,13 @@ class Client:
     moment it arrives instead of when the OS gets round to waking a sleeping process. It keeps one CPU core busy
     while a reply is awaited: an option for latency measurement (`rollgraph bench --client-wait spin`), not for
     ordinary use. On the H100 hosts it removed some of the bench's client-only ITL spikes but not all, and the
-    server's own request handling got slower beside it (perf-notes v12)."""
+    server's own request handling got slower beside it (perf-notes v12).
+
+    `spin_ahead_s` spins only near a streamed token's expected arrival: after each token frame the client sleeps in
+    poll() until `spin_ahead_s` before the next token is due (its arrival plus the shortest of the last four gaps),
+    then polls without sleeping. A token that comes before that wakes the client as usual, and the first frame of a
+    request is awaited asleep. At a 5 ms token pace and 1 ms ahead it keeps a core busy a fifth of the time
+    (`rollgraph bench --client-wait near`, perf-notes v63)."""
 
     def __init__(
         self,
@@ -168,13 +175,18 @@ class Client:
         *,
         max_frame_bytes: int = CLIENT_MAX_FRAME_BYTES,
         busy_poll: bool = False,
+        spin_ahead_s: float | None = None,
     ) -> None:
+        if spin_ahead_s is not None and not spin_ahead_s >= 0:
+            raise ValueError(f"spin_ahead_s must be a number of seconds >= 0 or None, got {spin_ahead_s!r}")
         self.socket_path = os.fspath(socket_path)
         self.timeout = timeout
         self.max_frame_bytes = max_frame_bytes
         self.busy_poll = busy_poll
+        self.spin_ahead_s = spin_ahead_s
         self._sock: socket.socket | None = None
         self._active: Generation | None = None
+        self._arrivals: deque[float] = deque(maxlen=5)  # this request's token frames, for spin_ahead_s
 
     def connect(self) -> None:
         """Connect if not connected. Raises ServerUnavailable or TimeoutError, naming the socket path."""
@@ -269,6 +281,7 @@ class Client:
             )
         self.connect()
         assert self._sock is not None
+        self._arrivals.clear()  # a new request: its first frame is awaited asleep
         try:
             send_frame(self._sock, message)
         except TimeoutError:
@@ -286,6 +299,8 @@ class Client:
         """Next frame, as a dict with a known status; error frames raise ServerError."""
         frame = self._receive()
         status = frame.get("status")
+        if status == "token":
+            self._arrivals.append(time.monotonic())
         if status == "error":
             code = frame.get("code")
             if code == "frame_too_large":  # the server closes the connection after this one
@@ -304,6 +319,8 @@ class Client:
         try:
             if self.busy_poll:
                 _spin_until_readable(self._sock, self.timeout)
+            elif self.spin_ahead_s is not None and len(self._arrivals) >= 2:
+                _sleep_then_spin(self._sock, self._next_due() - self.spin_ahead_s, self.timeout)
             frame = recv_frame(self._sock, self.max_frame_bytes)
         except TimeoutError:
             self._drop("receive timed out")
@@ -328,6 +345,12 @@ class Client:
             raise ConnectionClosed(f"{where} closed the connection without replying")
         return frame
 
+    def _next_due(self) -> float:
+        """When the next token frame should arrive (time.monotonic): the last one's arrival plus the shortest of
+        the last four gaps, so that one late frame does not push the spin late."""
+        times = list(self._arrivals)
+        return times[-1] + min(b - a for a, b in itertools.pairwise(times))
+
     def _drop(self, why: str) -> None:
         if self._sock is not None:
             logger.debug("closing connection to %s: %s", self.socket_path, why)
@@ -344,6 +367,21 @@ def _spin_until_readable(sock: socket.socket, timeout: float | None) -> None:
     while not poll(0):
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError
+
+
+def _sleep_then_spin(sock: socket.socket, spin_from: float, timeout: float | None) -> None:
+    """Sleep in poll() until `sock` has bytes or time.monotonic() reaches `spin_from`, then poll without sleeping until
+    it has bytes; TimeoutError after `timeout` seconds in all."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    start = time.monotonic()
+    sleep_s = spin_from - start
+    if timeout is not None:
+        sleep_s = min(sleep_s, timeout)
+    if sleep_s > 0 and poller.poll(sleep_s * 1e3):
+        return
+    left = None if timeout is None else max(0.0, timeout - (time.monotonic() - start))
+    _spin_until_readable(sock, left)
 
 
 def server_listening(socket_path: str | os.PathLike, timeout: float = 1.0) -> bool:
