@@ -166,7 +166,8 @@ class Client:
     poll() until `spin_ahead_s` before the next token is due (its arrival plus the shortest of the last four gaps),
     then polls without sleeping. A token that comes before that wakes the client as usual, and the first frame of a
     request is awaited asleep. At a 5 ms token pace and 1 ms ahead it keeps a core busy a fifth of the time
-    (`rollgraph bench --client-wait near`, perf-notes v63)."""
+    (`rollgraph bench --client-wait near`). On the H100 hosts it did not reduce the bench's late intervals, so the
+    client's wake is not what delays them there (perf-notes v63)."""
 
     def __init__(
         self,
