@@ -196,6 +196,8 @@ def test_smoke_outputs_are_complete_and_consistent(smoke):
     assert "Host: a process blocked for 1 ms ran again" in (out / "report.md").read_text()
     if os.path.exists("/proc/stat"):  # Linux, as CI: every request read the hypervisor's steal around it
         assert all(results["modes"][name]["cpu_steal_pct"] is not None for name in modes[:-1])
+        measured = json.loads((out / "requests.json").read_text())
+        assert all(s["client_runqueue_ms"] >= 0 and s["client_cpu_ms"] > 0 for s in measured["eager"])
         assert "the hypervisor stole" in (out / "report.md").read_text()
     n = SMOKE["new_tokens"]
     for name in modes[:-1]:

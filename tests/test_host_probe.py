@@ -60,3 +60,26 @@ def test_a_requests_steal_fields_come_from_readings_around_it(tmp_path):
     tick_ms = 1000 / os.sysconf("SC_CLK_TCK")
     assert host_probe.cpu_times_ms(str(fake)) == (100 * tick_ms, 1000 * tick_ms)
     assert host_probe.cpu_times_ms(str(tmp_path / "missing")) is None
+
+
+def test_the_measuring_threads_own_scheduling_is_read_in_nanoseconds(tmp_path):
+    """A busy loop shows as CPU time of this thread; a file that is not schedstat's three numbers reads as None."""
+    before = host_probe.thread_sched_ns()
+    if before is None:  # a platform without the file: requests record nothing
+        assert host_probe.sched_fields(None, None) == {}
+        return
+    deadline = time.perf_counter() + 0.05
+    while time.perf_counter() < deadline:
+        pass
+    fields = host_probe.sched_fields(before, host_probe.thread_sched_ns())
+    assert set(fields) == {"client_cpu_ms", "client_runqueue_ms"}
+    assert fields["client_cpu_ms"] >= 20 and fields["client_runqueue_ms"] >= 0, fields
+    assert host_probe.sched_fields(None, before) == {}
+    bad = tmp_path / "schedstat"
+    bad.write_text("12 34\n")
+    assert host_probe.thread_sched_ns(str(bad)) is None
+    bad.write_text("1000000 2000000 5\n")
+    assert host_probe.sched_fields(host_probe.thread_sched_ns(str(bad)), (4_000_000, 2_500_000)) == {
+        "client_cpu_ms": 3.0,
+        "client_runqueue_ms": 0.5,
+    }

@@ -72,6 +72,11 @@ class Sample:
     """CPU time the hypervisor stole from this machine during the request, summed over its CPUs (host_probe.py)."""
     cpu_all_ms: float | None = None
     """All CPU time that passed during the request, summed over the CPUs: the steal's denominator."""
+    client_cpu_ms: float | None = None
+    """The measuring thread's own time on a CPU during the request (host_probe.sched_fields)."""
+    client_runqueue_ms: float | None = None
+    """How long the measuring thread was runnable but waiting for a CPU during the request: a late interval the
+    server did not cause, with this near zero, was not the client's scheduling inside the guest."""
 
     @property
     def tokens(self) -> int:

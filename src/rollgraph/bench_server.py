@@ -23,7 +23,7 @@ from rollgraph.bench_report import ModeRun, Sample
 from rollgraph.client import Client, server_listening
 from rollgraph.errors import RollgraphError
 from rollgraph.gc_pause import gc_paused
-from rollgraph.host_probe import cpu_times_ms, steal_fields
+from rollgraph.host_probe import cpu_times_ms, sched_fields, steal_fields, thread_sched_ns
 
 if TYPE_CHECKING:
     from rollgraph.bench import BenchSettings, Prompt
@@ -106,14 +106,15 @@ SPIN_AHEAD_S = 0.001
 def timed_request(client: Client, prompt: Prompt, new_tokens: int) -> Sample:
     """One streaming greedy request, timed here: every token frame is stamped as it arrives (collector paused)."""
     stamps = []
-    cpu_before = cpu_times_ms()  # read outside the timed span: the hypervisor's steal during the request
+    cpu_before = cpu_times_ms()  # read outside the timed span: the hypervisor's steal during the request,
+    sched_before = thread_sched_ns()  # and this thread's own scheduling delay
     with gc_paused():
         start = time.perf_counter()
         gen = client.generate(list(prompt.ids), max_new_tokens=new_tokens, temperature=0.0, stream=True)
         for _ in gen:
             stamps.append(time.perf_counter())
         end = time.perf_counter()
-    steal = steal_fields(cpu_before, cpu_times_ms())
+    host = {**sched_fields(sched_before, thread_sched_ns()), **steal_fields(cpu_before, cpu_times_ms())}
     result = gen.result or {}
     timings = result.get("timings") or {}
     if not stamps:
@@ -130,7 +131,7 @@ def timed_request(client: Client, prompt: Prompt, new_tokens: int) -> Sample:
         server_ttft_ms=timings.get("ttft_ms"),
         server_decode_ms=timings.get("decode_ms_mean"),
         server_transport_ms={k: v for k, v in timings.items() if k in TRANSPORT_KEYS},
-        **steal,
+        **host,
     )
 
 

@@ -14,6 +14,9 @@ at 2ae57ca). So the bench also reads, around each measured request, how much CPU
 virtual machine (`cpu_times_ms`, `steal_fields`). The kernel counts it in 10 ms ticks, so it shows a host that takes
 whole percent of the CPUs, not a single late wake of a fraction of a millisecond; and the wait for the host to run a
 halted vCPU again is not counted as steal at all. On the H100 hosts it read 0.00–0.01% (perf-notes v62).
+Inside the guest, the kernel also counts in nanoseconds how long the measuring thread sat runnable on a run queue
+(`thread_sched_ns`, /proc/thread-self/schedstat): `sched_fields` gives each request's share of it, so a late interval
+can be set against the client's own scheduling delay.
 """
 
 from __future__ import annotations
@@ -129,3 +132,27 @@ def steal_fields(before: tuple[float, float] | None, after: tuple[float, float] 
     if before is None or after is None:
         return {}
     return {"cpu_steal_ms": round(after[0] - before[0], 1), "cpu_all_ms": round(after[1] - before[1], 1)}
+
+
+def thread_sched_ns(path: str = "/proc/thread-self/schedstat") -> tuple[int, int] | None:
+    """(on a CPU, waiting on a run queue) in ns since the calling thread started, from the kernel's schedstat; None
+    where the file is missing or not three numbers (not Linux, a kernel without scheduler statistics)."""
+    try:
+        with open(path, encoding="ascii") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    if len(fields) != 3 or not all(f.isdigit() for f in fields):
+        return None
+    return int(fields[0]), int(fields[1])
+
+
+def sched_fields(before: tuple[int, int] | None, after: tuple[int, int] | None) -> dict[str, float]:
+    """A measured request's `client_cpu_ms` and `client_runqueue_ms` (Sample's fields): the measuring thread's time on
+    a CPU, and runnable but waiting for one, between the two readings; {} where either is missing."""
+    if before is None or after is None:
+        return {}
+    return {
+        "client_cpu_ms": round((after[0] - before[0]) / 1e6, 3),
+        "client_runqueue_ms": round((after[1] - before[1]) / 1e6, 3),
+    }
