@@ -23,7 +23,7 @@ from rollgraph.bench_report import ModeRun, Sample
 from rollgraph.client import Client, server_listening
 from rollgraph.errors import RollgraphError
 from rollgraph.gc_pause import gc_paused
-from rollgraph.host_probe import cpu_times_ms, sched_fields, steal_fields, thread_sched_ns
+from rollgraph.host_probe import request_fields, request_readings
 
 if TYPE_CHECKING:
     from rollgraph.bench import BenchSettings, Prompt
@@ -106,15 +106,14 @@ SPIN_AHEAD_S = 0.001
 def timed_request(client: Client, prompt: Prompt, new_tokens: int) -> Sample:
     """One streaming greedy request, timed here: every token frame is stamped as it arrives (collector paused)."""
     stamps = []
-    cpu_before = cpu_times_ms()  # read outside the timed span: the hypervisor's steal during the request,
-    sched_before = thread_sched_ns()  # and this thread's own scheduling delay
+    before = request_readings()  # outside the timed span: the hypervisor's steal, this thread's scheduling
     with gc_paused():
         start = time.perf_counter()
         gen = client.generate(list(prompt.ids), max_new_tokens=new_tokens, temperature=0.0, stream=True)
         for _ in gen:
             stamps.append(time.perf_counter())
         end = time.perf_counter()
-    host = {**sched_fields(sched_before, thread_sched_ns()), **steal_fields(cpu_before, cpu_times_ms())}
+    host = request_fields(before)
     result = gen.result or {}
     timings = result.get("timings") or {}
     if not stamps:

@@ -156,3 +156,15 @@ def sched_fields(before: tuple[int, int] | None, after: tuple[int, int] | None) 
         "client_cpu_ms": round((after[0] - before[0]) / 1e6, 3),
         "client_runqueue_ms": round((after[1] - before[1]) / 1e6, 3),
     }
+
+
+def request_readings() -> tuple:
+    """What to read before a measured request (outside its timed span): /proc/stat's CPU times and this thread's
+    schedstat. `request_fields` turns them into the request's Sample fields afterwards."""
+    return cpu_times_ms(), thread_sched_ns()
+
+
+def request_fields(before: tuple) -> dict[str, float]:
+    """The steal and the measuring thread's scheduling during a request, from `request_readings()` taken before it."""
+    cpu, sched = before
+    return {**sched_fields(sched, thread_sched_ns()), **steal_fields(cpu, cpu_times_ms())}

@@ -33,7 +33,7 @@ from transformers.generation.streamers import BaseStreamer
 from rollgraph.bench_report import PEER_MODES, Sample
 from rollgraph.config import ModelConfig
 from rollgraph.gc_pause import gc_paused
-from rollgraph.host_probe import cpu_times_ms, sched_fields, steal_fields, thread_sched_ns
+from rollgraph.host_probe import request_fields, request_readings
 from rollgraph.models import load_model
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def timed_generate(model: torch.nn.Module, ids: list[int], new_tokens: int, kwar
     streamer = TimingStreamer()
     if model.device.type == "cuda":
         torch.cuda.synchronize()
-    cpu_before, sched_before = cpu_times_ms(), thread_sched_ns()  # outside the timed span, as bench_server does
+    before = request_readings()  # outside the timed span, as bench_server.timed_request does
     with gc_paused():  # the same rule as rollgraph's timed requests (gc_pause.py)
         start = time.perf_counter()
         out = model.generate(
@@ -99,7 +99,7 @@ def timed_generate(model: torch.nn.Module, ids: list[int], new_tokens: int, kwar
             **kwargs,
         )
         end = time.perf_counter()
-    host = {**sched_fields(sched_before, thread_sched_ns()), **steal_fields(cpu_before, cpu_times_ms())}
+    host = request_fields(before)
     tokens = out[0, len(ids) :].tolist()
     if tokens != streamer.tokens:
         raise RuntimeError(f"streamed tokens {streamer.tokens[:8]}... differ from returned {tokens[:8]}...")
