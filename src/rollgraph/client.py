@@ -300,7 +300,7 @@ class Client:
         """Next frame, as a dict with a known status; error frames raise ServerError."""
         frame = self._receive()
         status = frame.get("status")
-        if status == "token":
+        if status == "token" and self.spin_ahead_s is not None:  # only a spin-ahead client needs the pace
             self._arrivals.append(time.monotonic())
         if status == "error":
             code = frame.get("code")
