@@ -70,6 +70,8 @@ def engine_config(spec: str) -> EngineConfig:
     product, not in its epilogue by addmm, as before v55: likewise a knob),
     no-lt (every such product through cuBLAS's default, none through cuBLASLt where start-up timed it faster, as
     before v57: likewise a knob),
+    no-algo (no algorithm of cuBLASLt's list where start-up timed one faster, only the chosen library, as before
+    v65: likewise a knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -127,7 +129,10 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3, pro
         out["kv_cache_bytes"] = engine.runner.cache.nbytes
         out["decode_floor_ms"] = round(engine.runner.weight_bytes / bandwidth * 1e3, 3)
         if blas_choice.ENABLED:
-            out[f"{label}_cublaslt"] = [k for k, lib in blas_choice.choices().items() if lib == "cublaslt"]
+            lt = {k: lib for k, lib in blas_choice.choices().items() if lib != "cublas"}
+            out[f"{label}_cublaslt"] = [
+                k if lib == "cublaslt" or not blas_choice.ALGORITHMS else (*k, lib) for k, lib in lt.items()
+            ]
         out[label] = [itl(engine, n, repeats=repeats) for n in prompts]
         del engine, model
         torch._dynamo.reset()  # compiled code is cached per function: a later spec must compile afresh
@@ -137,7 +142,19 @@ def figures(name: str, bandwidth: float, modes: list[str], repeats: int = 3, pro
     return out
 
 
-KNOBS = ("pa", "no-pa", "am-aten", "no-res", "no-gate", "no-norm", "no-halves", "no-clean", "no-addmm", "no-lt")
+KNOBS = (
+    "pa",
+    "no-pa",
+    "am-aten",
+    "no-res",
+    "no-gate",
+    "no-norm",
+    "no-halves",
+    "no-clean",
+    "no-addmm",
+    "no-lt",
+    "no-algo",
+)
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
 
@@ -155,6 +172,7 @@ def set_knobs(spec: str) -> None:
     tune_timing.ENABLED = "no-clean" not in opts
     llama.RESIDUAL_IN_GEMM = "no-addmm" not in opts
     blas_choice.ENABLED = "no-lt" not in opts
+    blas_choice.ALGORITHMS = "no-algo" not in opts
 
 
 def main() -> None:

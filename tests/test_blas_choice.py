@@ -2,6 +2,7 @@
 and both libraries' products run in test_gpu.py)."""
 
 import contextlib
+import functools
 
 import pytest
 import torch
@@ -76,15 +77,16 @@ def test_nothing_is_timed_off_cuda(monkeypatch):
 def test_each_shape_is_timed_once_a_process_and_the_faster_library_within_the_margin_is_kept(monkeypatch):
     """A second engine in the process (another mode, a test's eager reference) keeps the first engine's choices:
     the libraries round differently, so choosing again on a near-tie could change its bf16 tokens."""
-    asked = spy_on_using(monkeypatch)
+    spy_on_using(monkeypatch)
     monkeypatch.setattr(blas_choice, "_can_time", lambda w: True)  # this CPU build has nothing to time
     # µs per product by (rows, library): cuBLASLt clearly ahead at 400 rows, within the margin at 64
     table = {(64, "cublas"): 10.0, (64, "cublaslt"): 9.8, (400, "cublas"): 70.0, (400, "cublaslt"): 60.0}
     timed = []
 
-    def fake_time_us(fn, a, b, calls):
-        timed.append((a.shape[0], asked[-1]))
-        return table[a.shape[0], asked[-1]]
+    def fake_time_us(fn, calls):  # fn: functools.partial(_library_product, library, r, x, w)
+        library, rows = fn.args[0], fn.args[2].shape[0]
+        timed.append((rows, library))
+        return table[rows, library]
 
     monkeypatch.setattr(blas_choice, "_time_us", fake_time_us)
     w = torch.randn(24, 16)
@@ -137,3 +139,66 @@ def test_switches_from_many_threads_never_interleave(monkeypatch):
         t.join()
     assert len(seen) == 160 and all(library == wanted[rows] for rows, library in seen)
     assert setting["now"] == "cublas"
+
+
+class FakeProduct:
+    """Stands in for lt_matmul.Product on this CPU: `fits` says whether a chosen algorithm may run, `run` records."""
+
+    def __init__(self, fits: bool) -> None:
+        self.ok, self.ran = fits, []
+
+    def fits(self, r, x, w) -> bool:
+        return self.ok
+
+    def run(self, algo, r, x, w) -> None:
+        self.ran.append(algo.rank)
+        r.addmm_(x, w.t())
+
+
+def test_an_algorithm_of_cublaslts_list_is_taken_only_past_the_margin_and_the_knob_turns_it_off(monkeypatch):
+    """perf-notes v65: from ALGORITHM_ROWS rows, the screened algorithms' finalists are timed with the libraries; one
+    is taken where it beats the better library by MARGIN, and runs in place of the library unless ALGORITHMS is off
+    or its call's tensors do not fit it."""
+    from rollgraph import lt_matmul
+
+    asked = spy_on_using(monkeypatch)
+    monkeypatch.setattr(blas_choice, "_can_time", lambda w: True)
+    algos = {f"algo{i}": lt_matmul.Candidate(i, lt_matmul._Algo(), 0, 1.0) for i in range(6)}
+    monkeypatch.setattr(blas_choice, "_algorithms", lambda m, w: dict(algos))
+    prod = FakeProduct(fits=True)
+    monkeypatch.setattr(lt_matmul, "product", lambda *shape: prod)
+    # µs: at 400 rows algo4 is past the margin against cuBLASLt (60); at 512 the best algorithm is within it
+    table = {(400, "cublas"): 70.0, (400, "cublaslt"): 60.0, (512, "cublas"): 50.0, (512, "cublaslt"): 55.0}
+    table |= {(64, "cublas"): 10.0, (64, "cublaslt"): 11.0}
+    table |= {(400, f"algo{i}"): 80.0 - i * 5 for i in range(6)}  # algo5 55.0 screens fastest, then algo4 60.0
+    table |= {(512, f"algo{i}"): 49.0 + i for i in range(6)}
+    screened, timed = [], []
+
+    def fake_time_us(fn, calls):
+        if isinstance(fn, functools.partial) and fn.func is blas_choice._library_product:
+            rows, name = fn.args[2].shape[0], fn.args[0]
+        else:  # prod.run bound to a candidate: partial(prod.run, candidate, r, x, w)
+            rows, name = fn.args[2].shape[0], f"algo{fn.args[0].rank}"
+        (screened if calls == blas_choice.SCREEN_CALLS else timed).append((rows, name))
+        return table[rows, name] - (0.1 if calls == blas_choice.SCREEN_CALLS else 0.0)
+
+    monkeypatch.setattr(blas_choice, "_time_us", fake_time_us)
+    w = torch.randn(24, 16)
+    timings = blas_choice.choose([400, 512, 64], [w], rounds=1)
+    assert set(timings[(400, 24, 16)]) == {"cublas", "cublaslt", "algo5", "algo4", "algo3"}  # three finalists
+    assert set(timings[(64, 24, 16)]) == {"cublas", "cublaslt"}  # under ALGORITHM_ROWS: the libraries only
+    assert sorted(screened) == sorted((m, f"algo{i}") for m in (400, 512) for i in range(6))
+    assert blas_choice.choices() == {(64, 24, 16): "cublas", (400, 24, 16): "algo5", (512, 24, 16): "cublas"}
+    x = torch.randn(400, 16)
+    blas_choice.add_product_(torch.zeros(400, 24), x, w)
+    assert prod.ran == [5] and asked == []
+    prod.ok = False  # the call's tensors do not fit the algorithm: the chosen library runs it
+    blas_choice.add_product_(torch.zeros(400, 24), x, w)
+    assert prod.ran == [5] and asked == ["cublaslt"]
+    prod.ok = True
+    monkeypatch.setattr(blas_choice, "ALGORITHMS", False)
+    r = torch.randn(400, 24)
+    want = r + x @ w.T
+    blas_choice.add_product_(r, x, w)
+    torch.testing.assert_close(r, want)
+    assert prod.ran == [5] and asked == ["cublaslt", "cublaslt"]

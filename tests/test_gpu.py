@@ -300,9 +300,10 @@ def test_only_a_replayed_step_is_launched_before_the_token_before_it(mode, want)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_blas_choice_times_both_libraries_and_both_add_the_product_in_graphs(dtype):
-    """perf-notes v57: choose() times cuBLAS and cuBLASLt on prefill-sized products and keeps one per shape; each
-    library's in-place product equals the float product, run as it is and replayed from a CUDA graph."""
+def test_blas_choice_times_both_libraries_and_every_choice_adds_the_product_in_graphs(dtype):
+    """perf-notes v57, v65: choose() times cuBLAS, cuBLASLt and (from ALGORITHM_ROWS rows) the finalists of
+    cuBLASLt's ranked algorithms on prefill-sized products and keeps one per shape; each library's and each
+    finalist's in-place product equals the float product, run as it is and replayed from a CUDA graph."""
     from rollgraph import blas_choice
 
     blas_choice.forget()
@@ -310,16 +311,26 @@ def test_blas_choice_times_both_libraries_and_both_add_the_product_in_graphs(dty
     w = torch.randn(2048, 8192, device="cuda", dtype=dtype, generator=g) * 0.02  # llama-3.2-1b's down projection
     timings = blas_choice.choose([48, 400], [w])
     assert set(timings) == {(48, 2048, 8192), (400, 2048, 8192)}
+    assert set(timings[(48, 2048, 8192)]) == {"cublas", "cublaslt"}
+    finalists = [n for n in timings[(400, 2048, 8192)] if n.startswith("algo")]
+    assert 1 <= len(finalists) <= blas_choice.FINALISTS, timings
     for us in timings.values():
-        assert set(us) == {"cublas", "cublaslt"} and all(0 < t < 5000 for t in us.values()), us
-    assert set(blas_choice.choices().values()) <= {"cublas", "cublaslt"} and len(blas_choice.choices()) == 2
+        assert {"cublas", "cublaslt"} <= set(us) and all(0 < t < 5000 for t in us.values()), us
+    assert set(blas_choice.choices().values()) <= {"cublas", "cublaslt", *finalists}
+    assert len(blas_choice.choices()) == 2
     assert blas_choice.choose([400, 48], [w]) == timings  # chosen once a process: the second call times nothing
     x = torch.randn(400, 8192, device="cuda", dtype=dtype, generator=g)
     r0 = torch.randn(400, 2048, device="cuda", dtype=dtype, generator=g)
     want = (r0.float() + x.float() @ w.float().T).to(dtype)
     default = torch.backends.cuda.preferred_blas_library()
-    for library in blas_choice.LIBRARIES:
-        blas_choice._chosen[blas_choice._key(400, w)] = library
+    key = blas_choice._key(400, w)
+    candidates = blas_choice._algorithms(400, w)
+    for choice in (*blas_choice.LIBRARIES, *finalists):
+        blas_choice._algos.pop(key, None)
+        if choice in candidates:
+            blas_choice._algos[key] = candidates[choice]
+        else:
+            blas_choice._chosen[key] = choice
         r = r0.clone()
         blas_choice.add_product_(r, x, w)
         torch.testing.assert_close(r, want, atol=2e-2, rtol=2e-2)
@@ -331,8 +342,33 @@ def test_blas_choice_times_both_libraries_and_both_add_the_product_in_graphs(dty
             blas_choice.add_product_(r.clone(), x, w)  # warm the library's handle and workspace on this stream
             with torch.cuda.graph(graph, stream=stream):
                 blas_choice.add_product_(r, x, w)
+        torch.testing.assert_close(r, r0)  # captured, not run
         torch.cuda.current_stream().wait_stream(stream)
-        r.copy_(r0)
         graph.replay()
         torch.testing.assert_close(r, want, atol=2e-2, rtol=2e-2)
     blas_choice.forget()
+
+
+@pytest.mark.parametrize("rows", [256, 400, 432])
+def test_every_cublaslt_algorithm_listed_for_a_shape_adds_the_product_and_unaligned_tensors_are_refused(rows):
+    """perf-notes v65: every algorithm lt_matmul lists for llama-2-7b's down projection (the heuristic's own, and
+    those borrowed from other row counts after cuBLASLt's check) gives the float product within bf16 tolerance;
+    a tensor off the alignment the heuristic was told of is refused by `fits`, so the library runs it instead."""
+    from rollgraph import blas_choice, lt_matmul
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    w = torch.randn(4096, 11008, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    x = torch.randn(rows, 11008, device="cuda", dtype=torch.bfloat16, generator=g)
+    r0 = torch.randn(rows, 4096, device="cuda", dtype=torch.bfloat16, generator=g)
+    want = (r0.float() + x.float() @ w.float().T).to(torch.bfloat16)
+    prod = lt_matmul.product(rows, 4096, 11008, torch.bfloat16)
+    cands = prod.candidates(borrow_rows=blas_choice.BORROW_ROWS)
+    assert len(cands) >= 2 and len({bytes(c.algo) for c in cands}) == len(cands)
+    for c in cands:
+        r = r0.clone()
+        assert prod.fits(r, x, w)
+        prod.run(c, r, x, w)
+        torch.testing.assert_close(r, want, atol=3e-2, rtol=2e-2, msg=lambda m, c=c: f"{c.describe()}: {m}")
+    buf = torch.empty(rows * 11008 + 8, device="cuda", dtype=torch.bfloat16)
+    unaligned = buf[8:].view(rows, 11008)  # 16 bytes past an aligned block
+    assert not prod.fits(r0.clone(), unaligned, w) and not prod.fits(r0.clone(), x, w.t().contiguous().t())

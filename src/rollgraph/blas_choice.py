@@ -13,6 +13,14 @@ interleave and leave the process on the wrong library. Another thread's untimed 
 takes the same library: both are correct, so that costs at most time. Shapes never timed (prompts longer than every
 bucket, CPU) keep the process's default library.
 
+With enough rows (ALGORITHM_ROWS), cuBLASLt's ranked algorithms are candidates too (lt_matmul, perf-notes v65):
+torch's cuBLASLt path only ever runs the heuristic's first, and on an H100 another in the list (a split-K one) ran
+llama-2-7b's down projection ~4.5 µs faster at 384 and 400 rows. They are screened with a few calls each, and the
+fastest few are timed with the two libraries; one is taken where it beats the better library by MARGIN.
+
+Every product is timed as tune_timing times inductor's candidates: after a read of other memory, by median. A product
+timed back to back with one weight misjudged cuBLAS's 384-row down projection by ~9 µs (v60).
+
 A shape is timed once per process: a later engine (a second warm-up, another mode in `pool_figures.py`, a test's
 eager reference) keeps the first choice. The two libraries round differently, so two engines in one process that
 chose apart from each other on a near-tie would give different bf16 tokens for the same prompt. A new process times
@@ -22,21 +30,39 @@ again, and on a near-tie may choose the other library.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import statistics
 import threading
+import time
 from collections.abc import Iterable
 
 import torch
+
+from rollgraph import lt_matmul, tune_timing
 
 logger = logging.getLogger(__name__)
 ENABLED = True
 """False runs every product through the process's default library (the A/B knob, read at every call; pool_figures
 option `no-lt`)."""
+ALGORITHMS = True
+"""False runs no chosen cuBLASLt algorithm, only the chosen library (read at every call; pool_figures option
+`no-algo`). Start-up times the algorithms either way, so one process can compare both."""
 MARGIN = 0.97
-"""cuBLASLt is taken only where it timed at most this fraction of cuBLAS's time: a tie keeps the default."""
+"""cuBLASLt is taken only where it timed at most this fraction of cuBLAS's time: a tie keeps the default; likewise
+an algorithm of cuBLASLt's list against the better library."""
+ALGORITHM_ROWS = 256
+"""Products with at least this many rows also time cuBLASLt's ranked algorithms (fewer rows: the two libraries)."""
+SCREEN_CALLS = 8
+"""Calls per algorithm in the screening; FINALISTS of them are then timed with the two libraries."""
+FINALISTS = 3
+CALLS = 20
+BORROW_ROWS = (256, 320, 384, 400, 432, 448, 512)
+"""Row counts whose ranked algorithms are also tried on a product (where cuBLASLt's check says they run it): at 400
+rows on an H100, algorithms ranked for neighbouring row counts were among the fastest (perf-notes v65)."""
 LIBRARIES = ("cublas", "cublaslt")
-_chosen: dict[tuple, str] = {}
+_chosen: dict[tuple, str] = {}  # the library by shape
+_algos: dict[tuple, lt_matmul.Candidate] = {}  # cuBLASLt's algorithm by shape, where one beat the library
 _timings: dict[tuple, dict[str, float]] = {}  # the medians each choice came from, by the same keys
 _switch = threading.Lock()  # one switch of the process-wide library at a time (module docstring)
 
@@ -51,7 +77,14 @@ def library_for(x: torch.Tensor, w: torch.Tensor) -> str | None:
 
 
 def add_product_(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
-    """r += x @ w.T in place (beta = 1 on r itself), through the library chosen for this shape."""
+    """r += x @ w.T in place (beta = 1 on r itself), through the algorithm or library chosen for this shape. A
+    chosen algorithm whose call finds its tensors unaligned or strided takes the chosen library instead."""
+    algo = _algos.get(_key(x.shape[0], w)) if ENABLED and ALGORITHMS else None
+    if algo is not None:
+        prod = lt_matmul.product(x.shape[0], w.shape[0], w.shape[1], w.dtype)
+        if prod.fits(r, x, w):
+            prod.run(algo, r, x, w)
+            return
     library = library_for(x, w)
     if library is None:
         r.addmm_(x, w.t())
@@ -71,25 +104,36 @@ def using(library: str):
         torch.backends.cuda.preferred_blas_library(before)
 
 
-def choose(rows: Iterable[int], weights: Iterable[torch.Tensor], rounds: int = 5, calls: int = 10) -> dict:
-    """Time r.addmm_(x, w.T) through each library for every row count and weight (CUDA only), alternating the two
-    `rounds` times over `calls` back-to-back products, and remember the faster by medians; shapes chosen earlier in
-    this process keep their choice and are not timed again. Returns {(rows, n, k): {library: µs}} for the log and
+def choose(rows: Iterable[int], weights: Iterable[torch.Tensor], rounds: int = 3, calls: int = CALLS) -> dict:
+    """Time r.addmm_(x, w.T) through each library for every row count and weight (CUDA only), and from
+    ALGORITHM_ROWS rows on the finalists of cuBLASLt's ranked algorithms too, alternating them `rounds` times, and
+    remember the faster by medians; shapes chosen earlier in this process keep their choice and are not timed again.
+    Returns {(rows, n, k): {name: µs}} ("cublas", "cublaslt", "algoN" for the heuristic's N-th) for the log and
     reports; {} where the device is not CUDA or torch lacks cuBLASLt."""
     weights = list(weights)
     if not weights or not _can_time(weights[0]):
         return {}
-    timings, timed = {}, 0
+    timings, timed, start = {}, 0, time.perf_counter()
     for m in sorted(set(rows)):
         for w in weights:
             key = _key(m, w)
             if key not in _timings:
-                _timings[key] = _time_both(m, w, rounds, calls)
-                _chosen[key] = "cublaslt" if _lt_wins(_timings[key]) else "cublas"
+                medians, candidates = _time_all(m, w, rounds, calls)
+                _timings[key] = medians
+                _chosen[key] = "cublaslt" if _lt_wins(medians) else "cublas"
+                best = min((n for n in medians if n in candidates), key=medians.get, default=None)
+                if best is not None and medians[best] <= MARGIN * medians[_chosen[key]]:
+                    _algos[key] = candidates[best]
                 timed += 1
             timings[key[:3]] = _timings[key]
     lt = [k for k, v in timings.items() if _lt_wins(v)]
-    logger.info("cuBLASLt for %d of %d prefill products (%d timed now): %s", len(lt), len(timings), timed, lt)
+    algos = {k: name for k, name in choices().items() if k in timings and name.startswith("algo")}
+    secs = time.perf_counter() - start
+    logger.info(
+        "cuBLASLt for %d of %d prefill products (%d timed now in %.1f s): %s", len(lt), len(timings), timed, secs, lt
+    )
+    if algos:
+        logger.info("cuBLASLt algorithms chosen by timing: %s", algos)
     return timings
 
 
@@ -97,39 +141,62 @@ def _lt_wins(medians: dict[str, float]) -> bool:
     return medians["cublaslt"] <= MARGIN * medians["cublas"]
 
 
-def _time_both(m: int, w: torch.Tensor, rounds: int, calls: int) -> dict[str, float]:
-    """Median µs of r.addmm_(x, w.T) with `m` rows through each library, the two alternated `rounds` times."""
+def _time_all(m: int, w: torch.Tensor, rounds: int, calls: int) -> tuple[dict[str, float], dict]:
+    """Median µs of r += x @ w.T with `m` rows by each library and, from ALGORITHM_ROWS rows, by the finalists of
+    cuBLASLt's algorithms, alternated `rounds` times; and those algorithms by name."""
     x = torch.randn(m, w.shape[1], device=w.device, dtype=w.dtype)
     r = torch.zeros(m, w.shape[0], device=w.device, dtype=w.dtype)
-    us: dict[str, list[float]] = {lib: [] for lib in LIBRARIES}
-    for _ in range(rounds):
-        for lib in LIBRARIES:
-            with _switch, using(lib):
-                us[lib].append(_time_us(r.addmm_, x, w.t(), calls))
-    return {lib: round(statistics.median(v), 2) for lib, v in us.items()}
+    fns = {lib: functools.partial(_library_product, lib, r, x, w) for lib in LIBRARIES}
+    candidates = _algorithms(m, w) if m >= ALGORITHM_ROWS else {}
+    if candidates:
+        prod = lt_matmul.product(m, w.shape[0], w.shape[1], w.dtype)
+        runs = {name: functools.partial(prod.run, c, r, x, w) for name, c in candidates.items()}
+        screen = {name: _time_us(fn, SCREEN_CALLS) for name, fn in runs.items()}
+        fns.update({name: runs[name] for name in sorted(screen, key=screen.get)[:FINALISTS]})
+    us: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(rounds):
+        for name in list(fns) if i % 2 == 0 else list(reversed(fns)):
+            us[name].append(_time_us(fns[name], calls))
+    return {name: round(statistics.median(v), 2) for name, v in us.items()}, candidates
+
+
+def _algorithms(m: int, w: torch.Tensor) -> dict[str, lt_matmul.Candidate]:
+    """cuBLASLt's ranked algorithms for this product, with those it ranks at the other prefill row counts that can
+    run it (lt_matmul.Product.candidates); {} where cuBLASLt cannot be called."""
+    if not lt_matmul.available() or w.dtype not in (torch.float16, torch.bfloat16):
+        return {}
+    cands = lt_matmul.product(m, w.shape[0], w.shape[1], w.dtype).candidates(borrow_rows=BORROW_ROWS)
+    return {f"algo{c.rank}": c for c in cands}
+
+
+def _library_product(library: str, r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+    with _switch, using(library):
+        r.addmm_(x, w.t())
+
+
+def describe(shape: tuple) -> dict | None:
+    """The cuBLASLt algorithm chosen for (rows, n, k), as lt_matmul describes it, or None."""
+    for key, algo in _algos.items():
+        if key[:3] == tuple(shape):
+            return algo.describe()
+    return None
 
 
 def choices() -> dict:
-    """{(rows, n, k): library} for every shape chosen so far."""
-    return {key[:3]: lib for key, lib in _chosen.items()}
+    """{(rows, n, k): library} for every shape chosen so far ("algoN" where cuBLASLt's N-th algorithm was)."""
+    return {key[:3]: (f"algo{_algos[key].rank}" if key in _algos else lib) for key, lib in _chosen.items()}
 
 
 def forget() -> None:
     """Drop every choice and its timings (tests)."""
     _chosen.clear()
+    _algos.clear()
     _timings.clear()
 
 
-def _time_us(fn, a: torch.Tensor, b: torch.Tensor, calls: int) -> float:
-    """Microseconds per call of fn(a, b), over `calls` back-to-back calls after one more."""
-    fn(a, b)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(calls):
-        fn(a, b)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / calls
+def _time_us(fn, calls: int) -> float:
+    """Median microseconds of fn()'s GPU work over `calls` calls, each after a read of other memory (tune_timing)."""
+    return tune_timing.time_after_clean_reads(fn, calls) * 1e3
 
 
 def _can_time(w: torch.Tensor) -> bool:

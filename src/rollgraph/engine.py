@@ -396,9 +396,15 @@ class Engine:
         }
 
     def cublaslt_products(self) -> list[str]:
-        """The prefill products (rows x n x k) that warm-up's timing sent through cuBLASLt (blas_choice)."""
+        """The prefill products (rows x n x k) that warm-up's timing sent through cuBLASLt (blas_choice): torch's
+        cuBLASLt path, or an algorithm of cuBLASLt's list (`cublaslt_algorithms`)."""
         chosen = blas_choice.choices()
-        return [f"{m}x{n}x{k}" for m, n, k in sorted(self.blas_timings) if chosen.get((m, n, k)) == "cublaslt"]
+        return [f"{m}x{n}x{k}" for m, n, k in sorted(self.blas_timings) if chosen.get((m, n, k), "cublas") != "cublas"]
+
+    def cublaslt_algorithms(self) -> dict[str, dict]:
+        """The prefill products that run an algorithm of cuBLASLt's list, each with its configuration."""
+        shapes = {f"{m}x{n}x{k}": blas_choice.describe((m, n, k)) for m, n, k in sorted(self.blas_timings)}
+        return {shape: algo for shape, algo in shapes.items() if algo is not None}
 
     def stats(self) -> dict:
         cuda = self.device.type == "cuda"
@@ -416,6 +422,7 @@ class Engine:
             "kernels": self.kernels(),
             "kernel_build_s": round(self.kernel_build_s, 3),
             "cublaslt_products": self.cublaslt_products(),
+            "cublaslt_algorithms": self.cublaslt_algorithms(),
             "compile_cache": compile_cache_counts() if self.steps.compiled else None,
             "pool": self.pool.report(),
             "memory": {

@@ -1,0 +1,2 @@
+set -x
+bash scripts/gpu_run.sh $OUT ltalgo

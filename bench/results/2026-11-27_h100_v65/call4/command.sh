@@ -1,0 +1,1 @@
+export PYTHONPATH=src; mkdir -p $OUT/ab && python3 scripts/pool_figures.py --models llama-2-7b --prompts 300,384,400 --repeats 5 --out $OUT/ab --modes graphs,graphs/no-algo,graphs/no-lt > $OUT/ab/figures.txt 2>&1
