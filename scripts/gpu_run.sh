@@ -10,8 +10,9 @@
 #                              default 384-512; "autotune" adds max-autotune, "-" leaves it out), in OUT/gN
 #   atune[:ROWS[:SHAPES]]      scripts/autotune_gemm_probe.py (max-autotune's templates, persistent TMA too, against
 #                              cuBLAS on 7B's products at ROWS, default 400; SHAPES indices 0-3), in OUT/aN
-#   ltalgo[:ROWS]              scripts/lt_algo_probe.py (cuBLASLt's ranked algorithms on 7B's residual products at
-#                              ROWS, default 256-512, against cuBLAS and torch's cuBLASLt path, v65)
+#   ltalgo[:ROWS[:SHAPES]]     scripts/lt_algo_probe.py (cuBLASLt's ranked algorithms on 7B's prefill products at
+#                              ROWS, default 256-512, against cuBLAS and torch's cuBLASLt path, v65; SHAPES: names,
+#                              default the two residual products wo,w_down; wqkv,w_gate_up are the plain ones)
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (a client's TTFT split hop by hop, v38)
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
 #   pattn                      scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23)
@@ -56,6 +57,7 @@ for step in "$@"; do
              --out "$out/a$n/autotune_gemm.json" ${a:+--rows $a} ${b:+--shapes $b} 2>"$out/a$n/autotune.log" \
              | tee "$out/a$n/autotune_gemm.txt" ;;
     ltalgo) PYTHONPATH=src:scripts python3 scripts/lt_algo_probe.py --out "$out/lt_algo$n.json" ${a:+--rows $a} \
+              --shapes "${b:-wo,w_down}" \
               2>"$out/lt_algo$n.log" | tee "$out/lt_algo$n.txt" ;;
     ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_${a}_${b//+/_}.json" 2>&1 \
             | tail -3 ;;

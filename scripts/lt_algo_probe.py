@@ -21,7 +21,14 @@ from rollgraph import lt_matmul
 from rollgraph.blas_choice import BORROW_ROWS, using
 from rollgraph.tune_timing import time_after_clean_reads
 
-SHAPES = {"wo": (4096, 4096), "w_down": (4096, 11008)}  # N, K
+SHAPES = {
+    "wo": (4096, 4096, True),
+    "w_down": (4096, 11008, True),
+    "wqkv": (12288, 4096, False),
+    "w_gate_up": (22016, 4096, False),
+}
+"""N, K, and whether the product adds into the residual (r += x @ w.T) or is plain (r = x @ w.T, as QKV and gate/up
+run in prefill)."""
 GRAPH_CALLS = 20
 
 
@@ -48,19 +55,22 @@ def graph_us(fn, r, xs, ws) -> float:
     return round(statistics.median(times[1:]), 2)
 
 
-def lib_fn(lib: str):
+def lib_fn(lib: str, accumulate: bool):
     def fn(r, x, w):
         with using(lib):
-            r.addmm_(x, w.t())
+            if accumulate:
+                r.addmm_(x, w.t())
+            else:
+                torch.mm(x, w.t(), out=r)
 
     return fn
 
 
-def lt_fn(prod: lt_matmul.Product, c: lt_matmul.Candidate):
-    return lambda r, x, w: prod.run(c, r, x, w)
+def lt_fn(prod: lt_matmul.Product, c: lt_matmul.Candidate, accumulate: bool):
+    return lambda r, x, w: prod.run(c, r, x, w, accumulate)
 
 
-def probe_shape(name: str, m: int, ws: list[torch.Tensor], count: int, graph_top: int) -> dict:
+def probe_shape(name: str, m: int, ws: list[torch.Tensor], count: int, graph_top: int, accumulate: bool) -> dict:
     """One product at `m` rows: every way timed, checked and (the fastest few) timed in a graph."""
     t0 = time.perf_counter()
     w = ws[0]
@@ -68,11 +78,11 @@ def probe_shape(name: str, m: int, ws: list[torch.Tensor], count: int, graph_top
     xs = [torch.randn(m, k, device=dev, dtype=dt) for _ in range(GRAPH_CALLS)]
     x = xs[0]
     r0 = torch.randn(m, n, device=dev, dtype=dt)
-    want = (r0.float() + x.float() @ w.float().t()).to(dt).float()
+    want = ((r0.float() if accumulate else 0) + x.float() @ w.float().t()).to(dt).float()
     prod = lt_matmul.product(m, n, k, dt)
     cands = prod.candidates(count, BORROW_ROWS)
-    fns = {"cublas": lib_fn("cublas"), "cublaslt": lib_fn("cublaslt")}
-    fns.update({f"algo{c.rank}": lt_fn(prod, c) for c in cands})
+    fns = {"cublas": lib_fn("cublas", accumulate), "cublaslt": lib_fn("cublaslt", accumulate)}
+    fns.update({f"algo{c.rank}": lt_fn(prod, c, accumulate) for c in cands})
     errors = {}
     for key, fn in fns.items():
         r = r0.clone()
@@ -93,6 +103,7 @@ def probe_shape(name: str, m: int, ws: list[torch.Tensor], count: int, graph_top
     }
     return {
         "product": name,
+        "accumulate": accumulate,
         "rows": m,
         "n": n,
         "k": k,
@@ -112,13 +123,15 @@ def main() -> None:
     p.add_argument("--rows", default="256,320,384,400,432,512")
     p.add_argument("--count", type=int, default=32)
     p.add_argument("--graph-top", type=int, default=3, help="how many of the fastest algorithms to time in a graph")
+    p.add_argument("--shapes", default=",".join(SHAPES), help="which of SHAPES")
     a = p.parse_args()
     torch.manual_seed(0)
     out = []
-    for name, (n, k) in SHAPES.items():
+    for name in a.shapes.split(","):
+        n, k, accumulate = SHAPES[name]
         ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) * 0.02 for _ in range(GRAPH_CALLS)]
         for m in [int(s) for s in a.rows.split(",")]:
-            row = probe_shape(name, m, ws, a.count, a.graph_top)
+            row = probe_shape(name, m, ws, a.count, a.graph_top, accumulate)
             out.append(row)
             med, best, err = row["clean_us"], row["fastest"], row["max_abs_error"]
             print(

@@ -115,6 +115,7 @@ def _lib() -> tuple[ctypes.CDLL, ctypes.c_void_p]:
 
 
 _ONE = ctypes.c_float(1.0)  # alpha and beta (host pointers, read at launch: a capture records the value)
+_ZERO = ctypes.c_float(0.0)
 _workspaces: dict[torch.device, torch.Tensor] = {}
 _workspace_lock = threading.Lock()
 _launch_lock = threading.Lock()  # warm-up threads share the one handle and workspace (module docstring)
@@ -222,8 +223,11 @@ class Product:
             and all(t.data_ptr() % ALIGNMENT == 0 for t in (r, x, w))
         )
 
-    def run(self, candidate: Candidate, r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
-        """r += x @ w.T with `candidate`'s algorithm, on torch's current stream (callers check `fits` first)."""
+    def run(
+        self, candidate: Candidate, r: torch.Tensor, x: torch.Tensor, w: torch.Tensor, accumulate: bool = True
+    ) -> None:
+        """r += x @ w.T with `candidate`'s algorithm, on torch's current stream (callers check `fits` first); with
+        `accumulate` off, r = x @ w.T (beta 0: r is not read)."""
         lib, _ = _lib()
         ws = _workspace(r.device)
         stream = torch.cuda.current_stream(r.device).cuda_stream
@@ -236,7 +240,7 @@ class Product:
                 self._a,
                 x.data_ptr(),
                 self._b,
-                ctypes.byref(_ONE),
+                ctypes.byref(_ONE if accumulate else _ZERO),
                 r.data_ptr(),
                 self._c,
                 r.data_ptr(),
