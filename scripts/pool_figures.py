@@ -70,6 +70,8 @@ def engine_config(spec: str) -> EngineConfig:
     product, not in its epilogue by addmm, as before v55: likewise a knob),
     no-lt (every such product through cuBLAS's default, none through cuBLASLt where start-up timed it faster, as
     before v57: likewise a knob),
+    no-rot (long prompts' keys rotated by the attention kernel as it loads them, not once by a kernel of their
+    own, as before v67: likewise a knob),
     no-algo (no algorithm of cuBLASLt's list where start-up timed one faster, only the chosen library, as before
     v65: likewise a knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
@@ -154,8 +156,12 @@ KNOBS = (
     "no-addmm",
     "no-lt",
     "no-algo",
+    "no-rot",
 )
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
+
+
+DEFAULT_SPLIT_FROM = prefill_attention.SPLIT_FROM
 
 
 def set_knobs(spec: str) -> None:
@@ -164,6 +170,7 @@ def set_knobs(spec: str) -> None:
     opts = spec.split("/")[1:]
     fused.SPLIT_AT = split_at(spec) if spec else DEFAULT_SPLIT_AT
     prefill_attention.ENABLED = "no-pa" not in opts
+    prefill_attention.SPLIT_FROM = None if "no-rot" in opts else DEFAULT_SPLIT_FROM
     sampling.SPLIT_ARGMAX = "am-aten" not in opts
     skinny.FUSE_RESIDUAL = "no-res" not in opts
     skinny.FUSE_GATE = "no-gate" not in opts

@@ -5,6 +5,10 @@ holds 20 calls, so launch gaps count as they do in a replayed prefill. Every fus
 reference before it is timed.
 
     PYTHONPATH=src python3 scripts/prefill_attention_probe.py --out OUT/prefill_attention.json
+
+With --split (perf-notes v67) it times instead, at the long buckets, the kernel with its default launch against the
+split path (the keys rotated once by `_rotate_keys`, then the attention kernel reading them rotated) over a grid of
+the attention kernel's launch choices, each checked against the reference first.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ SHAPES = {"llama-2-7b": (32, 32, 128), "llama-3.2-1b": (32, 8, 64)}  # query hea
 LENGTHS = (16, 32, 64, 128, 256, 320, 384, 432, 512)
 REFERENCE_LENGTHS = (16, 128, 256, 432)
 GRID = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (1, 3)))  # rows, BLOCK_N, warps, stages
+SPLIT_LENGTHS = (256, 320, 384, 400, 432, 512)
+SPLIT_GRID = list(itertools.product((64, 128), (64, 128), (4, 8), (1, 2, 3)))
 
 
 def reference(qkv, cos, sin, write, kc, vc, h: int, kv: int):
@@ -99,9 +105,40 @@ def probe_length(name: str, t: int, h: int, kv: int, d: int, tables, compiled) -
     return row
 
 
+def probe_split(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
+    """One shape and prompt length: the kernel as it runs by default, then the split path over SPLIT_GRID."""
+    cos, sin, write, kc, vc = tables
+    qkv = torch.randn(1, t, (h + 2 * kv) * d, device="cuda", dtype=kc.dtype)
+    want = reference(qkv, cos, sin, write, kc.clone(), vc.clone(), h, kv).float()
+    call = functools.partial(pa.prefill_attention, qkv, cos[:t], sin[:t], write, kc, vc, h, kv)
+    row = {"model": name, "T": t, "sdpa_us": graph_time_us(functools.partial(sdpa_only, qkv, h, kv, d))}
+    was = pa.SPLIT_FROM
+    pa.SPLIT_FROM = None
+    row["fused_us"] = graph_time_us(call)
+    row["fused_err"] = round((call().float() - want).abs().max().item(), 4)
+    pa.SPLIT_FROM = 1
+    split = {}
+    for choice in SPLIT_GRID:
+        key = "r{}_n{}_w{}_s{}".format(*choice)
+        pa.OVERRIDE = (*choice, True)
+        try:
+            err = (call().float() - want).abs().max().item()
+            split[key] = {"us": graph_time_us(call), "err": round(err, 4)}
+        except Exception as e:  # a choice that does not fit (shared memory, registers)
+            split[key] = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
+    pa.OVERRIDE = None
+    row["split_default_us"] = graph_time_us(call)  # LAUNCH_SPLIT
+    pa.SPLIT_FROM = was
+    ok = {k: v for k, v in split.items() if "us" in v and v["err"] < 0.06}
+    best = min(ok, key=lambda k: ok[k]["us"])
+    row.update(split_best=best, split_best_us=ok[best]["us"], split=split)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
+    ap.add_argument("--split", action="store_true", help="the split path against the kernel's default (v67)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch._inductor.config.coordinate_descent_tuning = True  # as the compile modes set it (steps.py)
@@ -117,6 +154,12 @@ def main() -> None:
         sign = torch.cat((-torch.ones(d // 2, device=dev), torch.ones(d // 2, device=dev)))
         write = torch.ones(1, dtype=torch.bool, device=dev)
         tables = (emb.cos().to(dt), (emb.sin() * sign).to(dt), write, kc, torch.randn_like(kc))
+        if args.split:
+            for t in SPLIT_LENGTHS:
+                row = probe_split(name, t, h, kv, d, tables)
+                print(json.dumps({k: v for k, v in row.items() if k != "split"}), flush=True)
+                rows_out.append(row)
+            continue
         compiled = torch.compile(reference, fullgraph=True, dynamic=False)
         for t in LENGTHS:
             row = probe_length(name, t, h, kv, d, tables, compiled)

@@ -67,12 +67,14 @@ if triton is not None:
         l_sum,
         acc,
         base,
+        kr,
         tok,
         n0,
         hi,
         cos,
         sin,
         s_qt,
+        s_rt,
         s_cos,
         qk_scale,
         H,
@@ -82,13 +84,18 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         PRECISION: tl.constexpr,
         CAUSAL: tl.constexpr,
+        PRE: tl.constexpr,
     ):
         """One step of the online softmax over key positions n0..n0+BLOCK_N-1 (those below `hi`); the causal mask
-        only where a block reaches the program's own positions."""
+        only where a block reaches the program's own positions. With PRE the keys are read already rotated from
+        `kr` (_rotate_keys' output), else rotated here from the QKV rows."""
         d = tl.arange(0, D)
         tk = n0 + tl.arange(0, BLOCK_N)
         k_ok = tk < hi
-        k = _rotated(base + tk[:, None] * s_qt + (H + kvh) * D, k_ok, tk, cos, sin, s_cos, D)
+        if PRE:
+            k = tl.load(kr + tk[:, None] * s_rt + kvh * D + d[None, :], mask=k_ok[:, None], other=0.0)
+        else:
+            k = _rotated(base + tk[:, None] * s_qt + (H + kvh) * D, k_ok, tk, cos, sin, s_cos, D)
         v = tl.load(base + tk[:, None] * s_qt + (H + KV + kvh) * D + d[None, :], mask=k_ok[:, None], other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
         if CAUSAL:
@@ -108,6 +115,7 @@ if triton is not None:
         write_kv,
         k_cache,
         v_cache,
+        k_rot,
         out,
         T,
         s_qb,
@@ -116,6 +124,8 @@ if triton is not None:
         s_kb,
         s_kh,
         s_kt,
+        s_rb,
+        s_rt,
         s_ob,
         s_ot,
         qk_scale,
@@ -128,6 +138,7 @@ if triton is not None:
         BLOCK_N: tl.constexpr,
         PRECISION: tl.constexpr,
         HEAVY_FIRST: tl.constexpr,
+        PRE: tl.constexpr,
     ):
         # the longest walks first: with more programs than SMs, the last wave then holds the short ones
         mb = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
@@ -139,6 +150,7 @@ if triton is not None:
         g = r % G_PAD
         live = (tok < T) & (g < GROUP)
         base = qkv + b * s_qb
+        kr = k_rot + b * s_rb
         q = _rotated(base + tok[:, None] * s_qt + (kvh * GROUP + g)[:, None] * D, live, tok, cos, sin, s_cos, D)
 
         m = tl.full([BLOCK_M * G_PAD], float("-inf"), tl.float32)
@@ -148,19 +160,70 @@ if triton is not None:
         lo = (mb * BLOCK_M // BLOCK_N) * BLOCK_N  # key blocks below every own position: no causal mask
         # fmt: off
         for n0 in range(0, lo, BLOCK_N):
-            m, l_sum, acc = _attend_block(q, m, l_sum, acc, base, tok, n0, hi, cos, sin, s_qt, s_cos, qk_scale,
-                                          H, KV, kvh, D, BLOCK_N, PRECISION, False)
+            m, l_sum, acc = _attend_block(q, m, l_sum, acc, base, kr, tok, n0, hi, cos, sin, s_qt, s_rt, s_cos,
+                                          qk_scale, H, KV, kvh, D, BLOCK_N, PRECISION, False, PRE)
         for n0 in range(lo, hi, BLOCK_N):
-            m, l_sum, acc = _attend_block(q, m, l_sum, acc, base, tok, n0, hi, cos, sin, s_qt, s_cos, qk_scale,
-                                          H, KV, kvh, D, BLOCK_N, PRECISION, True)
+            m, l_sum, acc = _attend_block(q, m, l_sum, acc, base, kr, tok, n0, hi, cos, sin, s_qt, s_rt, s_cos,
+                                          qk_scale, H, KV, kvh, D, BLOCK_N, PRECISION, True, PRE)
         # fmt: on
 
         o = acc / l_sum[:, None]
         op = out + b * s_ob + tok[:, None] * s_ot + (kvh * GROUP + g)[:, None] * D + d[None, :]
         tl.store(op, o.to(out.dtype.element_ty), mask=live[:, None])
 
+        if not PRE:  # with PRE, _rotate_keys wrote the cache
+            _write_cache(
+                qkv,
+                cos,
+                sin,
+                write_kv,
+                k_cache,
+                v_cache,
+                b,
+                kvh,
+                mb * BLOCK_M,
+                T,
+                s_qb,
+                s_qt,
+                s_cos,
+                s_kb,
+                s_kh,
+                s_kt,
+                H,
+                KV,
+                D,
+                BLOCK_M,
+            )
+
+    @triton.jit
+    def _write_cache(
+        qkv,
+        cos,
+        sin,
+        write_kv,
+        k_cache,
+        v_cache,
+        b,
+        kvh,
+        t0,
+        T,
+        s_qb,
+        s_qt,
+        s_cos,
+        s_kb,
+        s_kh,
+        s_kt,
+        H: tl.constexpr,
+        KV: tl.constexpr,
+        D: tl.constexpr,
+        ROWS: tl.constexpr,
+    ):
+        """Positions t0..t0+ROWS-1 (those below T) of KV head `kvh` of row `b`: their keys rotated and their values
+        into the cache, if the one-element flag `write_kv` is set."""
         if tl.load(write_kv) != 0:  # off during a capture's warm-ups: they must leave the cache as it was
-            tw = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+            d = tl.arange(0, D)
+            base = qkv + b * s_qb
+            tw = t0 + tl.arange(0, ROWS)
             w_ok = tw < T
             k = _rotated(base + tw[:, None] * s_qt + (H + kvh) * D, w_ok, tw, cos, sin, s_cos, D)
             v = tl.load(base + tw[:, None] * s_qt + (H + KV + kvh) * D + d[None, :], mask=w_ok[:, None], other=0.0)
@@ -168,18 +231,90 @@ if triton is not None:
             tl.store(k_cache + cp, k, mask=w_ok[:, None])
             tl.store(v_cache + cp, v, mask=w_ok[:, None])
 
+    @triton.jit(do_not_specialize=["T"])
+    def _rotate_keys(
+        qkv,
+        cos,
+        sin,
+        write_kv,
+        k_cache,
+        v_cache,
+        k_rot,
+        T,
+        s_qb,
+        s_qt,
+        s_cos,
+        s_kb,
+        s_kh,
+        s_kt,
+        s_rb,
+        s_rt,
+        H: tl.constexpr,
+        KV: tl.constexpr,
+        D: tl.constexpr,
+        ROWS: tl.constexpr,
+    ):
+        """The keys of ROWS positions of one (row, KV head) rotated once into k_rot [B, T, KV, D], and, with the
+        flag set, the rotated keys and the values into the cache (SPLIT_FROM)."""
+        b = tl.program_id(1) // KV
+        kvh = tl.program_id(1) % KV
+        t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+        ok = t < T
+        d = tl.arange(0, D)
+        k = _rotated(qkv + b * s_qb + t[:, None] * s_qt + (H + kvh) * D, ok, t, cos, sin, s_cos, D)
+        tl.store(k_rot + b * s_rb + t[:, None] * s_rt + kvh * D + d[None, :], k, mask=ok[:, None])
+        _write_cache(
+            qkv,
+            cos,
+            sin,
+            write_kv,
+            k_cache,
+            v_cache,
+            b,
+            kvh,
+            tl.program_id(0) * ROWS,
+            T,
+            s_qb,
+            s_qt,
+            s_cos,
+            s_kb,
+            s_kh,
+            s_kt,
+            H,
+            KV,
+            D,
+            ROWS,
+        )
+
+
+SPLIT_FROM: int | None = 320
+"""Prompts of at least this many positions rotate their keys once, in a kernel of their own that also writes the
+cache (`_rotate_keys`), before the attention kernel reads them rotated (perf-notes v67); shorter ones, or all with
+None, rotate each key block in the attention kernel as it is loaded. Once the programs' walks hold several key
+blocks, the rotation repeated per query block (four loads and the rounding for each key block) outweighs the extra
+launch: on an H100, llama-2-7b's layer took 18.9 µs against 22.1 at 400 positions, 16.6 against 19.0 at 320, and
+13.4 against 13.0 at 256."""
+LAUNCH_SPLIT = {128: (128, 64, 8, 3), 64: (64, 64, 4, 3)}
+"""(query rows per program, key positions per step, warps, pipeline stages) of the attention kernel when the keys come
+rotated, by head dim as LAUNCH_SHORT: plain loads, so the key and value loads are pipelined. The fastest of 24 choices
+at 320, 400 and 432 positions for llama-2-7b's shape and at 400-512 for llama-3.2-1b's (v67)."""
+ROTATE_ROWS = 64
+"""Positions per program of `_rotate_keys`."""
 
 OVERRIDE: tuple[int, int, int, int, bool] | None = None
 """(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of the tables above: for
 scripts/prefill_attention_probe.py, which times the choices."""
 
 
-def _launch(t: int, group: int, d: int) -> tuple[int, int, int, int, int, bool]:
+def _launch(t: int, group: int, d: int, pre: bool = False) -> tuple[int, int, int, int, int, bool]:
     """(G_PAD, BLOCK_M, BLOCK_N, num_warps, num_stages, heavy_first): the group padded to a power of two, positions
     per program so that a program has about `rows` query rows (at least 16, the smallest tile the tensor-core dot
-    takes; fewer for a short prompt), key positions per step, and the launch's warps and pipeline stages."""
+    takes; fewer for a short prompt), key positions per step, and the launch's warps and pipeline stages; `pre`:
+    the keys come rotated (SPLIT_FROM)."""
     if OVERRIDE is not None:
         rows, block_n, warps, stages, heavy_first = OVERRIDE
+    elif pre:
+        (rows, block_n, warps, stages), heavy_first = LAUNCH_SPLIT[128 if d >= 128 else 64], True
     else:
         rows, block_n, warps, stages = LAUNCH_LONG if t >= LONG else LAUNCH_SHORT[128 if d >= 128 else 64]
         heavy_first = True
@@ -209,8 +344,17 @@ def prefill_attention(
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     out = qkv.new_empty(b, t, n_heads * d)
-    g_pad, block_m, block_n, warps, stages, heavy_first = _launch(t, group, d)
+    pre = SPLIT_FROM is not None and t >= SPLIT_FROM
+    g_pad, block_m, block_n, warps, stages, heavy_first = _launch(t, group, d, pre)
     qk_scale = (1.0 / math.sqrt(d)) * math.log2(math.e)
+    cache_strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
+    k_rot = qkv  # not read unless `pre`
+    if pre:
+        k_rot = qkv.new_empty(b, t, n_kv, d)
+        _rotate_keys[(triton.cdiv(t, ROTATE_ROWS), b * n_kv)](
+            qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, t, qkv.stride(0), qkv.stride(1), cos.stride(0),
+            *cache_strides, k_rot.stride(0), k_rot.stride(1), H=n_heads, KV=n_kv, D=d, ROWS=ROTATE_ROWS, num_warps=4,
+        )  # fmt: skip
     _prefill_attend[(triton.cdiv(t, block_m), b * n_kv)](
         qkv,
         cos,
@@ -218,14 +362,15 @@ def prefill_attention(
         write_kv,
         k_cache,
         v_cache,
+        k_rot,
         out,
         t,
         qkv.stride(0),
         qkv.stride(1),
         cos.stride(0),
-        k_cache.stride(0),
-        k_cache.stride(1),
-        k_cache.stride(2),
+        *cache_strides,
+        k_rot.stride(0) if pre else 0,
+        k_rot.stride(1) if pre else 0,
         out.stride(0),
         out.stride(1),
         qk_scale,
@@ -238,6 +383,7 @@ def prefill_attention(
         BLOCK_N=block_n,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
         HEAVY_FIRST=heavy_first,
+        PRE=pre,
         num_warps=warps,
         num_stages=stages,
     )
