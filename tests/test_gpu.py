@@ -351,7 +351,7 @@ def test_blas_choice_times_both_libraries_and_every_choice_adds_the_product_in_g
     blas_choice.forget()
 
 
-@pytest.mark.parametrize("rows", [256, 400, 432])
+@pytest.mark.parametrize("rows", [256, 320, 384, 400, 432])
 def test_every_cublaslt_algorithm_listed_for_a_shape_adds_the_product_and_unaligned_tensors_are_refused(rows):
     """perf-notes v65: every algorithm lt_matmul lists for llama-2-7b's down projection (the heuristic's own, and
     those borrowed from other row counts after cuBLASLt's check) gives the float product within bf16 tolerance;
