@@ -15,7 +15,7 @@ import statistics
 import time
 
 import torch
-from skinny_bench import write_rows
+from skinny_bench import replay_us, write_rows
 
 from rollgraph import lt_matmul
 from rollgraph.blas_choice import BORROW_ROWS, using
@@ -44,15 +44,7 @@ def graph_us(fn, r, xs, ws) -> float:
     with torch.cuda.graph(g):
         for x, w in zip(xs, ws, strict=True):
             fn(r, x, w)
-    times = []
-    for _ in range(6):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e3 / GRAPH_CALLS)
-    return round(statistics.median(times[1:]), 2)
+    return round(statistics.median(replay_us(g, 6, GRAPH_CALLS)), 2)
 
 
 def lib_fn(lib: str, accumulate: bool):

@@ -172,28 +172,10 @@ if triton is not None:
         tl.store(op, o.to(out.dtype.element_ty), mask=live[:, None])
 
         if not PRE:  # with PRE, _rotate_keys wrote the cache
-            _write_cache(
-                qkv,
-                cos,
-                sin,
-                write_kv,
-                k_cache,
-                v_cache,
-                b,
-                kvh,
-                mb * BLOCK_M,
-                T,
-                s_qb,
-                s_qt,
-                s_cos,
-                s_kb,
-                s_kh,
-                s_kt,
-                H,
-                KV,
-                D,
-                BLOCK_M,
-            )
+            # fmt: off
+            _write_cache(qkv, cos, sin, write_kv, k_cache, v_cache, b, kvh, mb * BLOCK_M, T, s_qb, s_qt, s_cos, s_kb,
+                         s_kh, s_kt, H, KV, D, BLOCK_M)
+            # fmt: on
 
     @triton.jit
     def _write_cache(
@@ -263,28 +245,10 @@ if triton is not None:
         d = tl.arange(0, D)
         k = _rotated(qkv + b * s_qb + t[:, None] * s_qt + (H + kvh) * D, ok, t, cos, sin, s_cos, D)
         tl.store(k_rot + b * s_rb + t[:, None] * s_rt + kvh * D + d[None, :], k, mask=ok[:, None])
-        _write_cache(
-            qkv,
-            cos,
-            sin,
-            write_kv,
-            k_cache,
-            v_cache,
-            b,
-            kvh,
-            tl.program_id(0) * ROWS,
-            T,
-            s_qb,
-            s_qt,
-            s_cos,
-            s_kb,
-            s_kh,
-            s_kt,
-            H,
-            KV,
-            D,
-            ROWS,
-        )
+        # fmt: off
+        _write_cache(qkv, cos, sin, write_kv, k_cache, v_cache, b, kvh, tl.program_id(0) * ROWS, T, s_qb, s_qt, s_cos,
+                     s_kb, s_kh, s_kt, H, KV, D, ROWS)  # rotates these keys a second time (shared code; untried)
+        # fmt: on
 
 
 SPLIT_FROM: int | None = 320
