@@ -96,7 +96,8 @@ class Engine:
 
     def warm_up(self, progress: bool = True) -> None:
         """Pre-capture the default key set (graph modes on CUDA); compile modes compile them instead. First, on CUDA,
-        the runner times its prefill products at the bucket sizes through both BLAS libraries (blas_choice)."""
+        the runner times its prefill products at the bucket sizes through both BLAS libraries and, from 256 rows,
+        cuBLASLt's ranked algorithms (blas_choice)."""
         self._choose_blas()
         if self.graphs_enabled and self.config.precapture:
             self._build_kernels()

@@ -167,7 +167,8 @@ class LlamaRunner:
 
     def choose_blas(self, rows: list[int]) -> dict:
         """Time the products that prefill adds into the residual (the output and down projections) at each row
-        count past skinny_linear's, through cuBLAS and cuBLASLt, and keep the faster per shape (blas_choice)."""
+        count past skinny_linear's, through cuBLAS and cuBLASLt (from 256 rows also cuBLASLt's ranked algorithms),
+        and keep the fastest per shape (blas_choice)."""
         if not RESIDUAL_IN_GEMM or not self.layers:
             return {}
         rows = [m for m in rows if m > skinny.MAX_ROWS]
