@@ -243,12 +243,14 @@ if triton is not None:
         t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
         ok = t < T
         d = tl.arange(0, D)
-        k = _rotated(qkv + b * s_qb + t[:, None] * s_qt + (H + kvh) * D, ok, t, cos, sin, s_cos, D)
+        base = qkv + b * s_qb + t[:, None] * s_qt
+        k = _rotated(base + (H + kvh) * D, ok, t, cos, sin, s_cos, D)
         tl.store(k_rot + b * s_rb + t[:, None] * s_rt + kvh * D + d[None, :], k, mask=ok[:, None])
-        # fmt: off
-        _write_cache(qkv, cos, sin, write_kv, k_cache, v_cache, b, kvh, tl.program_id(0) * ROWS, T, s_qb, s_qt, s_cos,
-                     s_kb, s_kh, s_kt, H, KV, D, ROWS)  # rotates these keys a second time (shared code; untried)
-        # fmt: on
+        if tl.load(write_kv) != 0:  # the keys just rotated, stored as they are (perf-notes v69)
+            v = tl.load(base + (H + KV + kvh) * D + d[None, :], mask=ok[:, None], other=0.0)
+            cp = b * s_kb + kvh * s_kh + t[:, None] * s_kt + d[None, :]
+            tl.store(k_cache + cp, k, mask=ok[:, None])
+            tl.store(v_cache + cp, v, mask=ok[:, None])
 
 
 SPLIT_FROM: int | None = 320
