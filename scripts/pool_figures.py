@@ -74,6 +74,7 @@ def engine_config(spec: str) -> EngineConfig:
     own, as before v67: likewise a knob),
     no-algo (no algorithm of cuBLASLt's list where start-up timed one faster, only the chosen library, as before
     v65: likewise a knob),
+    no-last (the last layer's output projection and MLP over every prefill row, as before v68: likewise a knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -157,11 +158,13 @@ KNOBS = (
     "no-lt",
     "no-algo",
     "no-rot",
+    "no-last",
 )
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
 
 DEFAULT_SPLIT_FROM = prefill_attention.SPLIT_FROM
+DEFAULT_LAST_ROW_FROM = llama.LAST_ROW_FROM
 
 
 def set_knobs(spec: str) -> None:
@@ -180,6 +183,7 @@ def set_knobs(spec: str) -> None:
     llama.RESIDUAL_IN_GEMM = "no-addmm" not in opts
     blas_choice.ENABLED = "no-lt" not in opts
     blas_choice.ALGORITHMS = "no-algo" not in opts
+    llama.LAST_ROW_FROM = None if "no-last" in opts else DEFAULT_LAST_ROW_FROM
 
 
 def main() -> None:

@@ -45,6 +45,25 @@ def test_greedy_equals_transformers_generate(folder, request):
         assert run(engine, ids, 20) == hf_greedy(path, ids, 20), f"prompt length {length}"
 
 
+@pytest.mark.parametrize("folder", ["llama_dir", "qwen2_dir"])
+def test_last_layer_on_the_last_row_alone_equals_transformers_generate(folder, request, monkeypatch):
+    """LAST_ROW_FROM lowered so the tiny models' prompts take it: the last layer's output projection and MLP on the
+    last row alone still give transformers' greedy tokens (the wrong row, or a row of padding, would not)."""
+    from rollgraph import llama
+
+    taken = []
+    monkeypatch.setattr(llama, "LAST_ROW_FROM", 8)
+    rows = llama._last_rows
+    monkeypatch.setattr(llama, "_last_rows", lambda t, i: taken.append(t.shape) or rows(t, i))
+    path = request.getfixturevalue(folder)
+    engine = make_engine(path, mode="eager")
+    g = torch.Generator().manual_seed(6)
+    for length in (8, 17, 40):
+        ids = torch.randint(0, 300, (length,), generator=g).tolist()
+        assert run(engine, ids, 12) == hf_greedy(path, ids, 12), f"prompt length {length}"
+    assert len(taken) == 2 * 3  # the residual stream and the attention output, once a prefill
+
+
 def test_transformers_fallback_runner_matches_generate(gpt2_dir):
     engine = make_engine(gpt2_dir, mode="eager")
     assert type(engine.runner).__name__ == "HFRunner"

@@ -224,6 +224,25 @@ def test_fused_prefill_attention_equals_sdpa_on_llama_1b(mode, monkeypatch):
         torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.parametrize("mode", ["graphs", "compile+graphs"])
+def test_last_layer_on_the_last_row_alone_equals_every_row_on_llama_1b(mode, monkeypatch):
+    """Prompts of 300 and 400 tokens (one 432-row bucket) with the last layer's output projection and MLP on the last
+    row alone (LAST_ROW_FROM) and on every row: the same greedy tokens, logits close (fp32), replayed from graphs."""
+    from rollgraph import llama
+
+    prompts = [[(7 * i) % 1000 + 3 for i in range(n)] for n in (300, 400)]
+    runs = {}
+    for last in (None, 256):
+        monkeypatch.setattr(llama, "LAST_ROW_FROM", last)
+        eng = engine_for("llama-3.2-1b", mode, max_seq_len=512, prefill_buckets=(16, 432))
+        runs[last] = [generate(eng, p, 16) for p in prompts]
+        free(eng)
+    for (a, ra, la), (b, rb, lb) in zip(runs[None], runs[256], strict=True):
+        assert a == b
+        torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+        assert "eager" not in ra.sources and "eager" not in rb.sources
+
+
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 8e-3)])
 def test_skinny_linear_matches_f_linear(dtype, tol):
     """Relative to the largest output: fp32 without TF32, bf16 within one rounding of the output."""

@@ -36,6 +36,11 @@ RESIDUAL_IN_GEMM = True
 residual with beta = 1, adding it in its epilogue before its one rounding, instead of a separate add kernel that reads
 both and writes the sum (perf-notes v55). False adds apart, as before (the A/B knob, read at every call; pool_figures
 option `no-addmm`)."""
+LAST_ROW_FROM: int | None = 256
+"""Prefills of at least this many rows run their last layer's output projection and MLP on each sequence's last row
+alone: the head reads nothing else, and QKV and attention still cover every row for the cache. Below ~256 rows those
+products cost a weight read whatever the row count, so there is nothing to take (perf-notes v68). None runs every row
+(the A/B knob, read at every prefill; pool_figures option `no-last`)."""
 
 
 @dataclass
@@ -234,9 +239,15 @@ class LlamaRunner:
             write_kv = self._write_on if write_kv is None else write_kv
         x, parts = F.embedding(tokens, self.embed), None
         dims = self._dims("prefill")
-        for w, kc, vc in zip(self._weights, self.cache.keys, self.cache.values, strict=True):
+        layers = list(zip(self._weights, self.cache.keys, self.cache.values, strict=True))
+        last_rows = LAST_ROW_FROM is not None and t >= LAST_ROW_FROM and bool(layers)
+        for w, kc, vc in layers[:-1] if last_rows else layers:
             x, parts = self._prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims)
-        return self._head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
+        if not last_rows:
+            return self._head(x[torch.arange(b, device=x.device), last_index], self.norm, self.lm_head, self.eps)
+        w, kc, vc = layers[-1]
+        x, parts = self._prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims, last_index)
+        return self._head(x[:, 0], self.norm, self.lm_head, self.eps)
 
     def decode(self, tokens: torch.Tensor, positions: torch.Tensor, kv_len: int, write_kv=None) -> torch.Tensor:
         """One token per row: tokens, positions [B]; attention reads cache positions 0..kv_len-1 behind a mask (the
@@ -318,8 +329,10 @@ def fused_decode_layer(x, parts, w, kc, vc, positions, cos, sin, kv_len, write_k
     return _finish(x, o.view(b, 1, -1), w, dims)
 
 
-def prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims):
-    """One layer over a prompt starting at position 0; its K/V fill the cache's first T positions (if write_kv)."""
+def prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims, last_index=None):
+    """One layer over a prompt starting at position 0; its K/V fill the cache's first T positions (if write_kv).
+    Given `last_index` ([B]), the layer after attention runs on those rows alone, and x comes back [B, 1, H]
+    (LAST_ROW_FROM)."""
     b, t = x.shape[:2]
     q, k, v = _qkv(x, parts, w, cos, sin, dims)
     if write_kv is None:
@@ -328,17 +341,26 @@ def prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims):
     else:  # attention below uses k and v themselves, so only the cache write depends on the flag
         kc[:b, :, :t] = torch.where(write_kv, k, kc[:b, :, :t])
         vc[:b, :, :t] = torch.where(write_kv, v, vc[:b, :, :t])
-    o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    return _finish(x, _merge_heads(o), w, dims)
+    o = _merge_heads(F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    if last_index is not None:
+        x, o = _last_rows(x, last_index), _last_rows(o, last_index)
+    return _finish(x, o, w, dims)
 
 
-def fused_prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims):
+def fused_prefill_layer(x, parts, w, kc, vc, cos, sin, write_kv, dims, last_index=None):
     """prefill_layer with RoPE, the cache write and attention in one Triton kernel (prefill_attention.py); cos and
     sin are [T, D], write_kv a one-element bool tensor."""
     n_heads, n_kv = dims[:2]
     qkv = _project(x, parts, w[0], w[1], w[2], dims, gate=False)
     o = prefill_attention.prefill_attention(qkv, cos, sin, write_kv, kc, vc, n_heads, n_kv)
+    if last_index is not None:
+        x, o = _last_rows(x, last_index), _last_rows(o, last_index)
     return _finish(x, o, w, dims)
+
+
+def _last_rows(t: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+    """[B, T, ...] -> [B, 1, ...]: each sequence's row at its `last_index` (a copy, which _finish may overwrite)."""
+    return t[torch.arange(t.shape[0], device=t.device), last_index][:, None]
 
 
 def full_layer(x, parts, w, cos, sin, dims):
