@@ -44,6 +44,23 @@ def max_error(dtype: torch.dtype, device: str, seed: int = 0) -> float:
     return worst
 
 
+def silu_mul_error(dtype: torch.dtype, device: str, seed: int = 0) -> float:
+    """silu_mul's kernel (perf-notes v70) against silu(gate) · up in float64: H below, at and past one program's
+    columns, leading dims [2, rows], and an input whose rows are strided (a column slice of a wider tensor)."""
+    from rollgraph.silu_mul import BLOCK, silu_mul
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    worst = 0.0
+    for rows, h in ((1, 40), (6, BLOCK), (3, BLOCK + 37)):
+        y = (torch.randn(2, rows, 2 * h + 8, generator=gen) * 3).to(device, dtype)[..., 4 : 4 + 2 * h]
+        got = silu_mul(y)
+        gate, up = y.double().chunk(2, dim=-1)
+        want = F.silu(gate) * up
+        assert got.shape == want.shape and got.dtype == dtype, (got.shape, want.shape, got.dtype)
+        worst = max(worst, ((got.double() - want).abs().max() / want.abs().max()).item())
+    return worst
+
+
 # (rows, K of the first product, hidden size, N of the second): one row, a full 16-row block with a hidden size that
 # is no multiple of any BLOCK_N, rows that leave a 32-row block part empty.
 NORM_CASES = [(1, 64, 96, 64), (16, 48, 200, 80), (27, 80, 64, 32)]
@@ -124,6 +141,9 @@ if __name__ == "__main__":
         "phases": phases,
     }
     result["norm"] = {str(dt).removeprefix("torch."): norm_error(dt, "cpu") for dt in (torch.float32, torch.float16)}
+    result["silu_mul"] = {
+        str(dt).removeprefix("torch."): silu_mul_error(dt, "cpu") for dt in (torch.float32, torch.float16)
+    }
     for prompt in (12, 37):  # a 16-row prefill (skinny, the norm carried from layer 1 on) and a cuBLAS one
         toks_n, logits_n, _ = engine_tokens("triton", "cpu", prompt=prompt, fuse_norm=True, random_norms=True)
         toks_p, logits_p, _ = engine_tokens("torch", "cpu", prompt=prompt, random_norms=True)

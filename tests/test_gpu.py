@@ -243,6 +243,14 @@ def test_last_layer_on_the_last_row_alone_equals_every_row_on_llama_1b(mode, mon
         assert "eager" not in ra.sources and "eager" not in rb.sources
 
 
+@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-6), ("bfloat16", 8e-3)])
+def test_silu_mul_matches_silu_times_up(dtype, tol):
+    """Relative to the largest output: fp32 to rounding, bf16 within one rounding of the output (perf-notes v70)."""
+    from skinny_check import silu_mul_error
+
+    assert silu_mul_error(getattr(torch, dtype), "cuda") < tol
+
+
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 8e-3)])
 def test_skinny_linear_matches_f_linear(dtype, tol):
     """Relative to the largest output: fp32 without TF32, bf16 within one rounding of the output."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rollgraph import blas_choice, prefill_attention
+from rollgraph import blas_choice, prefill_attention, silu_mul
 from rollgraph import decode_attention as fused
 from rollgraph import skinny_linear as skinny
 from rollgraph.config import ATTENTION, MATMUL
@@ -413,7 +413,8 @@ def _project(x, parts, norm_w, w, b, dims, gate: bool):
     skinny_linear, which gates in its epilogue (dims[5]) and, given x's partial sums of squares (`parts`, with
     norm_w folded into w and None), normalises in its epilogue too. With dims[7] (compiled decode) the gate and up
     halves are two products, which inductor fuses into one reduction that gates in its epilogue (GATE_HALVES).
-    Elsewhere the norm, the product and SiLU · up run as kernels of their own, or inductor fuses them."""
+    Elsewhere the norm, the product and SiLU · up run as kernels of their own (SiLU · up as one, silu_mul.py, where
+    the few-row kernels run), or inductor fuses them."""
     eps, few, gate_in_kernel = dims[3], dims[4], dims[5]
     if parts is not None and _is_few(x):  # the norm from the partials, inside the kernel
         h, norm = x, (parts, eps)
@@ -427,6 +428,8 @@ def _project(x, parts, norm_w, w, b, dims, gate: bool):
     y = skinny.skinny_linear(h, w, b, None, False, *norm) if norm[0] is not None else _linear(h, w, b, few)
     if not gate:
         return y
+    if few and not torch.compiler.is_compiling() and silu_mul.available(y):  # one pass instead of two (v70)
+        return silu_mul.silu_mul(y)
     g, up = y.chunk(2, dim=-1)
     return F.silu(g) * up
 
