@@ -251,6 +251,24 @@ def test_silu_mul_matches_silu_times_up(dtype, tol):
     assert silu_mul_error(getattr(torch, dtype), "cuda") < tol
 
 
+def test_silu_mul_in_graphs_equals_two_kernels_on_llama_1b(monkeypatch):
+    """`graphs` with SiLU · up in one kernel past the few-row kernels (silu_mul.ENABLED, perf-notes v70) against
+    PyTorch's two: prompts in the 64- and 128-row buckets, the same greedy tokens, logits close (fp32)."""
+    from rollgraph import silu_mul
+
+    prompts = [PROMPTS[2], [(11 * i) % 1000 + 3 for i in range(100)]]
+    runs = {}
+    for on in (False, True):
+        monkeypatch.setattr(silu_mul, "ENABLED", on)
+        eng = engine_for("llama-3.2-1b", "graphs", prefill_buckets=(16, 64, 128))
+        runs[on] = [generate(eng, p, 16) for p in prompts]
+        free(eng)
+    for (a, _, la), (b, rb, lb) in zip(runs[False], runs[True], strict=True):
+        assert a == b
+        torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+        assert "eager" not in rb.sources
+
+
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 8e-3)])
 def test_skinny_linear_matches_f_linear(dtype, tol):
     """Relative to the largest output: fp32 without TF32, bf16 within one rounding of the output."""

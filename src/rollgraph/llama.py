@@ -413,8 +413,8 @@ def _project(x, parts, norm_w, w, b, dims, gate: bool):
     skinny_linear, which gates in its epilogue (dims[5]) and, given x's partial sums of squares (`parts`, with
     norm_w folded into w and None), normalises in its epilogue too. With dims[7] (compiled decode) the gate and up
     halves are two products, which inductor fuses into one reduction that gates in its epilogue (GATE_HALVES).
-    Elsewhere the norm, the product and SiLU · up run as kernels of their own (SiLU · up as one, silu_mul.py, where
-    the few-row kernels run), or inductor fuses them."""
+    Elsewhere the norm, the product and SiLU · up run as kernels of their own (SiLU · up as one where the few-row
+    kernels run and silu_mul.ENABLED), or inductor fuses them."""
     eps, few, gate_in_kernel = dims[3], dims[4], dims[5]
     if parts is not None and _is_few(x):  # the norm from the partials, inside the kernel
         h, norm = x, (parts, eps)
