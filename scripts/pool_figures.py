@@ -75,8 +75,8 @@ def engine_config(spec: str) -> EngineConfig:
     no-algo (no algorithm of cuBLASLt's list where start-up timed one faster, only the chosen library, as before
     v65: likewise a knob),
     no-last (the last layer's output projection and MLP over every prefill row, as before v68: likewise a knob),
-    silu (SiLU · up past the few-row kernels in one kernel, silu_mul.py, v70; off by default until it has run on a
-    GPU: likewise a knob),
+    no-silu (SiLU · up past the few-row kernels as PyTorch's two kernels, not silu_mul.py's one, as before v70:
+    likewise a knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -161,7 +161,7 @@ KNOBS = (
     "no-algo",
     "no-rot",
     "no-last",
-    "silu",
+    "no-silu",
 )
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
@@ -187,7 +187,7 @@ def set_knobs(spec: str) -> None:
     blas_choice.ENABLED = "no-lt" not in opts
     blas_choice.ALGORITHMS = "no-algo" not in opts
     llama.LAST_ROW_FROM = None if "no-last" in opts else DEFAULT_LAST_ROW_FROM
-    silu_mul.ENABLED = "silu" in opts
+    silu_mul.ENABLED = "no-silu" not in opts
 
 
 def main() -> None:

@@ -257,12 +257,15 @@ def test_silu_mul_in_graphs_equals_two_kernels_on_llama_1b(monkeypatch):
     from rollgraph import silu_mul
 
     prompts = [PROMPTS[2], [(11 * i) % 1000 + 3 for i in range(100)]]
-    runs = {}
+    runs, calls, kernel = {}, [], silu_mul.silu_mul
+    monkeypatch.setattr(silu_mul, "silu_mul", lambda y: calls.append(y.shape) or kernel(y))
     for on in (False, True):
         monkeypatch.setattr(silu_mul, "ENABLED", on)
+        calls.clear()
         eng = engine_for("llama-3.2-1b", "graphs", prefill_buckets=(16, 64, 128))
         runs[on] = [generate(eng, p, 16) for p in prompts]
         free(eng)
+        assert bool(calls) == on, f"silu_mul ran {len(calls)} times with ENABLED={on}"
     for (a, _, la), (b, rb, lb) in zip(runs[False], runs[True], strict=True):
         assert a == b
         torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
