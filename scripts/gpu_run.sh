@@ -15,8 +15,9 @@
 #                              default the two residual products wo,w_down; wqkv,w_gate_up are the plain ones)
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (a client's TTFT split hop by hop, v38)
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
-#   pattn[:split]              scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23; with
-#                              split, the keys rotated by a kernel of their own first, v67)
+#   pattn[:split|pair]         scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23; with
+#                              split, the keys rotated by a kernel of their own first, v67; with pair, paired
+#                              programs against the default launch, v72)
 #   coldpath                   scripts/cold_path_probe.py (request parsing after an idle gap; CPU only, v25)
 #   capture:MODEL:MODE[:DIR]   scripts/capture_time.py (start-up on empty kernel caches, or on DIR's, kept between
 #                              steps; Triton builds counted, seconds per graph)
