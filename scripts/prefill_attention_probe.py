@@ -92,20 +92,10 @@ def probe_length(name: str, t: int, h: int, kv: int, d: int, tables, compiled) -
     if t in REFERENCE_LENGTHS:
         row["compiled_ref_us"] = graph_time_us(functools.partial(compiled, qkv, cos, sin, write, kc, vc, h, kv))
     fused_call = functools.partial(pa.prefill_attention, qkv, cos[:t], sin[:t], write, kc, vc, h, kv)
-    fused = {}
     old = (64, 64, 8 if d >= 128 else 4, 3, False)  # v21's choice: positions in order
-    for choice in [old] + [(*c, True) for c in GRID]:
-        key = "r{}_n{}_w{}_s{}".format(*choice) + ("_hf" if choice[4] else "_old")
-        pa.OVERRIDE = choice
-        try:
-            err = (fused_call().float() - want).abs().max().item()
-            fused[key] = {"us": graph_time_us(fused_call), "err": round(err, 4)}
-        except Exception as e:  # a choice that does not fit (shared memory, registers)
-            fused[key] = {"error": f"{type(e).__name__}: {str(e)[:120]}"}
-    pa.OVERRIDE = None
-    ok = {k: v for k, v in fused.items() if "us" in v and v["err"] < 0.06}
-    best = min(ok, key=lambda k: ok[k]["us"])
-    row.update(best=best, best_us=ok[best]["us"], old_us=fused[next(iter(fused))].get("us"), fused=fused)
+    choices = {choice_key(old) + "_old": old} | {choice_key(c) + "_hf": (*c, True) for c in GRID}
+    fused, best = time_choices(fused_call, want, choices)
+    row.update(best=best, best_us=fused[best]["us"], old_us=fused[next(iter(fused))].get("us"), fused=fused)
     return row
 
 
@@ -121,7 +111,7 @@ def probe_split(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
     row["fused_us"] = graph_time_us(call)
     row["fused_err"] = round((call().float() - want).abs().max().item(), 4)
     pa.SPLIT_FROM = 1
-    split, best = time_choices(call, want, SPLIT_GRID, heavy_first=True)
+    split, best = time_choices(call, want, {choice_key(c): (*c, True) for c in SPLIT_GRID})
     row["split_default_us"] = graph_time_us(call)  # LAUNCH_SPLIT
     pa.SPLIT_FROM = was
     row.update(split_best=best, split_best_us=split[best]["us"], split=split)
@@ -138,7 +128,7 @@ def probe_pair(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
     row = {"model": name, "T": t, "default_us": graph_time_us(call)}
     row["default_err"] = round((call().float() - want).abs().max().item(), 4)
     was, pa.PAIR_FROM = pa.PAIR_FROM, 1
-    paired, best = time_choices(call, want, PAIR_GRID, heavy_first=False)
+    paired, best = time_choices(call, want, {choice_key(c): (*c, False) for c in PAIR_GRID})
     row["paired_default_us"] = graph_time_us(call)  # LAUNCH_PAIRED
     row["paired_default_err"] = round((call().float() - want).abs().max().item(), 4)
     pa.PAIR_FROM = was
@@ -146,13 +136,17 @@ def probe_pair(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
     return row
 
 
-def time_choices(call, want, grid, heavy_first: bool) -> tuple[dict, str]:
-    """Each launch choice of `grid` (rows, BLOCK_N, warps, stages) through OVERRIDE: its error against `want`, then
-    its time; and the fastest whose error is within bf16's (0.06)."""
+def choice_key(choice: tuple) -> str:
+    """A launch choice's name in the results: rows, BLOCK_N, warps, stages."""
+    return "r{}_n{}_w{}_s{}".format(*choice[:4])
+
+
+def time_choices(call, want, choices: dict) -> tuple[dict, str]:
+    """Each launch choice (name -> OVERRIDE tuple) in turn: its error against `want`, then its time; and the fastest
+    whose error is within bf16's (0.06)."""
     timed = {}
-    for choice in grid:
-        key = "r{}_n{}_w{}_s{}".format(*choice)
-        pa.OVERRIDE = (*choice, heavy_first)
+    for key, choice in choices.items():
+        pa.OVERRIDE = choice
         try:
             err = (call().float() - want).abs().max().item()
             timed[key] = {"us": graph_time_us(call), "err": round(err, 4)}
