@@ -15,9 +15,9 @@
 #                              default the two residual products wo,w_down; wqkv,w_gate_up are the plain ones)
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (a client's TTFT split hop by hop, v38)
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
-#   pattn[:split|pair]         scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23; with
-#                              split, the keys rotated by a kernel of their own first, v67; with pair, paired
-#                              programs against the default launch, v72)
+#   pattn[:split[:SHAPES]]     scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23;
+#                              with split, the keys rotated by a kernel of their own first, v67; SHAPES e.g.
+#                              llama-2-7b, default both)
 #   coldpath                   scripts/cold_path_probe.py (request parsing after an idle gap; CPU only, v25)
 #   capture:MODEL:MODE[:DIR]   scripts/capture_time.py (start-up on empty kernel caches, or on DIR's, kept between
 #                              steps; Triton builds counted, seconds per graph)
@@ -65,7 +65,8 @@ for step in "$@"; do
             | tail -3 ;;
     launch) PYTHONPATH=src:scripts python3 scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
               --out "$out/launch_${a}_${b//+/_}.json" 2>&1 | grep "^{" ;;
-    pattn) python3 scripts/prefill_attention_probe.py --out "$out/prefill_attention$n.json" ${a:+--$a} 2>&1 \
+    pattn) python3 scripts/prefill_attention_probe.py --out "$out/prefill_attention$n.json" ${a:+--$a} \
+             ${b:+--shapes $b} 2>&1 \
              | grep -E "^\{|Error" ;;
     coldpath) python3 scripts/cold_path_probe.py | tee "$out/cold_path.json" ;;
     capture) python3 scripts/capture_time.py --model "$a" --mode "$b" ${c:+--cache "$c"} \

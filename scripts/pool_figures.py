@@ -77,8 +77,6 @@ def engine_config(spec: str) -> EngineConfig:
     no-last (the last layer's output projection and MLP over every prefill row, as before v68: likewise a knob),
     no-silu (SiLU · up past the few-row kernels as PyTorch's two kernels, not silu_mul.py's one, as before v70:
     likewise a knob),
-    pair (prefill attention from 256 positions in paired programs, query blocks i and last - i in one, v72; off by
-    default until timed: likewise a knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -164,14 +162,12 @@ KNOBS = (
     "no-rot",
     "no-last",
     "no-silu",
-    "pair",
 )
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
 
 DEFAULT_SPLIT_FROM = prefill_attention.SPLIT_FROM
 DEFAULT_LAST_ROW_FROM = llama.LAST_ROW_FROM
-DEFAULT_PAIR_FROM = prefill_attention.PAIR_FROM
 
 
 def set_knobs(spec: str) -> None:
@@ -192,7 +188,6 @@ def set_knobs(spec: str) -> None:
     blas_choice.ALGORITHMS = "no-algo" not in opts
     llama.LAST_ROW_FROM = None if "no-last" in opts else DEFAULT_LAST_ROW_FROM
     silu_mul.ENABLED = "no-silu" not in opts
-    prefill_attention.PAIR_FROM = 256 if "pair" in opts else DEFAULT_PAIR_FROM
 
 
 def main() -> None:

@@ -9,9 +9,6 @@ reference before it is timed.
 With --split (perf-notes v67) it times instead, at the long buckets, the kernel with its default launch against the
 split path (the keys rotated once by `_rotate_keys`, then the attention kernel reading them rotated) over a grid of
 the attention kernel's launch choices, each checked against the reference first.
-
-With --pair (perf-notes v72) it times, at the same buckets, the kernel as it runs by default against paired programs
-(PAIR_FROM: query blocks i and last - i in one program) over PAIR_GRID, each checked against the reference first.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ REFERENCE_LENGTHS = (16, 128, 256, 432)
 GRID = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (1, 3)))  # rows, BLOCK_N, warps, stages
 SPLIT_LENGTHS = (256, 320, 384, 400, 432, 512)
 SPLIT_GRID = list(itertools.product((64, 128), (64, 128), (4, 8), (1, 2, 3)))
-PAIR_GRID = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (2, 3)))
 
 
 def reference(qkv, cos, sin, write, kc, vc, h: int, kv: int):
@@ -118,24 +114,6 @@ def probe_split(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
     return row
 
 
-def probe_pair(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
-    """One shape and prompt length: the kernel as it runs by default (SPLIT_FROM as set), then paired programs over
-    PAIR_GRID and with LAUNCH_PAIRED."""
-    cos, sin, write, kc, vc = tables
-    qkv = torch.randn(1, t, (h + 2 * kv) * d, device="cuda", dtype=kc.dtype)
-    want = reference(qkv, cos, sin, write, kc.clone(), vc.clone(), h, kv).float()
-    call = functools.partial(pa.prefill_attention, qkv, cos[:t], sin[:t], write, kc, vc, h, kv)
-    row = {"model": name, "T": t, "default_us": graph_time_us(call)}
-    row["default_err"] = round((call().float() - want).abs().max().item(), 4)
-    was, pa.PAIR_FROM = pa.PAIR_FROM, 1
-    paired, best = time_choices(call, want, {choice_key(c): (*c, False) for c in PAIR_GRID})
-    row["paired_default_us"] = graph_time_us(call)  # LAUNCH_PAIRED
-    row["paired_default_err"] = round((call().float() - want).abs().max().item(), 4)
-    pa.PAIR_FROM = was
-    row.update(paired_best=best, paired_best_us=paired[best]["us"], paired=paired)
-    return row
-
-
 def choice_key(choice: tuple) -> str:
     """A launch choice's name in the results: rows, BLOCK_N, warps, stages."""
     return "r{}_n{}_w{}_s{}".format(*choice[:4])
@@ -161,14 +139,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--split", action="store_true", help="the split path against the kernel's default (v67)")
-    ap.add_argument("--pair", action="store_true", help="paired programs against the kernel's default (v72)")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help="which of SHAPES to time (comma-separated)")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch._inductor.config.coordinate_descent_tuning = True  # as the compile modes set it (steps.py)
     torch._dynamo.config.recompile_limit = 64  # one compiled reference per shape and length
     dev, dt = "cuda", torch.bfloat16
     rows_out = []
-    for name, (h, kv, d) in SHAPES.items():
+    for name in args.shapes.split(","):
+        h, kv, d = SHAPES[name]
         max_len = 2048
         kc = torch.randn(1, kv, max_len, d, device=dev, dtype=dt)
         pos = torch.arange(max_len, device=dev, dtype=torch.float32)[:, None]
@@ -177,11 +156,10 @@ def main() -> None:
         sign = torch.cat((-torch.ones(d // 2, device=dev), torch.ones(d // 2, device=dev)))
         write = torch.ones(1, dtype=torch.bool, device=dev)
         tables = (emb.cos().to(dt), (emb.sin() * sign).to(dt), write, kc, torch.randn_like(kc))
-        if args.split or args.pair:
-            probe, detail = (probe_split, "split") if args.split else (probe_pair, "paired")
+        if args.split:
             for t in SPLIT_LENGTHS:
-                row = probe(name, t, h, kv, d, tables)
-                print(json.dumps({k: v for k, v in row.items() if k != detail}), flush=True)
+                row = probe_split(name, t, h, kv, d, tables)
+                print(json.dumps({k: v for k, v in row.items() if k != "split"}), flush=True)
                 rows_out.append(row)
             continue
         compiled = torch.compile(reference, fullgraph=True, dynamic=False)

@@ -38,19 +38,15 @@ def reference(qkv, cos, sin, kc, vc, h, kv):
     return o.transpose(1, 2).reshape(b, t, h * d)
 
 
-def max_errors(
-    dtype: torch.dtype, device: str, seed: int = 0, split_from: int | None = None, pair_from: int | None = None
-) -> dict:
+def max_errors(dtype: torch.dtype, device: str, seed: int = 0, split_from: int | None = None) -> dict:
     """Largest |fused - reference| over CASES, for the output and for the cache after the write; a write_kv that is
     off must leave the cache as it was (else the cache error is inf). `split_from`: prefill_attention.SPLIT_FROM for
-    the run (1: every prompt's keys rotated by a kernel of their own first); `pair_from`: PAIR_FROM likewise (1:
-    every launch paired, perf-notes v72)."""
-    was = pa.SPLIT_FROM, pa.PAIR_FROM
-    pa.SPLIT_FROM, pa.PAIR_FROM = split_from, pair_from
+    the run (1: every prompt's keys rotated by a kernel of their own first)."""
+    was, pa.SPLIT_FROM = pa.SPLIT_FROM, split_from
     try:
         return _max_errors(dtype, device, seed)
     finally:
-        pa.SPLIT_FROM, pa.PAIR_FROM = was
+        pa.SPLIT_FROM = was
 
 
 def _max_errors(dtype: torch.dtype, device: str, seed: int) -> dict:
@@ -97,10 +93,7 @@ def engine_tokens(fused: bool, device: str, dtype: str = "float32", n: int = 12)
 if __name__ == "__main__":
     result = {str(dt).removeprefix("torch."): max_errors(dt, "cpu") for dt in (torch.float32, torch.float16)}
     for dt in (torch.float32, torch.float16):
-        name = str(dt).removeprefix("torch.")
-        result["split_" + name] = max_errors(dt, "cpu", split_from=1)
-        result["paired_" + name] = max_errors(dt, "cpu", pair_from=1)
-        result["split_paired_" + name] = max_errors(dt, "cpu", split_from=1, pair_from=1)
+        result["split_" + str(dt).removeprefix("torch.")] = max_errors(dt, "cpu", split_from=1)
     toks_f, logits_f, took = engine_tokens(True, "cpu")
     toks_s, logits_s, _ = engine_tokens(False, "cpu")
     result["engine"] = {

@@ -139,67 +139,11 @@ if triton is not None:
         PRECISION: tl.constexpr,
         HEAVY_FIRST: tl.constexpr,
         PRE: tl.constexpr,
-        PAIRED: tl.constexpr,
     ):
+        # the longest walks first: with more programs than SMs, the last wave then holds the short ones
+        mb = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
         b = tl.program_id(1) // KV
         kvh = tl.program_id(1) % KV
-        if PAIRED:  # query blocks i and last - i: every program walks about the same number of key blocks (PAIR_FROM)
-            last = tl.cdiv(T, BLOCK_M) - 1
-            p = tl.program_id(0)
-            _attend_rows(
-                last - p, b, kvh, qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, out, T, s_qb, s_qt, s_cos, s_kb,
-                s_kh, s_kt, s_rb, s_rt, s_ob, s_ot, qk_scale, H, KV, D, GROUP, G_PAD, BLOCK_M, BLOCK_N, PRECISION, PRE,
-            )  # fmt: skip
-            if p < last - p:
-                _attend_rows(
-                    p, b, kvh, qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, out, T, s_qb, s_qt, s_cos, s_kb, s_kh,
-                    s_kt, s_rb, s_rt, s_ob, s_ot, qk_scale, H, KV, D, GROUP, G_PAD, BLOCK_M, BLOCK_N, PRECISION, PRE,
-                )  # fmt: skip
-        else:
-            # the longest walks first: with more programs than SMs, the last wave then holds the short ones
-            mb = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
-            _attend_rows(
-                mb, b, kvh, qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, out, T, s_qb, s_qt, s_cos, s_kb, s_kh,
-                s_kt, s_rb, s_rt, s_ob, s_ot, qk_scale, H, KV, D, GROUP, G_PAD, BLOCK_M, BLOCK_N, PRECISION, PRE,
-            )  # fmt: skip
-
-    @triton.jit
-    def _attend_rows(
-        mb,
-        b,
-        kvh,
-        qkv,
-        cos,
-        sin,
-        write_kv,
-        k_cache,
-        v_cache,
-        k_rot,
-        out,
-        T,
-        s_qb,
-        s_qt,
-        s_cos,
-        s_kb,
-        s_kh,
-        s_kt,
-        s_rb,
-        s_rt,
-        s_ob,
-        s_ot,
-        qk_scale,
-        H: tl.constexpr,
-        KV: tl.constexpr,
-        D: tl.constexpr,
-        GROUP: tl.constexpr,
-        G_PAD: tl.constexpr,
-        BLOCK_M: tl.constexpr,
-        BLOCK_N: tl.constexpr,
-        PRECISION: tl.constexpr,
-        PRE: tl.constexpr,
-    ):
-        """Query block `mb` (BLOCK_M positions) of row `b`, KV head `kvh`: its attention output, and without PRE its
-        positions' cache entries."""
         d = tl.arange(0, D)
         r = tl.arange(0, BLOCK_M * G_PAD)
         tok = mb * BLOCK_M + r // G_PAD
@@ -322,32 +266,19 @@ rotated, by head dim as LAUNCH_SHORT: plain loads, so the key and value loads ar
 at 320, 400 and 432 positions for llama-2-7b's shape and at 400-512 for llama-3.2-1b's (v67)."""
 ROTATE_ROWS = 64
 """Positions per program of `_rotate_keys`."""
-PAIR_FROM: int | None = None
-"""Prompts of at least this many positions run paired programs: each takes query block i and query block last - i of
-one KV head, so every program walks about as many key blocks as any other (the causal walk grows with the block's
-position). Unpaired, the programs of a long prompt's last blocks decide the kernel's time: at 400 positions on
-llama-2-7b the kernel runs 4 blocks of 128 positions per head in one wave, and the last one walks all 400 keys for
-its 16 positions (perf-notes v72). None: never. Not yet run on a GPU, so off."""
-LAUNCH_PAIRED = {128: (64, 64, 4, 3), 64: (64, 64, 4, 3)}
-"""(query rows per program, key positions per step, warps, pipeline stages) of a paired launch, by head dim as
-LAUNCH_SHORT. A first guess, not timed (perf-notes v72)."""
 
 OVERRIDE: tuple[int, int, int, int, bool] | None = None
 """(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of the tables above: for
-scripts/prefill_attention_probe.py, which times the choices (heavy_first means nothing to a paired launch)."""
+scripts/prefill_attention_probe.py, which times the choices."""
 
 
-def _launch(
-    t: int, group: int, d: int, pre: bool = False, paired: bool = False
-) -> tuple[int, int, int, int, int, bool]:
+def _launch(t: int, group: int, d: int, pre: bool = False) -> tuple[int, int, int, int, int, bool]:
     """(G_PAD, BLOCK_M, BLOCK_N, num_warps, num_stages, heavy_first): the group padded to a power of two, positions
     per program so that a program has about `rows` query rows (at least 16, the smallest tile the tensor-core dot
     takes; fewer for a short prompt), key positions per step, and the launch's warps and pipeline stages; `pre`:
-    the keys come rotated (SPLIT_FROM); `paired`: each program takes two query blocks (PAIR_FROM)."""
+    the keys come rotated (SPLIT_FROM)."""
     if OVERRIDE is not None:
         rows, block_n, warps, stages, heavy_first = OVERRIDE
-    elif paired:
-        (rows, block_n, warps, stages), heavy_first = LAUNCH_PAIRED[128 if d >= 128 else 64], False
     elif pre:
         (rows, block_n, warps, stages), heavy_first = LAUNCH_SPLIT[128 if d >= 128 else 64], True
     else:
@@ -380,9 +311,7 @@ def prefill_attention(
         qkv = qkv.contiguous()
     out = qkv.new_empty(b, t, n_heads * d)
     pre = SPLIT_FROM is not None and t >= SPLIT_FROM
-    paired = PAIR_FROM is not None and t >= PAIR_FROM
-    g_pad, block_m, block_n, warps, stages, heavy_first = _launch(t, group, d, pre, paired)
-    blocks = triton.cdiv(t, block_m)
+    g_pad, block_m, block_n, warps, stages, heavy_first = _launch(t, group, d, pre)
     qk_scale = (1.0 / math.sqrt(d)) * math.log2(math.e)
     cache_strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
     k_rot = qkv  # not read unless `pre`
@@ -392,7 +321,7 @@ def prefill_attention(
             qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, t, qkv.stride(0), qkv.stride(1), cos.stride(0),
             *cache_strides, k_rot.stride(0), k_rot.stride(1), H=n_heads, KV=n_kv, D=d, ROWS=ROTATE_ROWS, num_warps=4,
         )  # fmt: skip
-    _prefill_attend[(triton.cdiv(blocks, 2) if paired else blocks, b * n_kv)](
+    _prefill_attend[(triton.cdiv(t, block_m), b * n_kv)](
         qkv,
         cos,
         sin,
@@ -421,7 +350,6 @@ def prefill_attention(
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
         HEAVY_FIRST=heavy_first,
         PRE=pre,
-        PAIRED=paired,
         num_warps=warps,
         num_stages=stages,
     )
