@@ -77,6 +77,8 @@ def engine_config(spec: str) -> EngineConfig:
     no-last (the last layer's output projection and MLP over every prefill row, as before v68: likewise a knob),
     no-silu (SiLU · up past the few-row kernels as PyTorch's two kernels, not silu_mul.py's one, as before v70:
     likewise a knob),
+    inline (`compile` mode's decode attention as a Triton op whose launches inductor makes, not the opaque op, v73;
+    off by default until timed: likewise a knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -162,6 +164,7 @@ KNOBS = (
     "no-rot",
     "no-last",
     "no-silu",
+    "inline",
 )
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
@@ -188,6 +191,7 @@ def set_knobs(spec: str) -> None:
     blas_choice.ALGORITHMS = "no-algo" not in opts
     llama.LAST_ROW_FROM = None if "no-last" in opts else DEFAULT_LAST_ROW_FROM
     silu_mul.ENABLED = "no-silu" not in opts
+    fused.INLINE = "inline" in opts
 
 
 def main() -> None:

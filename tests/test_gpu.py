@@ -272,6 +272,29 @@ def test_silu_mul_in_graphs_equals_two_kernels_on_llama_1b(monkeypatch):
         assert "eager" not in rb.sources
 
 
+def test_compile_mode_inline_decode_attention_equals_the_opaque_op_on_llama_1b(monkeypatch):
+    """`compile` mode (no graphs) with decode's attention as a Triton op that inductor launches (INLINE, perf-notes
+    v73) against the opaque op: prompts in the one-program and the split KV buckets (merge kernel), the same greedy
+    tokens, logits close (fp32)."""
+    from rollgraph import decode_attention as fused
+
+    prompts = [PROMPTS[2], [(7 * i) % 1000 + 3 for i in range(600)]]
+    runs, calls = {}, []
+    for name in ("decode_attention", "decode_attention_inline"):  # which op the compiled layer traced (and ran)
+        op = getattr(fused, name)
+        monkeypatch.setattr(fused, name, lambda *args, _name=name, _op=op: calls.append(_name) or _op(*args))
+    for inline in (False, True):
+        monkeypatch.setattr(fused, "INLINE", inline)
+        calls.clear()
+        eng = engine_for("llama-3.2-1b", "compile", max_seq_len=1024)
+        runs[inline] = [generate(eng, p, 16) for p in prompts]
+        free(eng)
+        assert set(calls) == {"decode_attention_inline" if inline else "decode_attention"}, set(calls)
+    for (a, _, la), (b, _, lb) in zip(runs[False], runs[True], strict=True):
+        assert a == b
+        torch.testing.assert_close(la, lb, atol=1e-3, rtol=1e-3)
+
+
 @pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-5), ("bfloat16", 8e-3)])
 def test_skinny_linear_matches_f_linear(dtype, tol):
     """Relative to the largest output: fp32 without TF32, bf16 within one rounding of the output."""

@@ -32,6 +32,10 @@ SPLIT_AT = 512
 """KV buckets up to this many positions take one program per (row, KV head); longer ones are split into a power of
 two of pieces of at most this many positions (rounded up to BLOCK_T)."""
 BLOCK_T = 64
+INLINE = False
+"""Whether `compile` mode (torch.compile without CUDA graphs) calls `decode_attention_inline`, whose launches inductor
+makes itself, instead of the opaque op (perf-notes v73). Read when a runner compiles; pool_figures option `inline`.
+Graph modes keep the opaque op: a captured graph replays the kernels without any host time."""
 MERGE_PAD = 4
 """The merge kernel reads its splits padded to this power of two (more where a bucket has more splits), so one
 build of each kernel serves every KV bucket of a cache up to 4 · SPLIT_AT positions: a fresh machine compiles them
@@ -105,6 +109,7 @@ if triton is not None:
         b = tl.program_id(0)
         kvh = tl.program_id(1)
         split = tl.program_id(2)
+        qk_scale = tl.cast(qk_scale, tl.float32)  # inductor's launch (decode_attention_inline) passes it as fp64
         dt = qkv.dtype.element_ty
         pos = tl.load(positions + b)
         d = tl.arange(0, D)
@@ -206,7 +211,21 @@ def decode_attention(
 ) -> torch.Tensor:
     """qkv [B, (H + 2·KV)·D] straight from the fused projection (q, k, v not yet rotated); cos, sin [B, D] at each
     row's position; caches [rows, KV, max_len, D]. Returns attention output [B, H·D] and, if the one-element bool
-    `write_kv` is set, writes the new K/V at `positions`. Every position must be < kv_len."""
+    `write_kv` is set, writes the new K/V at `positions`. Every position must be < kv_len.
+
+    An opaque op to torch.compile: compiled code calls it through the dispatcher and it launches its kernels from
+    Python, tens of microseconds of host time a call (perf-notes v73). Captured graphs do not see that host time;
+    `compile` mode without graphs does, and uses `decode_attention_inline` where INLINE is set."""
+    return _attend_and_merge(qkv, cos, sin, positions, write_kv, k_cache, v_cache, kv_len, n_heads, n_kv, _as_is)
+
+
+def _as_is(kernel):
+    return kernel
+
+
+def _attend_and_merge(qkv, cos, sin, positions, write_kv, k_cache, v_cache, kv_len, n_heads, n_kv, launcher):
+    """decode_attention's body; `launcher(kernel)[grid](...)` launches each kernel (`_as_is`, or torch.library's
+    wrap_triton, which lets inductor see the launch and make it itself)."""
     b = qkv.shape[0]
     d = qkv.shape[1] // (n_heads + 2 * n_kv)
     group = n_heads // n_kv
@@ -220,7 +239,7 @@ def decode_attention(
     else:
         part_m = part_l = part_acc = out  # unused
     qk_scale = (1.0 / math.sqrt(d)) * math.log2(math.e)
-    _attend[(b, n_kv, splits)](
+    launcher(_attend)[(b, n_kv, splits)](
         qkv,
         cos,
         sin,
@@ -252,7 +271,7 @@ def decode_attention(
     )
     if splits > 1:
         pad = max(MERGE_PAD, splits)
-        _merge[(b, n_heads)](part_m, part_l, part_acc, out, out.stride(0), splits, H=n_heads, D=d, PAD=pad)
+        launcher(_merge)[(b, n_heads)](part_m, part_l, part_acc, out, out.stride(0), splits, H=n_heads, D=d, PAD=pad)
     return out
 
 
@@ -260,3 +279,24 @@ def decode_attention(
 def _(qkv, cos, sin, positions, write_kv, k_cache, v_cache, kv_len, n_heads, n_kv):
     d = qkv.shape[1] // (n_heads + 2 * n_kv)
     return qkv.new_empty(qkv.shape[0], n_heads * d)
+
+
+if triton is not None:  # where it could not run, nothing may call it
+
+    @torch.library.triton_op("rollgraph::decode_attention_inline", mutates_args=("k_cache", "v_cache"))
+    def decode_attention_inline(
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        positions: torch.Tensor,
+        write_kv: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        kv_len: int,
+        n_heads: int,
+        n_kv: int,
+    ) -> torch.Tensor:
+        """decode_attention as a Triton op: torch.compile traces into it and inductor launches the two kernels from its
+        own generated code, as it launches its own (CUDA only: inductor makes no such launch for the CPU)."""
+        wrap = torch.library.wrap_triton
+        return _attend_and_merge(qkv, cos, sin, positions, write_kv, k_cache, v_cache, kv_len, n_heads, n_kv, wrap)

@@ -51,7 +51,7 @@ class Engine:
         compile_ = config.uses_compile and getattr(self.runner, "compilable", False)
         if config.uses_compile and not compile_:
             logger.warning("mode %s: this model's runner cannot be compiled; its steps run eagerly", config.mode)
-        self.steps = Steps(self.runner, self.buffers, compile=compile_, cache_dir=config.compile_cache_dir)
+        self.steps = Steps(self.runner, self.buffers, compile_, config.compile_cache_dir, graphs=config.uses_graphs)
         self._direct = "compiled" if compile_ else "eager"  # what serves a step no graph serves
         self._fns: dict[GraphKey, object] = {}
         self._row_tokens: list[int] | None = None  # ids whose KV row 0 holds, for prefix reuse

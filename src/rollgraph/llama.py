@@ -9,6 +9,7 @@ free of host syncs, so a step can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -206,11 +207,16 @@ class LlamaRunner:
 
     # ---- steps -------------------------------------------------------------------------------------------------
 
-    def compile(self) -> None:
+    def compile(self, graphs: bool = True) -> None:
         """Compile the per-layer functions (not the unrolled model): one compilation serves every layer, since the
         weights are arguments, and automatic dynamic shapes make one more cover every length bucket, so start-up
-        stays short. Under compile+graphs the guards run only at capture; replays see just the kernels."""
-        self._decode_layer = torch.compile(self._decode_layer, fullgraph=True)
+        stays short. Under compile+graphs the guards run only at capture; replays see just the kernels. Without
+        graphs (`graphs` False) every launch costs host time, so decode's attention kernel is launched by inductor's
+        code where fused.INLINE says so, not through the opaque op (perf-notes v73)."""
+        layer = self._decode_layer
+        if not graphs and fused.INLINE and layer is fused_decode_layer and self.device.type == "cuda":
+            layer = functools.partial(fused_decode_layer, attend=fused.decode_attention_inline)
+        self._decode_layer = torch.compile(layer, fullgraph=True)
         # One-row matmuls: inductor's generated reductions read as fast as skinny_linear (perf-notes v6) and fuse
         # the norms and residual adds around them, so compiled decode leaves them to inductor.
         self.skinny_phases = self.skinny_phases - {"decode"}
@@ -319,13 +325,14 @@ def decode_layer(x, parts, w, kc, vc, positions, cos, sin, mask, write_kv, dims)
     return _finish(x, o.reshape(b, 1, n_heads * head_dim), w, dims)
 
 
-def fused_decode_layer(x, parts, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims):
+def fused_decode_layer(x, parts, w, kc, vc, positions, cos, sin, kv_len, write_kv, dims, attend=None):
     """decode_layer with RoPE, the cache write and attention in one Triton kernel (decode_attention.py);
-    cos and sin are [B, D] at each row's position."""
+    cos and sin are [B, D] at each row's position. `attend`: the op that runs the kernel (decode_attention's opaque
+    one by default)."""
     n_heads, n_kv = dims[:2]
     b = x.shape[0]
     qkv = _project(x, parts, w[0], w[1], w[2], dims, gate=False).view(b, -1)
-    o = fused.decode_attention(qkv, cos, sin, positions, write_kv, kc, vc, kv_len, n_heads, n_kv)
+    o = (attend or fused.decode_attention)(qkv, cos, sin, positions, write_kv, kc, vc, kv_len, n_heads, n_kv)
     return _finish(x, o.view(b, 1, -1), w, dims)
 
 

@@ -65,7 +65,9 @@ class StepBuffers:
 class Steps:
     """Builds the callable for a GraphKey: eager, or compiled with torch.compile when asked."""
 
-    def __init__(self, runner, buffers: StepBuffers, compile: bool = False, cache_dir: str | None = None) -> None:
+    def __init__(
+        self, runner, buffers: StepBuffers, compile: bool = False, cache_dir: str | None = None, graphs: bool = True
+    ) -> None:
         self.runner = runner
         self.buf = buffers
         self.compiled = compile
@@ -77,7 +79,7 @@ class Steps:
             _generate_batch1_matmuls()
             if cache_dir:  # inductor's on-disk cache: a second start reuses the first one's compiled kernels
                 os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache_dir
-            runner.compile()
+            runner.compile(graphs=graphs)
 
     def fn(self, key: GraphKey) -> Callable[[], None]:
         """A no-argument step for `key`, reading and writing the shared buffers."""
