@@ -50,8 +50,10 @@ def reference(qkv, cos, sin, pos, kc, vc, kv_len, h, kv):
     return o.reshape(b, h * d)
 
 
-def max_errors(dtype: torch.dtype, device: str, seed: int = 0) -> dict:
-    """Largest |fused - reference| over CASES, for the output and for the cache after the write."""
+def max_errors(dtype: torch.dtype, device: str, seed: int = 0, op=None) -> dict:
+    """Largest |fused - reference| over CASES, for the output and for the cache after the write; `op` the kernel's
+    op (decode_attention by default; decode_attention_inline, its Triton op, called eagerly)."""
+    op = op or fused.decode_attention
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out_err = cache_err = 0.0
     for h, kv, d, max_len, kv_len, positions in CASES:
@@ -66,9 +68,9 @@ def max_errors(dtype: torch.dtype, device: str, seed: int = 0) -> dict:
         kc_ref, vc_ref = kc.clone(), vc.clone()
         want = reference(qkv, cos, sin, pos, kc_ref, vc_ref, kv_len, h, kv)
         write = torch.ones(1, dtype=torch.bool, device=device)
-        got = fused.decode_attention(qkv, cos[pos], sin[pos], pos, write, kc, vc, kv_len, h, kv)
+        got = op(qkv, cos[pos], sin[pos], pos, write, kc, vc, kv_len, h, kv)
         before = (kc.clone(), vc.clone())
-        fused.decode_attention(qkv, cos[pos], sin[pos], pos, ~write, kc, vc, kv_len, h, kv)
+        op(qkv, cos[pos], sin[pos], pos, ~write, kc, vc, kv_len, h, kv)
         if not (torch.equal(kc, before[0]) and torch.equal(vc, before[1])):
             cache_err = float("inf")  # write_kv off must leave the cache untouched
         out_err = max(out_err, (got.float() - want).abs().max().item())
@@ -94,7 +96,9 @@ if __name__ == "__main__":
     # finer splits: 2 for a 256 bucket, 16 for 2048 (the merge padded past its default 4)
     default_split_at, fused.SPLIT_AT = fused.SPLIT_AT, 128
     result["split_at_128"] = max_errors(torch.float32, "cpu")
+    result["inline_split_at_128"] = max_errors(torch.float32, "cpu", op=fused.decode_attention_inline)
     fused.SPLIT_AT = default_split_at
+    result["inline"] = max_errors(torch.float32, "cpu", op=fused.decode_attention_inline)
     toks_t, logits_t = engine_tokens("triton", "cpu")
     toks_s, logits_s = engine_tokens("sdpa", "cpu")
     result["engine"] = {"same_tokens": toks_t == toks_s, "logits": (logits_t - logits_s).abs().max().item()}
