@@ -5,6 +5,7 @@
 #   figures:MODELS:MODES[:N]   scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs), N measured
 #                              requests per prompt length (3 by default)
 #   profile:MODEL:MODES[:LENS] scripts/profile_decode.py (LENS: prompt lengths whose prefill to profile too), in OUT/pN
+#   hprofile:MODEL:MODES       the same with --host: the decode profile lists the host's top items too (v73), in OUT/pN
 #   skinny:ROWS                scripts/skinny_bench.py (few-row matmuls: cuBLAS, inductor, skinny_linear)
 #   gemm[:ROWS[:autotune[:MODEL]]]  scripts/prefill_gemm_probe.py (MODEL's projections, default 7B's, at ROWS,
 #                              default 384-512; "autotune" adds max-autotune, "-" leaves it out), in OUT/gN
@@ -50,6 +51,8 @@ for step in "$@"; do
              ${c:+--repeats $c} 2>&1 \
              | tee "$out/f$n/figures_${a//,/_}.txt" | grep "^{" ;;
     profile) mkdir -p "$out/p$n" && python3 scripts/profile_decode.py --model "$a" --modes "$b" --prefill "${c:-}" \
+             --out "$out/p$n" 2>&1 | tee "$out/p$n/profile_$a.txt" | grep -v -i warn ;;
+    hprofile) mkdir -p "$out/p$n" && python3 scripts/profile_decode.py --model "$a" --modes "$b" --host \
              --out "$out/p$n" 2>&1 | tee "$out/p$n/profile_$a.txt" | grep -v -i warn ;;
     skinny) python3 scripts/skinny_bench.py --rows "${a:-1,16,32,64}" --out "$out" 2>&1 | tee "$out/skinny_bench.txt" | grep -v -i warn ;;
     gemm) mkdir -p "$out/g$n" && [ "${b:-}" != - ] && tune=${b:+--$b} || tune=

@@ -4,7 +4,9 @@ torch.profiler.
 Usage: PYTHONPATH=src python scripts/profile_decode.py --model llama-3.2-1b --modes graphs,compile+graphs --out DIR
        [--prefill 10,400]   (also profile one prefill at each of these prompt lengths)
 Writes DIR/profile_<model>.json and prints a short table. Replayed graphs show their kernels to the profiler.
-A mode is a pool_figures spec (MODE[/OPTION...]).
+A mode is a pool_figures spec (MODE[/OPTION...]). With --host the decode profile also records the host and lists its
+top items by self CPU time a token (perf-notes v73): where a mode without graphs spends the time it launches in. The
+profiler's own host cost inflates that run's ITL, so compare host items between modes, not with unprofiled ITL.
 """
 
 from __future__ import annotations
@@ -82,8 +84,16 @@ def profile_prefill(engine: Engine, n: int) -> dict:
     }
 
 
-def profile_mode(name: str, mode: str, prefill: list[int]) -> dict:
-    """`mode` is a pool_figures spec: MODE[/OPTION...]."""
+def host_table(prof, tokens: int) -> list:
+    """The host's top 15 items of a profile by self CPU time, in µs a token."""
+    top = sorted(prof.key_averages(), key=lambda a: -a.self_cpu_time_total)[:15]
+    return [
+        {"name": a.key[:90], "calls": a.count, "us_per_token": round(a.self_cpu_time_total / tokens, 1)} for a in top
+    ]
+
+
+def profile_mode(name: str, mode: str, prefill: list[int], host: bool = False) -> dict:
+    """`mode` is a pool_figures spec: MODE[/OPTION...]; `host`: record the host too (host_table)."""
     torch._dynamo.reset()
     set_knobs(mode)
     engine = Engine(load_model(ModelConfig(name, dtype="bfloat16")), engine_config(mode))
@@ -91,7 +101,8 @@ def profile_mode(name: str, mode: str, prefill: list[int]) -> dict:
     ids = tuple(range(3, 103))
     for _ in engine.generate(GenerationParams(ids, STEPS + 1)):
         pass
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if host else [ProfilerActivity.CUDA]
+    with profile(activities=activities) as prof:
         gen = engine.generate(GenerationParams(ids, STEPS + 1))
         for _ in gen:
             pass
@@ -109,6 +120,7 @@ def profile_mode(name: str, mode: str, prefill: list[int]) -> dict:
         "timeline": timeline(prof),  # of all STEPS + 1 tokens together, the idle time between requests' steps too
         "itl_median_ms": sorted(gen.result.step_ms)[len(gen.result.step_ms) // 2],
         "top": top,
+        "host_top": host_table(prof, STEPS + 1) if host else None,
         "prefill": [profile_prefill(engine, n) for n in prefill],
     }
 
@@ -119,9 +131,10 @@ def main() -> None:
     p.add_argument("--modes", default="graphs,compile+graphs")
     p.add_argument("--out", default=".")
     p.add_argument("--prefill", default="", help="prompt lengths whose prefill to profile too, e.g. 10,400")
+    p.add_argument("--host", action="store_true", help="record the host in the decode profile too (v73)")
     a = p.parse_args()
     prefill = [int(n) for n in a.prefill.split(",") if n]
-    rows = [profile_mode(a.model, m, prefill) for m in a.modes.split(",")]
+    rows = [profile_mode(a.model, m, prefill, a.host) for m in a.modes.split(",")]
     with open(f"{a.out}/profile_{a.model}.json", "w") as f:
         json.dump({"gpu": torch.cuda.get_device_name(), "model": a.model, "modes": rows}, f, indent=1)
     for r in rows:
@@ -132,6 +145,8 @@ def main() -> None:
         )
         for t in r["top"][:12]:
             print(f"   {t['us']:9.1f} us {t['calls']:6d}x  {t['name']}")
+        for t in r["host_top"] or []:
+            print(f"   host {t['us_per_token']:9.1f} us/token {t['calls']:6d}x  {t['name']}")
         for pf in r["prefill"]:
             print(
                 f"  prefill {pf['prompt']}: {pf['kernels']} kernels, {pf['device_us']} us device (a decode step "
