@@ -30,6 +30,8 @@
 #   resend:MODEL               scripts/resend_loop.py (the original client's loop against streaming)
 #   "bench:MODEL:ARGS"         rollgraph bench with ARGS as they are (quote the step), e.g.
 #                              "bench:llama-2-7b:--compare-peers --modes graphs,compile+graphs --prompt-lengths 10,400"
+# STEP_TIMEOUT=SECONDS in the environment kills each step's Python process after that long (SIGKILL): a `timeout` on
+# this script itself would leave a step's pipeline running on.
 set -uo pipefail
 out=${1:?output folder}
 shift
@@ -39,50 +41,53 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 } 2>&1 | tee "$out/env.txt"
+py() {
+  if [ -n "${STEP_TIMEOUT:-}" ]; then timeout -s KILL "$STEP_TIMEOUT" python3 "$@"; else python3 "$@"; fi
+}
 n=0
 for step in "$@"; do
   n=$((n + 1))
   IFS=: read -r what a b c <<<"$step"
   echo "=== $step ($(date -u +%T))"
   case "$what" in
-    tests) python3 -m pytest -m gpu tests/test_gpu.py tests/test_faults.py ${a:+-k "$a"} -q -rA -p no:cacheprovider \
+    tests) py -m pytest -m gpu tests/test_gpu.py tests/test_faults.py ${a:+-k "$a"} -q -rA -p no:cacheprovider \
              --durations=0 2>&1 | tee "$out/gpu_tests$n.txt" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed" ;;
-    figures) mkdir -p "$out/f$n" && python3 scripts/pool_figures.py --models "$a" --modes "$b" --out "$out/f$n" \
+    figures) mkdir -p "$out/f$n" && py scripts/pool_figures.py --models "$a" --modes "$b" --out "$out/f$n" \
              ${c:+--repeats $c} 2>&1 \
              | tee "$out/f$n/figures_${a//,/_}.txt" | grep "^{" ;;
-    profile) mkdir -p "$out/p$n" && python3 scripts/profile_decode.py --model "$a" --modes "$b" --prefill "${c:-}" \
+    profile) mkdir -p "$out/p$n" && py scripts/profile_decode.py --model "$a" --modes "$b" --prefill "${c:-}" \
              --out "$out/p$n" 2>&1 | tee "$out/p$n/profile_$a.txt" | grep -v -i warn ;;
-    hprofile) mkdir -p "$out/p$n" && python3 scripts/profile_decode.py --model "$a" --modes "$b" --host \
+    hprofile) mkdir -p "$out/p$n" && py scripts/profile_decode.py --model "$a" --modes "$b" --host \
              --out "$out/p$n" 2>&1 | tee "$out/p$n/profile_$a.txt" | grep -v -i warn ;;
-    skinny) python3 scripts/skinny_bench.py --rows "${a:-1,16,32,64}" --out "$out" 2>&1 | tee "$out/skinny_bench.txt" | grep -v -i warn ;;
+    skinny) py scripts/skinny_bench.py --rows "${a:-1,16,32,64}" --out "$out" 2>&1 | tee "$out/skinny_bench.txt" | grep -v -i warn ;;
     gemm) mkdir -p "$out/g$n" && [ "${b:-}" != - ] && tune=${b:+--$b} || tune=
-          python3 scripts/prefill_gemm_probe.py --out "$out/g$n/prefill_gemm.json" ${a:+--rows $a} $tune \
+          py scripts/prefill_gemm_probe.py --out "$out/g$n/prefill_gemm.json" ${a:+--rows $a} $tune \
             ${c:+--model $c} 2>&1 | tee "$out/g$n/prefill_gemm.txt" | grep "^{" ;;
-    atune) mkdir -p "$out/a$n" && PYTHONPATH=src:scripts python3 scripts/autotune_gemm_probe.py \
+    atune) mkdir -p "$out/a$n" && PYTHONPATH=src:scripts py scripts/autotune_gemm_probe.py \
              --out "$out/a$n/autotune_gemm.json" ${a:+--rows $a} ${b:+--shapes $b} 2>"$out/a$n/autotune.log" \
              | tee "$out/a$n/autotune_gemm.txt" ;;
-    ltalgo) PYTHONPATH=src:scripts python3 scripts/lt_algo_probe.py --out "$out/lt_algo$n.json" ${a:+--rows $a} \
+    ltalgo) PYTHONPATH=src:scripts py scripts/lt_algo_probe.py --out "$out/lt_algo$n.json" ${a:+--rows $a} \
               --shapes "${b:-wo,w_down}" \
               2>"$out/lt_algo$n.log" | tee "$out/lt_algo$n.txt" ;;
-    ttft) python3 scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_${a}_${b//+/_}.json" 2>&1 \
+    ttft) py scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_${a}_${b//+/_}.json" 2>&1 \
             | tail -3 ;;
-    launch) PYTHONPATH=src:scripts python3 scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
+    launch) PYTHONPATH=src:scripts py scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
               --out "$out/launch_${a}_${b//+/_}.json" 2>&1 | grep "^{" ;;
-    pattn) python3 scripts/prefill_attention_probe.py --out "$out/prefill_attention$n.json" ${a:+--$a} \
+    pattn) py scripts/prefill_attention_probe.py --out "$out/prefill_attention$n.json" ${a:+--$a} \
              ${b:+--shapes $b} 2>&1 \
              | grep -E "^\{|Error" ;;
-    coldpath) python3 scripts/cold_path_probe.py | tee "$out/cold_path.json" ;;
-    capture) python3 scripts/capture_time.py --model "$a" --mode "$b" ${c:+--cache "$c"} \
+    coldpath) py scripts/cold_path_probe.py | tee "$out/cold_path.json" ;;
+    capture) py scripts/capture_time.py --model "$a" --mode "$b" ${c:+--cache "$c"} \
                --out "$out/capture${n}_${a}_${b//+/_}.json" 2>&1 | tail -1 ;;
-    skinny16) PYTHONPATH=src:scripts python3 scripts/skinny16_probe.py --out "$out/skinny16.json" 2>&1 \
+    skinny16) PYTHONPATH=src:scripts py scripts/skinny16_probe.py --out "$out/skinny16.json" 2>&1 \
                 | grep -E "^\{|Error" ;;
-    tbuild) python3 scripts/triton_build_probe.py --out "$out/triton_build.json" 2>&1 | tail -1 ;;
-    fusion) PYTHONPATH=src:scripts python3 scripts/skinny_fusion_probe.py --out "$out/fusion.json" 2>&1 \
+    tbuild) py scripts/triton_build_probe.py --out "$out/triton_build.json" 2>&1 | tail -1 ;;
+    fusion) PYTHONPATH=src:scripts py scripts/skinny_fusion_probe.py --out "$out/fusion.json" 2>&1 \
               | grep -E "^\{|Error" ;;
-    chain) timeout 180 python3 scripts/chain_probe.py --out "$out/chain.json" 2>&1 | grep -E "^\{|Error" ;;
-    resend) python3 scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
+    chain) STEP_TIMEOUT=${STEP_TIMEOUT:-180} py scripts/chain_probe.py --out "$out/chain.json" 2>&1 | grep -E "^\{|Error" ;;
+    resend) py scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;
     bench) name="bench${n}_$a"
-           python3 -m rollgraph bench --model "$a" $b --out "$out/$name" 2>"$out/$name.log" | tail -30
+           py -m rollgraph bench --model "$a" $b --out "$out/$name" 2>"$out/$name.log" | tail -30
            # one file per bench: a device call brings back at most 8 files
            tar czf "$out/$name.tgz" -C "$out" "$name" && rm -rf "${out:?}/$name" ;;
     *) echo "unknown step $step" ;;
