@@ -3,7 +3,8 @@ timings that `rollgraph bench` keeps per request).
 
 Usage: python scripts/transport_split.py RUN/requests.json [MORE/requests.json ...]
 Columns (medians over the requests unless said): client TTFT, the server's own TTFT, their gap, frame read -> job
-queued (`in`), token 0 made -> its frame written (`out`), frames the engine thread wrote itself (first request),
+queued (`in`), token 0 made -> its frame written (`out`), requests whose frame the engine thread read itself
+(`read`, engine/all; perf-notes v76), frames the engine thread wrote itself (first request),
 ITL median / P99 / max over every interval, and the per-request largest sent gap minus largest made gap (median /
 max): how much later than the engine made them the slowest frames left the server.
 """
@@ -41,6 +42,7 @@ def rows(path: str) -> list[str]:
             out.append(
                 f"{mode:15s} {length:5d}  ttft {med(client):6.2f}  server {med(server):6.2f}  gap {med(gap):.3f}"
                 f"  in {med(tr('frame_to_queue_ms')):.3f}  out {med(tr('first_token_out_ms')):.3f}"
+                f"  read {tr('request_read_by').count('engine')}/{len(rr)}"
                 f"  direct {tr('token_frames_direct')[0]}"
                 f"  itl {med(itl):.3f} / {pct(itl, 0.99):.3f} / {max(itl):.2f}"
                 f"  late {med(late):.3f} / {max(late):.3f}"

@@ -154,8 +154,8 @@ def test_a_client_gone_mid_stream_leaves_the_server_serving():
 
 
 def test_one_socket_duplicate_a_connection_closed_with_it(monkeypatch):
-    """The engine thread's writers share one duplicate of their connection's socket (perf-notes v40): one
-    duplicate however many requests stream on a connection, and the connection closes it when it ends."""
+    """The engine thread's writers (and its request reads) share one duplicate of their connection's socket (perf-notes
+    v40, v76): one duplicate however many requests stream on a connection, and the connection closes it when it ends."""
     from rollgraph import connection
 
     made: list[socket.socket] = []
@@ -164,16 +164,26 @@ def test_one_socket_duplicate_a_connection_closed_with_it(monkeypatch):
         made.append(engine_socket(fileno))
         return made[-1]
 
+    def open_ones() -> list[socket.socket]:
+        return [s for s in made if s.fileno() >= 0]
+
+    def one_open() -> socket.socket:  # the client's connection's; the start-up probe's, if it made one, closes
+        deadline = time.monotonic() + 5
+        while len(open_ones()) > 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(open_ones()) == 1, f"{len(open_ones())} open duplicates, one connection open"
+        return open_ones()[0]
+
     monkeypatch.setattr(connection, "engine_socket", counted)
     with ThreadServer(FakeEngine()) as srv:
         with Client(srv.socket_path) as c:
-            for _ in range(6):
+            assert list(c.generate([1], max_new_tokens=3)) == fake_tokens(3)
+            first = one_open()
+            count = len(made)
+            for _ in range(5):
                 assert list(c.generate([1], max_new_tokens=3)) == fake_tokens(3)
-            assert len(made) == 1 and made[0].fileno() >= 0
+            assert len(made) == count and one_open() is first
         with Client(srv.socket_path) as c:
             assert list(c.generate([1], max_new_tokens=3)) == fake_tokens(3)
-            deadline = time.monotonic() + 5
-            while made[0].fileno() >= 0 and time.monotonic() < deadline:  # closed once the server reads the EOF
-                time.sleep(0.02)
-            assert made[0].fileno() == -1, "the first connection's duplicate outlived it"
-            assert len(made) == 2 and made[1].fileno() >= 0
+            second = one_open()  # closed once the server reads the first connection's EOF
+            assert second is not first and first.fileno() == -1 and len(made) == count + 1

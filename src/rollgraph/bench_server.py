@@ -50,8 +50,10 @@ TRANSPORT_KEYS = (
     "itl_made_max_ms",
     "itl_sent_median_ms",
     "itl_sent_max_ms",
+    "request_read_by",
 )
-"""The final frame's timings of the server's connection (connection.final_frame) that each Sample keeps."""
+"""The final frame's timings of the server's connection (connection.final_frame) that each Sample keeps
+(`request_read_by` is "engine" or "loop": which thread read the request's frame, request_reads.py)."""
 
 
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:

@@ -140,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="who writes streamed token frames: the engine thread, straight into the socket (default), or the "
         "asyncio loop",
     )
+    s.add_argument(
+        "--request-reads",
+        choices=("engine", "loop"),
+        default="engine",
+        help="who reads a generate request that arrives while the engine is idle: the engine thread, which starts it "
+        "at once (default), or the asyncio loop, which queues it",
+    )
 
     g = sub.add_parser("generate", help="generate in-process (--model) or through a server (--socket)")
     where = g.add_mutually_exclusive_group(required=True)

@@ -154,3 +154,8 @@ class ServerConfig:
     """Who writes streamed token frames: "engine" (the engine thread sends each frame into the socket itself the
     moment it has the token, falling back to the loop when the socket is full) or "loop" (every frame goes through
     the asyncio loop)."""
+    request_reads: str = "engine"
+    """Who reads a request frame that arrives while the engine thread is idle: "engine" (the engine thread waits on
+    idle connections' sockets itself, takes a generate or inference request off the socket and starts it at once;
+    everything else goes back to the loop unread, request_reads.py) or "loop" (the asyncio loop reads every frame
+    and queues the job)."""

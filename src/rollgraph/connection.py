@@ -10,6 +10,12 @@ The next frame's first byte is awaited by a task (`_first_byte_task`) that stays
 if it ends with EOF or an error, the client has gone, and its generation is cancelled between two engine
 steps. A byte that arrives instead (a pipelined request) is kept for the next frame. A client that
 half-closes its socket after sending a request is therefore taken as gone.
+
+While the engine thread is idle, a connection waiting for its next frame lends its socket to it instead
+(`request_reads = "engine"`, request_reads.py): the engine thread takes a generate or inference request off
+the socket itself and starts it, and this side relays its events as for a request it read; anything else
+comes back here unread. Whenever the engine gets work, every other lent socket comes back, so a connection's
+health or stats request is never held behind another's generation.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from rollgraph.protocol import (
     parse_request,
     success_reply,
 )
+from rollgraph.request_reads import LentSocket, Taken
 from rollgraph.token_writer import DirectWriter, TokenFrames, engine_socket
 
 logger = logging.getLogger(__name__)
@@ -66,6 +73,7 @@ class Counters:
     prefix_reuse_requests: int = 0
     full_prefill_requests: int = 0
     prefix_reused_tokens: int = 0
+    engine_reads: int = 0  # requests the engine thread read and started itself (request_reads.py)
 
     def record_generation(self, done: Done) -> None:
         result = done.result
@@ -91,6 +99,7 @@ class Counters:
             "prefix_reuse_requests": self.prefix_reuse_requests,
             "full_prefill_requests": self.full_prefill_requests,
             "prefix_reused_tokens": self.prefix_reused_tokens,
+            "requests_read_by_engine": self.engine_reads,
         }
 
 
@@ -104,10 +113,23 @@ class ServerContext:
     engine_thread: EngineThread
     counters: Counters = field(default_factory=Counters)
     stopping: bool = False
+    lent: set[LentSocket] = field(default_factory=set)
+    """Sockets lent to the engine thread now (request_reads.py); changed only on the event loop."""
+    generating: int = 0
+    """Generations queued or running whose connections relay their events (no socket is lent meanwhile)."""
 
     @property
     def tokenizer(self) -> Any:
         return getattr(self.engine.model, "tokenizer", None)
+
+    def submit(self, job: Any) -> None:
+        """Queue a job on the engine thread; every lent socket comes back to the loop first (the engine is busy)."""
+        self.reclaim_lent()
+        self.engine_thread.submit(job)
+
+    def reclaim_lent(self) -> None:
+        for lent in list(self.lent):
+            lent.reclaim()
 
     def server_stats(self) -> dict:
         return {
@@ -168,25 +190,43 @@ class Connection:
         self.gone = False  # the peer closed or stopped reading: nothing more is sent
         self._peek: asyncio.Future[bytes] | None = None
         self._job: GenerateJob | None = None
-        self._engine_sock: socket.socket | None = None  # for the engine thread's token writes, made at first use
+        self._engine_sock: socket.socket | None = None  # for the engine thread's reads and writes, made at first use
         self._first_byte_at = 0.0  # when the current request's frame began to arrive (time.perf_counter)
         self._body_at = 0.0  # when it was read whole
-        self._transport_ms: dict[str, float] = {}  # the last generation's time in this process around the engine
+        self._transport_ms: dict[str, Any] = {}  # the last generation's time in this process around the engine
+        self._lent: LentSocket | None = None  # the socket lent to the engine thread now, if it is
+        self._loop = asyncio.get_running_loop()  # made on the loop, in its connection callback
 
     def close(self) -> None:
         """Close an idle connection: its read sees EOF and `serve` returns."""
+        self._reclaim()
         self.writer.close()
 
     def abort(self) -> None:
         """Drop the connection and cancel its generation (it stops within one engine step)."""
         self.gone = True
+        self._reclaim()
         if self._job is not None:
             self._job.cancel()
         self.writer.transport.abort()
 
+    def _reclaim(self) -> None:
+        if self._lent is not None:
+            self._lent.reclaim()
+
     async def serve(self) -> None:
         try:
             while not self.ctx.stopping and not self.gone:
+                taken = await self._lend() if self._can_lend() else None
+                if taken is not None:
+                    self.busy = True
+                    self.ctx.counters.engine_reads += 1
+                    self._first_byte_at, self._body_at = taken.first_byte_at, taken.body_at
+                    try:
+                        await self._handle(None, taken)
+                    finally:
+                        self.busy = False
+                    continue
                 body = await self._read_body()
                 if body is None:
                     return
@@ -198,10 +238,88 @@ class Connection:
         except ConnectionError as exc:
             logger.debug("connection lost: %s", exc)
         finally:
+            self._reclaim()
             self._drop_peek()
             self.writer.close()
             if self._engine_sock is not None:  # every DirectWriter on it was closed when its request ended
                 self._engine_sock.close()
+
+    # ---- the next frame read by the engine thread (request_reads.py) ---------------------------------------------
+
+    def _can_lend(self) -> bool:
+        """Whether the next frame can be left to the engine thread: it is idle, and none of the frame's bytes can be
+        on this side (asyncio's reader holds none, no first byte was read)."""
+        ctx = self.ctx
+        if ctx.config.request_reads != "engine" or ctx.stopping or ctx.generating:
+            return False
+        if self._peek is not None and self._peek.done():
+            return False
+        transport = self.writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size() or not _reader_empty(self.reader):
+            return False
+        return self._engine_socket() is not None
+
+    async def _lend(self) -> Taken | None:
+        """Lend the socket to the engine thread until its next frame arrives: the request it took and started, or None
+        when the socket came back with the frame unread (the loop reads it)."""
+        transport = self.writer.transport
+        transport.pause_reading()  # from here on the next bytes stay in the kernel's buffer
+        try:
+            if not await self._drop_watch() or not _reader_empty(self.reader):
+                return None
+            loop = self._loop
+            outcome: asyncio.Future[Taken | None] = loop.create_future()
+            events: asyncio.Queue[Event | FrameBytes] = asyncio.Queue()
+            direct = self._direct_writer()
+            assert self._engine_sock is not None
+            lent = LentSocket(
+                self._engine_sock,
+                self.ctx.config.max_frame_bytes,
+                lambda request: self._accept(request, events, direct),
+                lambda taken: _on_outcome(loop, outcome, taken),
+            )
+            self._lent = lent
+            self.ctx.lent.add(lent)
+            try:
+                if not self.ctx.engine_thread.lend(lent):
+                    lent.reclaim()
+                taken = await outcome
+            finally:
+                lent.reclaim()  # a no-op once decided; the outcome then cancels an orphaned job (_report)
+                self._lent = None
+                self.ctx.lent.discard(lent)
+            if (taken is None or taken.extra.frames is None) and direct is not None:
+                direct.close()
+            return taken
+        finally:
+            transport.resume_reading()
+
+    async def _drop_watch(self) -> bool:
+        """End the previous request's pending first-byte read (reading is paused, so no byte can reach it now);
+        False if it got a byte after all, which is kept as the next frame's first."""
+        peek = self._peek
+        if peek is None:
+            return True
+        peek.cancel()
+        await asyncio.wait({peek})  # raises nothing of the peek's own; a cancellation of this task still propagates
+        if peek.cancelled() or peek.exception() is not None or not peek.result():
+            self._peek = None  # an error or EOF shows again at the loop's next read
+            return peek.cancelled()
+        return False
+
+    def _accept(self, request: Request, events: asyncio.Queue, direct: DirectWriter | None) -> tuple[Any, Any] | None:
+        """On the engine thread: the job for a request it may start, or None for one the loop answers. The engine's
+        own checks run in the job (`Engine.generate` validates): a request they refuse fails with the error frame the
+        loop's check would have sent, without a second pass over its ids on the way to the launch."""
+        if isinstance(request, GenerateRequest) and request.prompt is None:
+            params, stream = request.params, request.stream
+        elif isinstance(request, InferenceRequest):
+            params, stream = GenerationParams(request.input_tokens, max_new_tokens=1), False
+        else:
+            return None
+        assert params is not None
+        running = self._running(params, stream, events, direct)
+        return running.job, running
 
     def _drop_peek(self) -> None:
         peek, self._peek = self._peek, None
@@ -268,11 +386,12 @@ class Connection:
 
     # ---- requests ------------------------------------------------------------------------------------------
 
-    async def _handle(self, body: bytes) -> None:
-        """Answer one frame; any failure becomes an error frame and the connection stays usable."""
+    async def _handle(self, body: bytes | None, taken: Taken | None = None) -> None:
+        """Answer one frame, or the request the engine thread took; any failure becomes an error frame and the
+        connection stays usable."""
         try:
-            request = parse_request(decode_payload(body))
-            await self._dispatch(request)
+            request = taken.request if taken is not None else parse_request(decode_payload(body or b""))
+            await self._dispatch(request, taken)
         except RollgraphError as exc:
             await self._reply_error(exc)
         except (asyncio.CancelledError, ConnectionError):
@@ -282,40 +401,44 @@ class Connection:
             message = f"the server failed on this request ({type(exc).__name__}); only this request was affected"
             await self._reply_error(RollgraphError(message, code="internal"))
 
-    async def _dispatch(self, request: Request) -> None:
+    async def _dispatch(self, request: Request, taken: Taken | None = None) -> None:
         kind = type(request).__name__.removesuffix("Request").lower()
         if isinstance(request, HealthRequest):
             await self._send(success_reply(state="ready"))
         elif isinstance(request, StatsRequest):
             await self._stats()
         elif isinstance(request, InferenceRequest):
-            if not await self._inference(request):
+            if not await self._inference(request, taken):
                 return
-        elif not await self._generate(request):
+        elif not await self._generate(request, taken):
             return
         if not self.gone:
             self.ctx.counters.served[kind] += 1
 
     async def _stats(self) -> None:
         job = CallJob(lambda engine: engine.stats())
-        self.ctx.engine_thread.submit(job)
+        self.ctx.submit(job)
         engine_stats = await asyncio.wrap_future(job.future)
         await self._send(success_reply(**engine_stats, server=self.ctx.server_stats()))
 
-    async def _inference(self, request: InferenceRequest) -> bool:
+    async def _inference(self, request: InferenceRequest, taken: Taken | None) -> bool:
         """The seed's message: engine.next_token's work (one greedy token, prefix reuse), run as a job."""
-        params = GenerationParams(request.input_tokens, max_new_tokens=1)
-        self.ctx.engine.validate(params)
-        done = await self._run(params, None)
+        what: Taken | GenerationParams | None = taken
+        if what is None:
+            what = GenerationParams(request.input_tokens, max_new_tokens=1)
+            self.ctx.engine.validate(what)
+        done = await self._run(what, False)
         if done.result.finish_reason == "cancelled":
             return False
         await self._send(success_reply(output_tokens=done.result.output_tokens[:1]))
         return True
 
-    async def _generate(self, request: GenerateRequest) -> bool:
-        params = request.params if request.prompt is None else request.with_tokens(self._encode(request.prompt))
-        self.ctx.engine.validate(params)
-        done = await self._run(params, TokenFrames(self._decode) if request.stream else None)
+    async def _generate(self, request: GenerateRequest, taken: Taken | None) -> bool:
+        what: Taken | GenerationParams | None = taken
+        if what is None:
+            what = request.params if request.prompt is None else request.with_tokens(self._encode(request.prompt))
+            self.ctx.engine.validate(what)
+        done = await self._run(what, request.stream)
         if done.result.finish_reason == "cancelled":
             return False
         await self._send(final_frame(done, self.ctx.tokenizer, self._transport_ms))
@@ -334,45 +457,64 @@ class Connection:
         tokenizer = self.ctx.tokenizer
         return tokenizer.decode if tokenizer is not None else None
 
-    def _direct_writer(self) -> DirectWriter | None:
-        """A writer for the engine thread (`token_writes = "engine"`), if nothing is waiting in the transport."""
-        transport = self.writer.transport
-        if self.ctx.config.token_writes != "engine" or transport.is_closing() or transport.get_write_buffer_size():
-            return None
+    def _engine_socket(self) -> socket.socket | None:
+        """The connection's duplicate socket for the engine thread's reads and writes, made at first use."""
         if self._engine_sock is None:
             sock = self.writer.get_extra_info("socket")
             try:
                 self._engine_sock = engine_socket(sock.fileno()) if sock is not None else None
             except OSError:
                 return None
-        return DirectWriter(self._engine_sock) if self._engine_sock is not None else None
+        return self._engine_sock
 
-    async def _run(self, params: GenerationParams, frames: TokenFrames | None) -> Done:
-        """Queue a generation on the engine thread and relay its events; cancel it if the peer goes away.
-        Raises the request's RollgraphError if it failed.
+    def _direct_writer(self) -> DirectWriter | None:
+        """A writer for the engine thread (`token_writes = "engine"`), if nothing is waiting in the transport."""
+        transport = self.writer.transport
+        if self.ctx.config.token_writes != "engine" or transport.is_closing() or transport.get_write_buffer_size():
+            return None
+        sock = self._engine_socket()
+        return DirectWriter(sock) if sock is not None else None
 
-        With `frames` the tokens are streamed: the engine thread encodes each frame and, with a DirectWriter, sends
-        it itself (token_writer.py); what that cannot send comes here as a `FrameBytes` and is written in order."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event | FrameBytes] = asyncio.Queue()
-        direct = self._direct_writer() if frames is not None else None
+    def _running(
+        self, params: GenerationParams, stream: bool, events: asyncio.Queue, direct: DirectWriter | None
+    ) -> Running:
+        """The job for `params` whose events go to `events` (on either thread: it only builds objects). With `stream`
+        the tokens are streamed: the engine thread encodes each frame and, with a DirectWriter, sends it itself
+        (token_writer.py); what that cannot send comes to `events` as a `FrameBytes`, written in order by `_run`."""
+        loop = self._loop
+        frames = TokenFrames(self._decode) if stream else None
+        direct = direct if frames is not None else None
 
         def emit(event: Event) -> None:  # on the engine thread
             if frames is not None and isinstance(event, Token):
                 data = frames.encode(event.token_id)
                 data = direct.send(data, event.at) if direct is not None else data
                 if not data:
+                    running.started()  # after token 0's frame is out: the loop's wake does not delay it
                     return
                 event = FrameBytes(data, event.at)
+            running.started()
             _post(loop, events, event)
 
-        job = GenerateJob(params, emit)
+        running = Running(GenerateJob(params, emit), events, frames, direct)
+        return running
+
+    async def _run(self, what: GenerationParams | Taken, stream: bool) -> Done:
+        """Queue a generation on the engine thread (or take the one it started itself, `Taken`) and relay its events;
+        cancel it if the peer goes away. Raises the request's RollgraphError if it failed."""
+        if isinstance(what, Taken):
+            running = what.extra
+            self.ctx.reclaim_lent()  # the engine is busy now: no other connection's frame waits on it
+        else:
+            running = self._running(what, stream, asyncio.Queue(), self._direct_writer() if stream else None)
+            self.ctx.submit(running.job)  # first: the rest here overlaps the engine thread's wake (perf-notes v40)
+        job, events, frames, direct = running.job, running.events, running.frames, running.direct
         self._job = job
-        self.ctx.engine_thread.submit(job)  # first: the rest here overlaps the engine thread's wake (perf-notes v40)
         self._transport_ms = {
             "first_byte_to_frame_ms": round((self._body_at - self._first_byte_at) * 1e3, 3),
             "frame_to_queue_ms": round((job.enqueued - self._body_at) * 1e3, 3),
             "first_byte_at": self._first_byte_at,
+            "request_read_by": "engine" if isinstance(what, Taken) else "loop",
         }
         watch = self._first_byte_task()
 
@@ -384,6 +526,7 @@ class Connection:
         watch.add_done_callback(on_peer)
         made: list[float] = []  # frames written here: when the engine thread had the token, and when it was written
         sent: list[float] = []
+        self.ctx.generating += 1
         try:
             while True:
                 event = await events.get()
@@ -401,11 +544,30 @@ class Connection:
                 if self.gone:
                     job.cancel()
         finally:
+            self.ctx.generating -= 1
             watch.remove_done_callback(on_peer)
             self._job = None
             job.cancel()  # a no-op once it is done; stops the engine if this task was cancelled (shutdown)
             if direct is not None:
                 direct.close()
+
+
+@dataclass
+class Running:
+    """A generation's job and what relays its events: the loop's queue, the token frames' encoder, the engine
+    thread's writer (each None where it does not stream or writes through the loop). `on_start`, if set, is called
+    once, on the engine thread, when the job has its first event (token 0, or its end)."""
+
+    job: GenerateJob
+    events: asyncio.Queue
+    frames: TokenFrames | None
+    direct: DirectWriter | None
+    on_start: Callable[[], None] | None = None
+
+    def started(self) -> None:
+        call, self.on_start = self.on_start, None
+        if call is not None:
+            call()
 
 
 @dataclass(frozen=True)
@@ -426,6 +588,36 @@ if sys.version_info >= (3, 11):
 
 else:  # pragma: no cover - Python 3.10
     _within = asyncio.wait_for
+
+
+def _reader_empty(reader: asyncio.StreamReader) -> bool:
+    """Whether asyncio's reader holds no bytes, EOF or error of the connection. Reads StreamReader's buffer, which
+    has no public accessor (a bytearray from Python 3.4 on); where that is missing, False: frames stay with the loop."""
+    buffer = getattr(reader, "_buffer", None)
+    return isinstance(buffer, bytearray) and not buffer and not reader.at_eof() and reader.exception() is None
+
+
+def _on_outcome(loop: asyncio.AbstractEventLoop, outcome: asyncio.Future, taken: Taken | None) -> None:
+    """A lend's outcome, from the thread that decided it. A socket that comes back is reported at once. A request the
+    engine thread took is reported when its job has its first event: the loop's wake and its share of the GIL then
+    come after the prefill's launch and token 0's frame, not between the frame's read and the launch."""
+    if taken is None:
+        _report(loop, outcome, None)
+    else:
+        taken.extra.on_start = lambda: _report(loop, outcome, taken)
+
+
+def _report(loop: asyncio.AbstractEventLoop, outcome: asyncio.Future, taken: Taken | None) -> None:
+    """From either thread: resolve a lend's outcome on the loop (dropped if the loop has already closed)."""
+
+    def resolve() -> None:
+        if not outcome.done():
+            outcome.set_result(taken)
+        elif taken is not None:  # nobody waits for it any more (the connection's task ended): stop its job
+            taken.job.cancel()
+
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(resolve)
 
 
 def _post(loop: asyncio.AbstractEventLoop, events: asyncio.Queue, event: Event) -> None:

@@ -3,9 +3,11 @@
 It loads the model, pre-captures, then runs jobs from a FIFO queue one at a time, so requests reach the
 engine in arrival order and one engine step runs at a time. When the queue is empty it calls
 `engine.idle_work()` until that returns False (background graph captures happen only here, between
-requests, never beside a replay), then blocks on the queue: no busy-waiting. The asyncio side never calls
-into torch; it hands jobs over with `submit` and gets events back through a callback it makes thread-safe
-(`loop.call_soon_threadsafe`).
+requests, never beside a replay), then blocks in a selector: no busy-waiting. The selector holds a wake-up
+pipe that `submit` writes to, and the sockets of idle connections lent with `lend` (request_reads.py): when a
+request frame arrives on one of those, the thread reads it itself and runs its job at once. The asyncio side
+never calls into torch; it hands jobs over with `submit` (or lends a socket) and gets events back through a
+callback it makes thread-safe (`loop.call_soon_threadsafe`).
 
 A job never lets an exception out: a request error or a failed model step becomes a `Failed` event for that
 request only, and the thread goes on with the next job.
@@ -14,8 +16,11 @@ request only, and the thread goes on with the next job.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
+import os
 import queue
+import selectors
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +33,7 @@ if TYPE_CHECKING:
     from rollgraph.engine import Engine
     from rollgraph.generation import GenerationResult
     from rollgraph.params import GenerationParams
+    from rollgraph.request_reads import LentSocket
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +166,12 @@ class EngineThread:
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.ready: concurrent.futures.Future = concurrent.futures.Future()
         self.idle_captures = 0
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._closed = False
         self._thread = threading.Thread(target=self._main, name="rollgraph-engine", daemon=True)
 
     def start(self) -> None:
@@ -168,10 +180,29 @@ class EngineThread:
     def submit(self, job: Job) -> None:
         """Queue a job behind every job submitted before it."""
         self._queue.put(job)
+        self._wake()
 
     def stop(self) -> None:
         """Let the jobs already queued run, then end the thread."""
         self._queue.put(None)
+        self._wake()
+
+    def lend(self, lent: LentSocket) -> bool:
+        """From any thread: let the engine thread read the next request frame on `lent`'s socket while it is idle;
+        False if it cannot (the thread has ended). The socket is forgotten here once `lent` is taken or reclaimed (its
+        `release`)."""
+        if self._closed:
+            return False
+        lent.release = self._release
+        try:
+            self._selector.register(lent, selectors.EVENT_READ, lent)  # epoll: safe beside the thread's select()
+        except (KeyError, ValueError, OSError):
+            return False
+        return True
+
+    def _release(self, lent: LentSocket) -> None:
+        with contextlib.suppress(KeyError, ValueError, OSError):
+            self._selector.unregister(lent)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread; True if it ended."""
@@ -181,15 +212,30 @@ class EngineThread:
     def queued(self) -> int:
         return self._queue.qsize()
 
+    def _wake(self) -> None:
+        if self._closed:
+            return
+        with contextlib.suppress(BlockingIOError):  # a full pipe already holds a wake-up
+            os.write(self._wake_w, b"\0")
+
+    def _close(self) -> None:
+        """At the thread's end: the selector and the wake-up pipe (nothing is submitted or lent after stop())."""
+        self._closed = True
+        self._selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
     def _main(self) -> None:
         try:
             engine = self._load()
         except BaseException as exc:
+            self._close()
             self.ready.set_exception(exc)
             return
         try:
             self.ready.set_result(engine)
         except concurrent.futures.InvalidStateError:
+            self._close()
             return  # the server stopped while the model was loading
         while (job := self._next_job(engine)) is not None:
             try:
@@ -197,17 +243,41 @@ class EngineThread:
             except Exception:
                 # Jobs report their own errors; this only keeps the one engine thread (and every later request) alive.
                 logger.exception("a job failed outside its own error handling; the engine thread goes on")
+        self._close()
         logger.debug("engine thread stopped")
 
     def _next_job(self, engine: Engine) -> Job | None:
-        """The next job; while there is none, background captures run one by one, then the thread blocks."""
+        """The next job; while there is none, background captures run one by one (a job that comes is taken between
+        two of them), then the thread waits in its selector."""
         while True:
-            try:
-                return self._queue.get_nowait()
-            except queue.Empty:
-                pass
+            job = self._poll(0)
+            if job is not _NOTHING:
+                return job
             if not self._idle_once(engine):
-                return self._queue.get()
+                job = self._poll(None)
+                if job is not _NOTHING:
+                    return job
+
+    def _poll(self, timeout: float | None) -> Any:
+        """A queued job (None: stop), else the job of a request frame read from a lent socket, else _NOTHING, after
+        waiting up to `timeout` seconds (None: until something comes) for either."""
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        for key, _ in self._selector.select(timeout):
+            if key.data is None:  # the wake-up pipe: drain it; the queue is read below
+                with contextlib.suppress(BlockingIOError):
+                    while os.read(self._wake_r, 4096):
+                        pass
+                continue
+            job = key.data.take()
+            if job is not None:
+                return job
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return _NOTHING
 
     def _idle_once(self, engine: Engine) -> bool:
         try:
@@ -218,3 +288,7 @@ class EngineThread:
             return False
         self.idle_captures += did
         return did
+
+
+_NOTHING = object()
+"""_poll's answer when nothing came."""

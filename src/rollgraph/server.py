@@ -1,7 +1,8 @@
 """The generator process: load the model, pre-capture, then serve the wire protocol on a Unix socket.
 
 Threads: the asyncio loop (this module and `connection.py`) accepts connections, reads frames and streams
-replies; the engine thread (`engine_thread.py`) does all torch work, one job at a time in arrival order. The
+replies; the engine thread (`engine_thread.py`) does all torch work, one job at a time in arrival order, and
+while it is idle reads the next generate request of an idle connection itself (`request_reads.py`). The
 socket only opens once loading and pre-capture are done, so a client that can connect is served at full
 speed.
 
@@ -54,6 +55,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         allowed_uids=tuple(args.allow_uid or ()),
         gc_freeze=getattr(args, "gc_freeze", ServerConfig.gc_freeze),
         token_writes=getattr(args, "token_writes", ServerConfig.token_writes),
+        request_reads=getattr(args, "request_reads", ServerConfig.request_reads),
     )
     checks = (
         ("--max-frame-bytes", config.max_frame_bytes >= 64, "an integer >= 64"),
@@ -61,6 +63,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         ("--frame-timeout", config.frame_timeout_s > 0, "a number of seconds > 0"),
         ("--drain-timeout", config.drain_timeout_s >= 0, "a number of seconds >= 0"),
         ("--token-writes", config.token_writes in ("engine", "loop"), 'one of "engine", "loop"'),
+        ("--request-reads", config.request_reads in ("engine", "loop"), 'one of "engine", "loop"'),
         (
             "--socket",
             len(os.fsencode(config.socket_path)) < 108,

@@ -1,0 +1,159 @@
+"""Request frames read by the engine thread itself while it is idle (perf-notes v76).
+
+Through the event loop a request's frame goes: the loop thread wakes, reads the frame through asyncio's streams,
+parses it, makes the job and queues it, and the engine thread wakes for the job. That is two thread wakes and two turns
+of the loop before the prefill's launch (~0.2-0.3 ms on the H100 host, perf-notes v38). Instead, a connection that
+waits for its next frame lends its socket to the engine thread while that thread is idle (`EngineThread.lend`). The
+engine thread waits on it in its own selector beside its job queue, and when a whole frame holding a request it can
+start has arrived, it takes the frame off the socket and runs the job at once.
+
+Anything else is left unread and the socket goes back to the loop, which reads and answers it as it always has: a
+partial frame (the loop applies the frame timeout), EOF, an oversized frame, anything `accept` declines (health,
+stats, a text prompt, a request error). So every reply and every error frame is the loop path's own; this path only
+ever starts jobs, and a frame is either taken whole, after it parsed and validated, or left whole.
+
+Rules that keep it exact:
+- The connection lends its socket only while asyncio's reader holds none of its bytes and reading is paused, so the
+  next frame can only be in the kernel's buffer, where the engine thread peeks (connection.py checks this).
+- `take` (engine thread) and `reclaim` (loop thread) run under the lent socket's lock; whichever comes first decides,
+  and the outcome, taken or back, is reported exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rollgraph.errors import RollgraphError
+from rollgraph.protocol import Request, decode_payload, parse_request
+
+logger = logging.getLogger(__name__)
+
+_HEADER = struct.Struct(">I")
+
+
+class Taken:
+    """What the engine thread took: the request, the job it runs, what `accept` built beside it, and the stamps of the
+    frame (`first_byte_at`: the engine thread woke for it; `body_at`: it was read whole; time.perf_counter())."""
+
+    def __init__(self, request: Request, job: Any, extra: Any, first_byte_at: float, body_at: float) -> None:
+        self.request = request
+        self.job = job
+        self.extra = extra
+        self.first_byte_at = first_byte_at
+        self.body_at = body_at
+
+
+BACK = None
+"""The outcome reported when the socket goes back to the loop with nothing read from it."""
+
+
+class LentSocket:
+    """A connection's socket while the engine thread may read its next request frame.
+
+    `sock` is the connection's non-blocking duplicate of its socket (token_writer.engine_socket). `accept(request)`
+    runs on the engine thread for a request that parsed: it returns `(job, extra)` to take the frame, None to leave it
+    for the loop, or raises RollgraphError (left for the loop, which answers it). `report(outcome)` is called exactly
+    once, with a `Taken` or `BACK`, from the thread that decided (it must be thread-safe). `release` is called with this
+    object once it is no longer lent (the engine thread's selector forgets it)."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        max_frame_bytes: int,
+        accept: Callable[[Request], tuple[Any, Any] | None],
+        report: Callable[[Taken | None], None],
+    ) -> None:
+        self._sock = sock
+        self._max = max_frame_bytes
+        self._accept = accept
+        self._report = report
+        self._lock = threading.Lock()
+        self.release: Callable[[LentSocket], None] = lambda lent: None
+        self.active = True
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def take(self) -> Any:
+        """On the engine thread, when the socket is readable: the job to run now, or None (the socket went back to the
+        loop, or was already reclaimed)."""
+        with self._lock:
+            if not self.active:
+                return None
+            woke = time.perf_counter()
+            body = self._peek_frame()
+            taken = None
+            if body is not None:
+                taken = self._start(body, woke)
+            self._finish(taken)
+            return taken.job if taken is not None else None
+
+    def reclaim(self) -> bool:
+        """On the loop thread: take the socket back unless the engine thread already decided; True if this call did."""
+        with self._lock:
+            if not self.active:
+                return False
+            self._finish(None)
+            return True
+
+    def _finish(self, taken: Taken | None) -> None:
+        self.active = False
+        self.release(self)
+        self._report(taken)
+
+    def _peek_frame(self) -> bytes | None:
+        """The next frame's body if it has arrived whole (nothing is consumed), else None."""
+        try:
+            head = self._sock.recv(_HEADER.size, socket.MSG_PEEK)
+            if len(head) < _HEADER.size:
+                return None  # EOF or a header still on its way: the loop reads it
+            (length,) = _HEADER.unpack(head)
+            if length > self._max:
+                return None  # the loop refuses it with frame_too_large
+            data = self._sock.recv(_HEADER.size + length, socket.MSG_PEEK)
+        except OSError:  # includes BlockingIOError: nothing to read after all
+            return None
+        return data[_HEADER.size :] if len(data) == _HEADER.size + length else None
+
+    def _start(self, body: bytes, woke: float) -> Taken | None:
+        """Parse and accept the frame; if accepted, consume it from the socket. None leaves it for the loop."""
+        body_at = time.perf_counter()
+        try:
+            request = parse_request(decode_payload(body))
+            accepted = self._accept(request)
+        except RollgraphError:
+            return None  # the loop parses it again and sends the error frame
+        except Exception:
+            logger.exception("reading a request on the engine thread failed; the loop reads it instead")
+            return None
+        if accepted is None:
+            return None
+        if not self._consume(_HEADER.size + len(body)):
+            return None
+        job, extra = accepted
+        return Taken(request, job, extra, woke, body_at)
+
+    def _consume(self, n: int) -> bool:
+        """Read the `n` bytes just peeked; they are in the socket's buffer, so this does not wait."""
+        view = memoryview(bytearray(n))
+        got = 0
+        try:
+            while got < n:
+                count = self._sock.recv_into(view[got:], n - got)
+                if count == 0:
+                    break
+                got += count
+        except OSError:
+            pass
+        if got == n:
+            return True
+        # Cannot happen while nothing else reads the socket; if it does, the stream is out of step, and the loop's
+        # next read fails on it and closes the connection (the request is not run).
+        logger.error("consumed %d of a peeked %d-byte request frame; the loop takes the connection back", got, n)
+        return False

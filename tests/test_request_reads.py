@@ -1,0 +1,290 @@
+"""Request frames read by the engine thread while it is idle (request_reads.py, perf-notes v76): which requests it
+takes, what it leaves for the loop unread, and that the server answers everything as the loop alone would."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+import threading
+import time
+
+import pytest
+
+from rollgraph.client import Client
+from rollgraph.engine_thread import EngineThread
+from rollgraph.errors import RequestError, ServerError
+from rollgraph.params import GenerationParams
+from rollgraph.protocol import GenerateRequest, encode_frame, recv_frame
+from rollgraph.request_reads import LentSocket, Taken
+from serverproc import FakeEngine, FakeGeneration, ThreadServer
+
+GENERATE = {"type": "generate", "input_tokens": [1, 2], "max_new_tokens": 3}
+
+
+# ---- the lent socket and the engine thread's selector, without a server ------------------------------------------
+
+
+class Lending:
+    """An EngineThread with nothing to run but what it reads from one lent end of a socket pair."""
+
+    def __init__(self, accept=None, max_frame_bytes: int = 1 << 16) -> None:
+        self.ran: list[str] = []
+        self.outcomes: list[Taken | None] = []
+        self.reported = threading.Event()
+        self.server, self.client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.setblocking(False)
+        self.thread = EngineThread(lambda: object())
+        self.thread.start()
+        self.thread.ready.result(10)
+        self.lent = LentSocket(self.server, max_frame_bytes, accept or self._accept, self._report)
+
+    def _accept(self, request):
+        if not isinstance(request, GenerateRequest):
+            return None
+        if request.input_tokens and request.input_tokens[0] >= 100:
+            raise RequestError("token id out of range", code="invalid_token")
+        return Job(self.ran, threading.current_thread().name), "extra"
+
+    def _report(self, taken: Taken | None) -> None:
+        self.outcomes.append(taken)
+        self.reported.set()
+
+    def wait(self) -> Taken | None:
+        assert self.reported.wait(5), "no outcome was reported"
+        return self.outcomes[0]
+
+    def close(self) -> None:
+        self.thread.stop()
+        assert self.thread.join(5)
+        self.server.close()
+        self.client.close()
+
+
+class Job:
+    def __init__(self, ran: list[str], name: str) -> None:
+        self.ran, self.name = ran, name
+
+    def run(self, engine) -> None:
+        self.ran.append(threading.current_thread().name)
+
+    def cancel(self) -> None:
+        pass
+
+
+@pytest.fixture
+def lending():
+    made = Lending()
+    yield made
+    made.close()
+
+
+def readable(sock: socket.socket) -> bytes:
+    return sock.recv(1 << 16, socket.MSG_PEEK)
+
+
+def test_a_whole_generate_frame_is_taken_off_the_socket_and_run_on_the_engine_thread(lending):
+    assert lending.thread.lend(lending.lent)
+    frame = encode_frame(GENERATE)
+    lending.client.sendall(frame)
+    taken = lending.wait()
+    assert isinstance(taken, Taken) and taken.extra == "extra" and taken.request.input_tokens == (1, 2)
+    assert taken.first_byte_at <= taken.body_at
+    deadline = time.monotonic() + 5
+    while not lending.ran and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert lending.ran == ["rollgraph-engine"]
+    with pytest.raises(BlockingIOError):
+        lending.server.recv(1)  # consumed whole, nothing more
+    assert not lending.lent.reclaim() and lending.outcomes == [taken]  # decided once
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(encode_frame({"type": "health"}), id="health"),
+        pytest.param(encode_frame({"type": "stats"}), id="stats"),
+        pytest.param(encode_frame({"type": "generate", "input_tokens": [200]}), id="request-error"),
+        pytest.param(encode_frame({"type": "generate", "input_tokens": "x"}), id="ill-typed"),
+        pytest.param(encode_frame(GENERATE)[:-3], id="partial-frame"),
+        pytest.param(encode_frame(GENERATE)[:2], id="partial-header"),
+        pytest.param((1 << 20).to_bytes(4, "big") + b"{}", id="oversized"),
+        pytest.param(b"\x00\x00\x00\x02{x", id="not-json"),
+    ],
+)
+def test_anything_else_goes_back_to_the_loop_unread(lending, data):
+    assert lending.thread.lend(lending.lent)
+    lending.client.sendall(data)
+    assert lending.wait() is None
+    assert readable(lending.server) == data  # every byte left for the loop to read
+    assert not lending.ran and not lending.lent.active
+
+
+def test_eof_goes_back_to_the_loop(lending):
+    assert lending.thread.lend(lending.lent)
+    lending.client.shutdown(socket.SHUT_WR)
+    assert lending.wait() is None and readable(lending.server) == b""
+
+
+def test_reclaim_before_any_byte_reports_back_once_and_the_engine_leaves_the_socket_alone(lending):
+    assert lending.thread.lend(lending.lent)
+    assert lending.lent.reclaim()
+    assert lending.wait() is None
+    frame = encode_frame(GENERATE)
+    lending.client.sendall(frame)
+    time.sleep(0.2)  # the engine thread no longer selects on it
+    assert readable(lending.server) == frame and lending.outcomes == [None] and not lending.ran
+    assert lending.lent.take() is None and not lending.lent.reclaim()
+
+
+def test_a_queued_job_still_wakes_the_engine_thread_while_a_socket_is_lent(lending):
+    assert lending.thread.lend(lending.lent)
+    done = concurrent.futures.Future()
+
+    class Call:
+        def run(self, engine) -> None:
+            done.set_result(threading.current_thread().name)
+
+        def cancel(self) -> None:
+            pass
+
+    lending.thread.submit(Call())
+    assert done.result(5) == "rollgraph-engine"
+    assert lending.lent.active  # still lent: the job came through the queue
+
+
+def test_an_engine_thread_that_has_ended_lends_nothing(lending):
+    lending.thread.stop()
+    assert lending.thread.join(5)
+    assert not lending.thread.lend(lending.lent)
+
+
+# ---- through a server ----------------------------------------------------------------------------------------
+
+
+def read_by(final: dict) -> str:
+    return final["timings"]["request_read_by"]
+
+
+def test_generate_and_inference_requests_are_read_by_the_idle_engine_thread():
+    engine = FakeEngine()
+    with ThreadServer(engine) as srv, Client(srv.socket_path) as c:
+        finals = []
+        for _ in range(5):
+            gen = c.generate([1, 2], max_new_tokens=3)
+            assert list(gen) == [3, 4, 5]
+            finals.append(gen.result)
+        # the connection lends its socket as soon as it waits; only its first frame may have come before that
+        assert [read_by(f) for f in finals[1:]] == ["engine"] * 4
+        assert c.send_request([7]) == [8]
+        server = c.stats()["server"]
+        assert server["requests_read_by_engine"] >= 5 and server["requests_served"] >= 6
+        assert engine.threads == {"rollgraph-engine"}
+
+
+def test_with_request_reads_loop_the_loop_reads_every_frame():
+    with ThreadServer(FakeEngine(), request_reads="loop") as srv, Client(srv.socket_path) as c:
+        for _ in range(3):
+            gen = c.generate([1, 2], max_new_tokens=3)
+            assert list(gen) == [3, 4, 5] and read_by(gen.result) == "loop"
+        assert c.stats()["server"]["requests_read_by_engine"] == 0
+
+
+def test_errors_health_and_stats_on_a_lent_connection_are_answered_as_by_the_loop():
+    with ThreadServer(FakeEngine()) as srv, Client(srv.socket_path) as c:
+        assert list(c.generate([1], max_new_tokens=2)) == [2, 3]
+        with pytest.raises(ServerError) as err:
+            list(c.generate([150], max_new_tokens=2))
+        assert err.value.code == "invalid_token"
+        assert c.health()["state"] == "ready"
+        with pytest.raises(ServerError) as err:
+            list(c.generate(prompt="text", max_new_tokens=2))
+        assert err.value.code == "no_tokenizer"
+        gen = c.generate([1], max_new_tokens=2)
+        assert list(gen) == [2, 3] and read_by(gen.result) == "engine"
+        assert c.stats()["server"]["errors"] == {"invalid_token": 1, "no_tokenizer": 1}
+
+
+def test_a_frame_sent_in_pieces_goes_to_the_loop_and_is_served():
+    with ThreadServer(FakeEngine()) as srv:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(srv.socket_path)
+        frame = encode_frame(dict(GENERATE, stream=False))
+        sock.sendall(frame[:3])
+        time.sleep(0.2)
+        sock.sendall(frame[3:9])
+        time.sleep(0.2)
+        sock.sendall(frame[9:])
+        final = recv_frame(sock)
+        assert final["output_tokens"] == [3, 4, 5] and read_by(final) == "loop"
+        sock.sendall(frame)  # the next one, whole, is the engine thread's again
+        final = recv_frame(sock)
+        assert final["output_tokens"] == [3, 4, 5] and read_by(final) == "engine"
+        sock.close()
+
+
+def test_pipelined_requests_are_answered_in_order():
+    with ThreadServer(FakeEngine()) as srv:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        sock.connect(srv.socket_path)
+        assert recv_frame(_call(sock, {"type": "health"}))["status"] == "success"
+        frames = [dict(GENERATE, input_tokens=[i], stream=False) for i in range(1, 6)]
+        sock.sendall(b"".join(encode_frame(f) for f in frames) + encode_frame({"type": "health"}))
+        outs = [recv_frame(sock)["output_tokens"] for _ in frames]
+        assert outs == [[i + 1, i + 2, i + 3] for i in range(1, 6)]
+        assert recv_frame(sock)["state"] == "ready"
+        sock.close()
+
+
+def _call(sock: socket.socket, message: dict) -> socket.socket:
+    sock.sendall(encode_frame(message))
+    return sock
+
+
+class SlowEngine(FakeEngine):
+    """Each token takes 20 ms, so a generation holds the engine thread for a while."""
+
+    def generate(self, params: GenerationParams) -> FakeGeneration:
+        gen = super().generate(params)
+        inner = gen._it
+
+        def slow():
+            for tok in inner:
+                time.sleep(0.02)
+                yield tok
+
+        gen._it = slow()
+        return gen
+
+
+def test_another_connection_is_answered_while_a_lent_request_generates():
+    with ThreadServer(SlowEngine()) as srv, Client(srv.socket_path) as a, Client(srv.socket_path) as b:
+        assert b.health()["state"] == "ready"  # b is connected and waits, its socket lent to the idle engine
+        gen = a.generate([1], max_new_tokens=60)  # ~1.2 s on the engine thread
+        assert next(gen) == 2
+        start = time.monotonic()
+        assert b.health()["state"] == "ready"
+        assert time.monotonic() - start < 0.5, "health waited for another connection's generation"
+        gen_b = b.generate([5], max_new_tokens=2)  # queued behind a's generation, then served
+        assert list(gen) == [(1 + i + 1) % 100 for i in range(1, 60)]
+        assert list(gen_b) == [6, 7]
+
+
+def test_clients_that_close_while_lent_leave_the_server_serving_and_it_stops_cleanly():
+    srv = ThreadServer(FakeEngine())
+    with srv:
+        for _ in range(5):
+            with Client(srv.socket_path) as c:
+                assert list(c.generate([1], max_new_tokens=2)) == [2, 3]
+        idle = [Client(srv.socket_path) for _ in range(3)]
+        for c in idle:
+            assert c.health()["state"] == "ready"  # open and idle at shutdown: lent, then reclaimed by the drain
+        with Client(srv.socket_path) as c:
+            deadline = time.monotonic() + 5
+            while c.stats()["server"]["connections_open"] > 4 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert c.stats()["server"]["connections_open"] == 4
+    assert srv.exit_code == 0
+    for c in idle:
+        c.close()
