@@ -10,7 +10,7 @@ Where the server reports `launch_ms` (v41), `engine` is split again into `engine
 return of token 0's launch call) and `engine_wait` (the rest: the GPU, the read-back).
 
 Usage: PYTHONPATH=src python scripts/ttft_overhead.py --model llama-tiny --mode eager --requests 300 [--out F.json]
-       [--server-arg=--token-writes=loop ...]
+       [--prompt-len N] [--gap-ms MS] [--server-arg=--token-writes=loop ...]
 It starts a real `rollgraph serve`, warms it up with 20 requests, then prints one JSON object of medians and
 10th/90th percentiles (milliseconds).
 """
@@ -42,6 +42,7 @@ def main() -> None:
     p.add_argument("--mode", default="eager")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--prompt-len", type=int, default=10)
+    p.add_argument("--gap-ms", type=float, default=0.0, help="idle time before each request (the bench's: ~1 ms)")
     p.add_argument("--out")
     p.add_argument("--server-arg", action="append", default=[], help="one more `serve` flag (repeatable)")
     p.add_argument("--server-cpus", help="run the server under `taskset -c` with this CPU list (e.g. 2,3)")
@@ -74,6 +75,8 @@ def main() -> None:
         ids = [3 + i % 200 for i in range(a.prompt_len)]
         with Client(sock) as c:
             for i in range(a.requests + 20):
+                if a.gap_ms:
+                    time.sleep(a.gap_ms / 1e3)
                 t0 = time.perf_counter()
                 gen = c.generate(ids, max_new_tokens=2)
                 sent = time.perf_counter()
@@ -114,6 +117,7 @@ def main() -> None:
         "server_args": a.server_arg,
         "server_cpus": a.server_cpus,
         "client_cpus": a.client_cpus,
+        "gap_ms": a.gap_ms,
         "python": sys.version.split()[0],
         **{
             k: {"median": round(statistics.median(v), 4), "p10": pct(v, 0.1), "p90": pct(v, 0.9)}

@@ -288,3 +288,33 @@ def test_clients_that_close_while_lent_leave_the_server_serving_and_it_stops_cle
     assert srv.exit_code == 0
     for c in idle:
         c.close()
+
+
+class SlowFirstToken(FakeEngine):
+    """Token 0 takes 0.3 s (a long prefill), the rest none."""
+
+    def generate(self, params: GenerationParams) -> FakeGeneration:
+        gen = super().generate(params)
+        inner = gen._it
+
+        def slow_first():
+            time.sleep(0.3)
+            yield from inner
+
+        gen._it = slow_first()
+        return gen
+
+
+def test_a_request_taken_before_shutdown_finishes_like_any_request_in_flight():
+    """The loop learns of a request the engine thread took only at its first token; a drain that comes before that
+    must not close the connection as idle."""
+    srv = ThreadServer(SlowFirstToken(), drain_timeout_s=10.0)
+    with srv, Client(srv.socket_path) as c:
+        assert c.health()["state"] == "ready"
+        time.sleep(0.05)  # the connection lends its socket again
+        gen = c.generate([1], max_new_tokens=5, stream=False)
+        time.sleep(0.1)  # taken by the engine thread, token 0 not made yet
+        assert srv._loop is not None and srv._stop is not None
+        srv._loop.call_soon_threadsafe(srv._stop.set)
+        assert list(gen) == [2, 3, 4, 5, 6] and gen.result["timings"]["request_read_by"] == "engine"
+    assert srv.exit_code == 0

@@ -198,8 +198,11 @@ class Connection:
         self._loop = asyncio.get_running_loop()  # made on the loop, in its connection callback
 
     def close(self) -> None:
-        """Close an idle connection: its read sees EOF and `serve` returns."""
+        """Close an idle connection: its read sees EOF and `serve` returns. A connection whose lent socket the engine
+        thread has just read a request from is not idle: that request runs on like any other in flight."""
         self._reclaim()
+        if self._lent is not None and self._lent.taken:
+            return
         self.writer.close()
 
     def abort(self) -> None:

@@ -76,6 +76,7 @@ class LentSocket:
         self._lock = threading.Lock()
         self.release: Callable[[LentSocket], None] = lambda lent: None
         self.active = True
+        self.taken = False  # the engine thread took a request off it (set before `report` is called)
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -104,6 +105,7 @@ class LentSocket:
 
     def _finish(self, taken: Taken | None) -> None:
         self.active = False
+        self.taken = taken is not None
         self.release(self)
         self._report(taken)
 

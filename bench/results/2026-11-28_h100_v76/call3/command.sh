@@ -1,0 +1,1 @@
+STEP_TIMEOUT=400 bash scripts/gpu_run.sh $OUT "tests:inline_decode or skinny or norms_carried or configs_are_timed or only_a_replayed or blas_choice or every_cublaslt or failed_cuda_capture or real_out_of_memory" 2>&1 | tail -30
