@@ -318,3 +318,46 @@ def test_a_request_taken_before_shutdown_finishes_like_any_request_in_flight():
         srv._loop.call_soon_threadsafe(srv._stop.set)
         assert list(gen) == [2, 3, 4, 5, 6] and gen.result["timings"]["request_read_by"] == "engine"
     assert srv.exit_code == 0
+
+
+def test_many_clients_mixing_every_request_kind_get_every_answer_right():
+    """Lends, takes and reclaims racing across connections: eight clients, each a mix of streamed and whole
+    generations, the original message, health, stats and refused requests, all at once."""
+    errors: list[BaseException] = []
+
+    def client(k: int, srv: ThreadServer) -> None:
+        try:
+            with Client(srv.socket_path, timeout=30) as c:
+                for i in range(25):
+                    last = (k * 7 + i) % 90 or 90
+                    last += last == 13  # the stand-in engine fails on 13
+                    match i % 6:
+                        case 0 | 1:
+                            want = [(last + j) % 100 for j in range(1, 5)]
+                            assert list(c.generate([1, last], max_new_tokens=4)) == want
+                        case 2:
+                            gen = c.generate([last], max_new_tokens=3, stream=False)
+                            assert list(gen) == [(last + j) % 100 for j in range(1, 4)]
+                        case 3:
+                            assert c.send_request([last]) == [(last + 1) % 100]
+                        case 4:
+                            assert c.health()["state"] == "ready" and c.stats()["server"]["connections_open"] >= 1
+                        case 5:
+                            with pytest.raises(ServerError) as err:
+                                list(c.generate([100 + k], max_new_tokens=2))
+                            assert err.value.code == "invalid_token"
+        except BaseException as exc:  # handed to the main thread
+            errors.append(exc)
+
+    with ThreadServer(FakeEngine()) as srv:
+        threads = [threading.Thread(target=client, args=(k, srv)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors[0]
+        with Client(srv.socket_path) as c:
+            server = c.stats()["server"]
+        assert server["errors"] == {"invalid_token": 8 * 4}
+        assert server["served_by_type"]["generate"] == 8 * 13 and server["served_by_type"]["inference"] == 8 * 4
+        assert server["requests_read_by_engine"] > 0

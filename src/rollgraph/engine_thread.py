@@ -271,7 +271,12 @@ class EngineThread:
                     while os.read(self._wake_r, 4096):
                         pass
                 continue
-            job = key.data.take()
+            try:
+                job = key.data.take()
+            except Exception:  # take() reports its own outcomes; this only keeps the one engine thread alive
+                logger.exception("reading a lent socket failed; it goes back to the loop")
+                key.data.reclaim()
+                continue
             if job is not None:
                 return job
         try:
