@@ -8,9 +8,10 @@ engine thread waits on it in its own selector beside its job queue, and when a w
 start has arrived, it takes the frame off the socket and runs the job at once.
 
 Anything else is left unread and the socket goes back to the loop, which reads and answers it as it always has: a
-partial frame (the loop applies the frame timeout), EOF, an oversized frame, anything `accept` declines (health,
-stats, a text prompt, a request error). So every reply and every error frame is the loop path's own; this path only
-ever starts jobs, and a frame is either taken whole, after it parsed and validated, or left whole.
+partial frame (the loop applies the frame timeout), EOF, an oversized frame, a frame that does not parse as a request,
+anything `accept` declines (health, stats, a text prompt). So this path only ever starts jobs, and a frame is either
+taken whole, after it parsed and `accept` took it, or left whole. (A taken request that the engine then refuses, an id
+past the vocabulary say, fails in its job with the error frame the loop's own check sends.)
 
 Rules that keep it exact:
 - The connection lends its socket only while asyncio's reader holds none of its bytes and reading is paused, so the
@@ -100,7 +101,7 @@ class LentSocket:
         with self._lock:
             if not self.active:
                 return False
-            self._finish(None)
+            self._finish(BACK)
             return True
 
     def _finish(self, taken: Taken | None) -> None:
