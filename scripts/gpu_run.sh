@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A GPU session's work in one call, step by step; each step writes its files under OUT.
 # Usage on the device machine: bash scripts/gpu_run.sh OUT STEP...   with STEP one of
-#   tests[:EXPR]               the `gpu` tests (only those pytest's -k EXPR selects, if given)
+#   tests[:EXPR]               the `gpu` tests (only those pytest's -k EXPR selects, if given); the whole set takes
+#                              6.5 min or more on an H100, so give it STEP_TIMEOUT >= 600 (360 cut it short, v76)
 #   figures:MODELS:MODES[:N]   scripts/pool_figures.py (e.g. figures:llama-2-7b:graphs,compile+graphs), N measured
 #                              requests per prompt length (3 by default)
 #   profile:MODEL:MODES[:LENS] scripts/profile_decode.py (LENS: prompt lengths whose prefill to profile too), in OUT/pN
