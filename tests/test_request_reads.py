@@ -361,3 +361,15 @@ def test_many_clients_mixing_every_request_kind_get_every_answer_right():
         assert server["errors"] == {"invalid_token": 8 * 4}
         assert server["served_by_type"]["generate"] == 8 * 13 and server["served_by_type"]["inference"] == 8 * 4
         assert server["requests_read_by_engine"] > 0
+
+
+def test_a_long_request_frame_is_read_whole_by_whichever_thread_takes_it():
+    """A frame of tens of kilobytes arrives in several pieces of the socket's buffer: the engine thread's peek and
+    single read take it whole, or the loop reads it; the answer is the same."""
+    with ThreadServer(FakeEngine()) as srv, Client(srv.socket_path) as c:
+        for n in (3_000, 20_000):
+            ids = [(i * 7) % 90 + 1 for i in range(n)]
+            ids = [14 if t == 13 else t for t in ids]  # the stand-in engine fails on 13
+            gen = c.generate(ids, max_new_tokens=3, stream=False)
+            assert list(gen) == [(ids[-1] + j) % 100 for j in range(1, 4)]
+            assert gen.result["usage"]["prompt_tokens"] == n

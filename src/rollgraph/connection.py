@@ -39,6 +39,7 @@ from rollgraph.errors import RequestError, RollgraphError
 from rollgraph.params import GenerationParams
 from rollgraph.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
+    FRAME_HEADER,
     FrameTooLarge,
     GenerateRequest,
     HealthRequest,
@@ -56,7 +57,6 @@ from rollgraph.token_writer import DirectWriter, TokenFrames, engine_socket
 
 logger = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">I")
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -359,8 +359,8 @@ class Connection:
         return None
 
     async def _rest_of_frame(self, first: bytes) -> bytes:
-        header = first + await self.reader.readexactly(_HEADER.size - 1)
-        (length,) = _HEADER.unpack(header)
+        header = first + await self.reader.readexactly(FRAME_HEADER.size - 1)
+        (length,) = FRAME_HEADER.unpack(header)
         if length > self.ctx.config.max_frame_bytes:
             raise FrameTooLarge(length, self.ctx.config.max_frame_bytes)
         return await self.reader.readexactly(length)

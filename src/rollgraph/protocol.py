@@ -55,7 +55,8 @@ MAX_COUNT = 2**31 - 1
 FINISH_REASONS = ("stop", "length", "cancelled")
 KNOWN_TYPES = ("inference", "generate", "stats", "health")
 
-_HEADER = struct.Struct(">I")
+FRAME_HEADER = struct.Struct(">I")
+"""A frame's 4-byte big-endian body length (the one definition; the server's readers use it too)."""
 _MAX_HEADER_LENGTH = 2**32 - 1
 _SHOW_LIMIT = 60
 
@@ -100,7 +101,7 @@ def encode_frame(obj: dict) -> bytes:
         body = _ASCII_ENCODER.encode(obj).encode("ascii")
     if len(body) > _MAX_HEADER_LENGTH:
         raise FrameTooLarge(len(body), _MAX_HEADER_LENGTH)
-    return _HEADER.pack(len(body)) + body
+    return FRAME_HEADER.pack(len(body)) + body
 
 
 def _reject_constant(name: str) -> None:
@@ -161,12 +162,12 @@ async def read_frame(reader: asyncio.StreamReader, max_bytes: int = DEFAULT_MAX_
     mid-frame, FrameTooLarge as soon as the header declares more than `max_bytes` (body left unread), and
     RequestError from `decode_payload` (the frame was consumed whole, so the stream stays in sync)."""
     try:
-        header = await reader.readexactly(_HEADER.size)
+        header = await reader.readexactly(FRAME_HEADER.size)
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
             return None
-        raise ConnectionClosed(_closed_in("header", len(exc.partial), _HEADER.size), len(exc.partial)) from None
-    (length,) = _HEADER.unpack(header)
+        raise ConnectionClosed(_closed_in("header", len(exc.partial), FRAME_HEADER.size), len(exc.partial)) from None
+    (length,) = FRAME_HEADER.unpack(header)
     if length > max_bytes:
         raise FrameTooLarge(length, max_bytes)
     try:
@@ -194,12 +195,12 @@ def recv_frame(sock: socket.socket, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) ->
     """Blocking twin of `read_frame`: None on a clean EOF before any header byte, same exceptions
     otherwise."""
     try:
-        header = recv_exactly(sock, _HEADER.size)
+        header = recv_exactly(sock, FRAME_HEADER.size)
     except ConnectionClosed as exc:
         if exc.received == 0:
             return None
-        raise ConnectionClosed(_closed_in("header", exc.received, _HEADER.size), exc.received) from None
-    (length,) = _HEADER.unpack(header)
+        raise ConnectionClosed(_closed_in("header", exc.received, FRAME_HEADER.size), exc.received) from None
+    (length,) = FRAME_HEADER.unpack(header)
     if length > max_bytes:
         raise FrameTooLarge(length, max_bytes)
     try:

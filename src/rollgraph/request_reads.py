@@ -24,30 +24,28 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from rollgraph.errors import RollgraphError
-from rollgraph.protocol import Request, decode_payload, parse_request
+from rollgraph.protocol import FRAME_HEADER, Request, decode_payload, parse_request
 
 logger = logging.getLogger(__name__)
 
-_HEADER = struct.Struct(">I")
 
-
+@dataclass(frozen=True)
 class Taken:
     """What the engine thread took: the request, the job it runs, what `accept` built beside it, and the stamps of the
     frame (`first_byte_at`: the engine thread woke for it; `body_at`: it was read whole; time.perf_counter())."""
 
-    def __init__(self, request: Request, job: Any, extra: Any, first_byte_at: float, body_at: float) -> None:
-        self.request = request
-        self.job = job
-        self.extra = extra
-        self.first_byte_at = first_byte_at
-        self.body_at = body_at
+    request: Request
+    job: Any
+    extra: Any
+    first_byte_at: float
+    body_at: float
 
 
 BACK = None
@@ -113,16 +111,16 @@ class LentSocket:
     def _peek_frame(self) -> bytes | None:
         """The next frame's body if it has arrived whole (nothing is consumed), else None."""
         try:
-            head = self._sock.recv(_HEADER.size, socket.MSG_PEEK)
-            if len(head) < _HEADER.size:
+            head = self._sock.recv(FRAME_HEADER.size, socket.MSG_PEEK)
+            if len(head) < FRAME_HEADER.size:
                 return None  # EOF or a header still on its way: the loop reads it
-            (length,) = _HEADER.unpack(head)
+            (length,) = FRAME_HEADER.unpack(head)
             if length > self._max:
                 return None  # the loop refuses it with frame_too_large
-            data = self._sock.recv(_HEADER.size + length, socket.MSG_PEEK)
+            data = self._sock.recv(FRAME_HEADER.size + length, socket.MSG_PEEK)
         except OSError:  # includes BlockingIOError: nothing to read after all
             return None
-        return data[_HEADER.size :] if len(data) == _HEADER.size + length else None
+        return data[FRAME_HEADER.size :] if len(data) == FRAME_HEADER.size + length else None
 
     def _start(self, body: bytes, woke: float) -> Taken | None:
         """Parse and accept the frame; if accepted, consume it from the socket. None leaves it for the loop."""
@@ -137,23 +135,17 @@ class LentSocket:
             return None
         if accepted is None:
             return None
-        if not self._consume(_HEADER.size + len(body)):
+        if not self._consume(FRAME_HEADER.size + len(body)):
             return None
         job, extra = accepted
         return Taken(request, job, extra, woke, body_at)
 
     def _consume(self, n: int) -> bool:
-        """Read the `n` bytes just peeked; they are in the socket's buffer, so this does not wait."""
-        view = memoryview(bytearray(n))
-        got = 0
+        """Read the `n` bytes just peeked; they are in the socket's buffer, so one read takes them without waiting."""
         try:
-            while got < n:
-                count = self._sock.recv_into(view[got:], n - got)
-                if count == 0:
-                    break
-                got += count
+            got = len(self._sock.recv(n))
         except OSError:
-            pass
+            got = 0
         if got == n:
             return True
         # Cannot happen while nothing else reads the socket; if it does, the stream is out of step, and the loop's
