@@ -105,6 +105,8 @@ def main() -> None:
                 for k, v in parts.items():
                     rows[k].append(v)
                 rows["unsplit"].append(client - sum(parts.values()))
+                for name, ms in (t.get("host_marks_ms") or {}).items():  # ROLLGRAPH_HOST_MARKS=1 (host_marks.py)
+                    rows[f"mark_{name}"].append(ms)
                 if t.get("launch_ms") is not None:  # engine = launch (host, to token 0's launch) + the wait (v41)
                     rows["engine_launch"].append(t["launch_ms"])
                     rows["engine_wait"].append(parts["engine"] - t["launch_ms"])

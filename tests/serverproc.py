@@ -154,6 +154,8 @@ class FakeEngine:
         self.validate(params)
         return FakeGeneration(self, params)
 
+    start = generate  # nothing to launch ahead: its steps are made as the generation is iterated
+
     def stats(self) -> dict:
         self.threads.add(threading.current_thread().name)
         return {"model": "fake", "pending": self.pending}

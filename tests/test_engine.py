@@ -283,6 +283,53 @@ def test_launch_ms_is_reported_up_to_token_0s_launch():
     assert gen.result.launch_ms is None  # the seed loop launches token 0 itself
 
 
+@pytest.mark.parametrize("mode", ["eager", "seed"])
+def test_start_launches_token_0_before_it_returns_and_yields_what_generate_does(mode, monkeypatch):
+    engine, ids = make_engine("llama-tiny", mode=mode), [4, 8, 15, 16, 23]
+    launched = []
+    monkeypatch.setattr(engine, "_first_token", _counting(engine._first_token, launched))
+    gen = engine.start(GenerationParams(tuple(ids), 6))
+    assert launched == ([] if mode == "seed" else [1])  # seed mode's loop launches every step itself
+    assert engine.requests == 1 and gen.result.output_tokens == []
+    assert list(gen) == run(make_engine("llama-tiny", mode=mode), ids, 6)
+
+
+def _counting(fn, calls):
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return wrapped
+
+
+def test_start_refuses_a_bad_request_before_launching_anything():
+    engine = make_engine("llama-tiny", mode="eager")
+    with pytest.raises(RequestError, match=r"\[0, 320\)"):
+        engine.start(GenerationParams((1, 320), 4))
+    assert engine.requests == 0
+
+
+def test_a_failed_launch_raises_at_the_first_next_and_the_engine_goes_on(monkeypatch):
+    engine = make_engine("llama-tiny", mode="eager")
+    ids = [7, 6, 5]
+    with monkeypatch.context() as m:
+        m.setattr(engine, "_prefill", lambda *a: (_ for _ in ()).throw(RuntimeError("injected launch failure")))
+        gen = engine.start(GenerationParams(tuple(ids), 3))  # the error waits for the iteration, as generate's does
+        with pytest.raises(RuntimeError, match="injected"):
+            next(iter(gen))
+        gen.close()
+    assert run(engine, ids, 3) == run(make_engine("llama-tiny", mode="eager"), ids, 3)
+
+
+def test_a_started_generation_closed_unread_leaves_row_0_unheld():
+    engine = make_engine("llama-tiny", mode="eager")
+    ids = [9, 8, 7, 6]
+    first = run(engine, ids, 1)  # row 0 now holds ids, ready to be extended by `first`
+    engine.start(GenerationParams((1, 2), 5)).close()  # launched over row 0, never read
+    assert run(engine, [*ids, *first], 4) == run(make_engine("llama-tiny", mode="eager"), [*ids, *first], 4)
+    assert engine.counters == {"prefill": 3}  # nothing was reused after the unread launch
+
+
 def test_the_residual_rides_in_the_product_only_past_skinny_rows(monkeypatch):
     """`residual + x @ w.T` is one product in place on the residual with more rows than skinny_linear takes (cuBLAS
     adds it in its epilogue), a product and an add with fewer; the same values either way, and the same tokens in

@@ -373,3 +373,41 @@ def test_a_long_request_frame_is_read_whole_by_whichever_thread_takes_it():
             gen = c.generate(ids, max_new_tokens=3, stream=False)
             assert list(gen) == [(ids[-1] + j) % 100 for j in range(1, 4)]
             assert gen.result["usage"]["prompt_tokens"] == n
+
+
+# ---- a real engine: token 0 launched right after the parse (perf-notes v77) ---------------------------------------
+
+
+def tiny_engine():
+    from rollgraph.config import EngineConfig, ModelConfig
+    from rollgraph.engine import Engine
+    from rollgraph.models import load_model
+
+    return Engine(load_model(ModelConfig("llama-tiny")), EngineConfig(mode="eager", max_seq_len=256))
+
+
+def test_a_request_the_engine_read_is_launched_before_its_job_is_built_and_timed_from_there(monkeypatch):
+    from rollgraph import host_marks
+
+    monkeypatch.setattr(host_marks, "ENABLED", True)
+    engine = tiny_engine()
+    ref = list(tiny_engine().generate(GenerationParams((5, 6, 7), 6)))
+    with ThreadServer(engine) as srv, Client(srv.socket_path) as c:
+        list(c.generate([1, 2], max_new_tokens=2))  # the first frame may come before the socket is lent
+        gen = c.generate([5, 6, 7], max_new_tokens=6)
+        assert list(gen) == ref
+    t = gen.result["timings"]
+    assert t["request_read_by"] == "engine" and t["queue_ms"] == 0.0
+    marks = t["host_marks_ms"]
+    order = ["woke", "peeked", "decoded", "parsed", "launch", "prefill", "prompt", "pushed", "accepted", "consumed"]
+    assert [marks[name] for name in order] == sorted(marks[name] for name in order)  # launched, then the job built
+    assert marks["run"] <= marks["token0"]
+    assert t["ttft_ms"] == t["prefill_ms"]  # the server's TTFT starts where the launch began: no queue to add
+
+
+def test_host_marks_are_off_by_default():
+    with ThreadServer(tiny_engine()) as srv, Client(srv.socket_path) as c:
+        for _ in range(2):
+            gen = c.generate([1, 2, 3], max_new_tokens=2)
+            list(gen)
+            assert "host_marks_ms" not in gen.result["timings"]

@@ -31,7 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rollgraph.config import ServerConfig
 from rollgraph.engine_thread import CallJob, Done, EngineThread, Event, Failed, GenerateJob, Token
@@ -54,6 +54,9 @@ from rollgraph.protocol import (
 )
 from rollgraph.request_reads import LentSocket, Taken
 from rollgraph.token_writer import DirectWriter, TokenFrames, engine_socket
+
+if TYPE_CHECKING:
+    from rollgraph.generation import Generation
 
 logger = logging.getLogger(__name__)
 
@@ -311,9 +314,9 @@ class Connection:
         return False
 
     def _accept(self, request: Request, events: asyncio.Queue, direct: DirectWriter | None) -> tuple[Any, Any] | None:
-        """On the engine thread: the job for a request it may start, or None for one the loop answers. The engine's
-        own checks run in the job (`Engine.generate` validates): a request they refuse fails with the error frame the
-        loop's check would have sent, without a second pass over its ids on the way to the launch."""
+        """On the engine thread: the job for a request it may start, or None for one the loop answers. Token 0's step
+        is launched first (`Engine.start`, which validates), and the job and what relays its events are built while
+        the GPU runs it (perf-notes v77). A request the engine refuses raises here, so the loop answers it."""
         if isinstance(request, GenerateRequest) and request.prompt is None:
             params, stream = request.params, request.stream
         elif isinstance(request, InferenceRequest):
@@ -321,7 +324,9 @@ class Connection:
         else:
             return None
         assert params is not None
-        running = self._running(params, stream, events, direct)
+        at = time.perf_counter()
+        started = self.ctx.engine.start(params)
+        running = self._running(params, stream, events, direct, started, at)
         return running.job, running
 
     def _drop_peek(self) -> None:
@@ -479,9 +484,16 @@ class Connection:
         return DirectWriter(sock) if sock is not None else None
 
     def _running(
-        self, params: GenerationParams, stream: bool, events: asyncio.Queue, direct: DirectWriter | None
+        self,
+        params: GenerationParams,
+        stream: bool,
+        events: asyncio.Queue,
+        direct: DirectWriter | None,
+        started: Generation | None = None,
+        started_at: float | None = None,
     ) -> Running:
-        """The job for `params` whose events go to `events` (on either thread: it only builds objects). With `stream`
+        """The job for `params` (or for `started`, a generation the engine thread launched at `started_at`) whose
+        events go to `events` (on either thread: it only builds objects). With `stream`
         the tokens are streamed: the engine thread encodes each frame and, with a DirectWriter, sends it itself
         (token_writer.py); what that cannot send comes to `events` as a `FrameBytes`, written in order by `_run`."""
         loop = self._loop
@@ -499,7 +511,7 @@ class Connection:
             running.started()
             _post(loop, events, event)
 
-        running = Running(GenerateJob(params, emit), events, frames, direct)
+        running = Running(GenerateJob(params, emit, started, started_at), events, frames, direct)
         return running
 
     async def _run(self, what: GenerationParams | Taken, stream: bool) -> Done:
@@ -653,7 +665,8 @@ def final_frame(done: Done, tokenizer: Any, transport_ms: dict | None = None) ->
     """The final generate frame: protocol.generate_reply plus server timings and prefix reuse.
 
     `transport_ms` is what the connection adds around the engine: `first_byte_to_frame_ms` (the request frame's
-    first byte seen -> read whole), `frame_to_queue_ms` (read whole -> job queued) and, when streaming,
+    first byte seen -> read whole), `frame_to_queue_ms` (read whole -> job queued; for a request the engine thread
+    read itself, -> token 0's launch began) and, when streaming,
     `first_token_out_ms` (token 0 made -> its frame written) and the median and largest gaps between tokens as made
     and as sent (`itl_made_*`, `itl_sent_*`). A client's TTFT minus the server's `ttft_ms` minus these is the socket
     and the client itself. `first_byte_at` and `first_token_sent_at` are this process's time.perf_counter() at those

@@ -10,12 +10,13 @@ import logging
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 
-from rollgraph import blas_choice
+from rollgraph import blas_choice, host_marks
 from rollgraph.config import EngineConfig, PoolConfig
 from rollgraph.errors import RequestError
 from rollgraph.generation import Generation, GenerationResult
@@ -31,6 +32,17 @@ BUILD_THREADS = 8
 """Threads that run the default keys' eager steps once before the captures, so their Triton kernels build in parallel
 (steps.run_once_in_threads); 0 or 1 builds them one after another, as the captures would."""
 SEED_POOL = PoolConfig(max_graphs=50, max_bytes=1 << 62, on_miss="capture")
+
+
+class _Launched(NamedTuple):
+    """A generation once token 0's step is launched: the prompt, the host time it began, token 0's handle (None in
+    seed mode, whose loop launches every step), how step i runs, and whether step i replays a graph."""
+
+    ids: list[int]
+    start: float
+    first: int | None
+    step: Callable[[int], None]
+    replays: Callable[[int], bool] | None
 
 
 class Engine:
@@ -171,7 +183,9 @@ class Engine:
         capturable = self.graphs_enabled and key.phase in self.runner.graph_phases
         entry = self.pool.get(key) if capturable else None
         if entry is not None:
+            host_marks.mark("pool")
             entry.graph.replay()
+            host_marks.mark("replayed")
             return entry.source
         self._fn(key)()
         return self._direct
@@ -199,12 +213,29 @@ class Engine:
             )
 
     def generate(self, params: GenerationParams) -> Generation:
-        """Validate, then return an iterator of the generated token ids."""
+        """Validate, then return an iterator of the generated token ids (token 0's step launches at the first next)."""
+        params = self._checked(params)
+        result = GenerationResult(prompt_tokens=len(params.input_ids))
+        return Generation(self._run(params, result), result)
+
+    def start(self, params: GenerationParams) -> Generation:
+        """`generate`, with token 0's step launched before this returns: the GPU starts on it while the caller
+        builds whatever goes around the generation (the engine thread, for a request it read itself; perf-notes
+        v77). Close the result if it is not iterated: a launched step that nobody reads only leaves row 0 unheld.
+        Raises RequestError as `generate` does; a launch that fails raises at the first next(), as it would there."""
+        params = self._checked(params)
+        result = GenerationResult(prompt_tokens=len(params.input_ids))
+        try:
+            launched = self._launch(params, result)
+        except Exception as exc:
+            return Generation(_raising(exc), result)
+        return Generation(self._tokens(params, result, launched), result)
+
+    def _checked(self, params: GenerationParams) -> GenerationParams:
         self.validate(params)
         if params.sampling.seed is None and not params.sampling.greedy:
             params = replace(params, sampling=replace(params.sampling, seed=random.getrandbits(62)))
-        result = GenerationResult(prompt_tokens=len(params.input_ids))
-        return Generation(self._run(params, result), result)
+        return params
 
     def next_token(self, input_ids: list[int]) -> int:
         """The original design's message: the greedy next token after `input_ids` (prefix reuse applies)."""
@@ -218,6 +249,11 @@ class Engine:
         buf.seeds[0] = s.seed or 0
 
     def _run(self, params: GenerationParams, result: GenerationResult) -> Iterator[int]:
+        yield from self._tokens(params, result, self._launch(params, result))
+
+    def _launch(self, params: GenerationParams, result: GenerationResult) -> _Launched:
+        """Launch whatever yields token 0 (seed mode: nothing yet, its loop launches every step)."""
+        host_marks.mark("launch")
         self.requests += 1
         ids, smp, start = list(params.input_ids), not params.sampling.greedy, time.perf_counter()
         held, ahead = self._row_tokens, self._ahead
@@ -225,20 +261,24 @@ class Engine:
         if smp:  # greedy steps read no sampling buffer: four fewer copies before the prefill starts
             self._set_sampling(params)
         if self.config.mode == "seed":
-            first, step, replays = None, self._seed_step(ids, smp, result), None
-        else:
-            first = self._first_token(ids, params, held, ahead, result)
-            result.launch_ms = (time.perf_counter() - start) * 1e3
+            return _Launched(ids, start, None, self._seed_step(ids, smp, result), None)
+        first = self._first_token(ids, params, held, ahead, result)
+        result.launch_ms = (time.perf_counter() - start) * 1e3
 
-            def key(i: int) -> GraphKey:
-                return GraphKey("decode", 1, self._kv_len(len(ids) + i - 1), smp)
+        def key(i: int) -> GraphKey:
+            return GraphKey("decode", 1, self._kv_len(len(ids) + i - 1), smp)
 
-            def step(i: int) -> None:
-                result.sources[self._execute(key(i))] += 1
+        def step(i: int) -> None:
+            result.sources[self._execute(key(i))] += 1
 
-            def replays(i: int) -> bool:
-                return self._replays(key(i))
+        def replays(i: int) -> bool:
+            return self._replays(key(i))
 
+        return _Launched(ids, start, first, step, replays)
+
+    def _tokens(self, params: GenerationParams, result: GenerationResult, launched: _Launched) -> Iterator[int]:
+        """The token ids after `_launch`; row 0 is held for reuse only if the generation ends well."""
+        ids, start, first, step, replays = launched
         ok = False
         try:
             yield from self._loop(params, result, step, start, first, replays)
@@ -293,6 +333,8 @@ class Engine:
                 launch()
             tok = self.host.pop(slots.popleft())
             now = time.perf_counter()
+            if not i:
+                host_marks.mark("token0")
             if i:
                 result.step_ms.append((now - start) * 1e3)
             else:
@@ -339,7 +381,9 @@ class Engine:
         else:
             self.counters["prefill"] += 1
             self._prefill(ids, smp, result)
-        return self.host.push(buf.tokens[:1])
+        handle = self.host.push(buf.tokens[:1])
+        host_marks.mark("pushed")
+        return handle
 
     def _keep_row(self, ids: list[int], params: GenerationParams, result: GenerationResult) -> None:
         """Remember what row 0 holds; after a one-token request, speculate the step its resend would ask for.
@@ -366,7 +410,9 @@ class Engine:
         """Fill row 0 with `ids` from position 0 and leave the first sampled token in the buffers."""
         n = len(ids)
         bucket = next((b for b in self.config.prefill_buckets if n <= b <= self.max_seq_len), None)
+        host_marks.mark("prefill")
         self._put_prompt(ids, bucket or n)
+        host_marks.mark("prompt")
         if bucket is None:  # longer than every bucket: one pass at its exact length, no graph
             self.steps.fn(GraphKey("prefill", 1, n, smp))()
             result.sources[self._direct] += 1
@@ -434,6 +480,12 @@ class Engine:
                 "weight_bytes": getattr(self.runner, "weight_bytes", None),
             },
         }
+
+
+def _raising(exc: Exception) -> Iterator[int]:
+    """A generation whose launch failed: raises that error at the first next()."""
+    raise exc
+    yield  # a generator function, so nothing runs until then
 
 
 def compile_cache_counts() -> dict[str, int]:

@@ -27,11 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from rollgraph import host_marks
 from rollgraph.errors import RollgraphError
 
 if TYPE_CHECKING:
     from rollgraph.engine import Engine
-    from rollgraph.generation import GenerationResult
+    from rollgraph.generation import Generation, GenerationResult
     from rollgraph.params import GenerationParams
     from rollgraph.request_reads import LentSocket
 
@@ -77,12 +78,23 @@ class GenerateJob:
     `cancel()` may be called from any thread: the engine thread checks the flag between tokens and closes
     the generation, which frees its cache row; a job cancelled before it starts never runs. Exactly one
     terminal event (Done or Failed) is emitted, whatever happens.
+
+    `started` is the generation when the engine thread has already launched it (`Engine.start`, for a request it
+    read itself), and `enqueued` then the time.perf_counter() at which that launch began: such a job waited in no
+    queue, so its Done reports `queue_ms` 0 and its time from there.
     """
 
-    def __init__(self, params: GenerationParams, emit: Callable[[Event], None]) -> None:
+    def __init__(
+        self,
+        params: GenerationParams,
+        emit: Callable[[Event], None],
+        started: Generation | None = None,
+        enqueued: float | None = None,
+    ) -> None:
         self.params = params
         self.emit = emit
-        self.enqueued = time.perf_counter()
+        self._started = started
+        self.enqueued = time.perf_counter() if enqueued is None else enqueued
         self._cancelled = False  # set from any thread: one store, atomic under the GIL (no Event to make, v40)
 
     def cancel(self) -> None:
@@ -94,18 +106,24 @@ class GenerateJob:
 
     def run(self, engine: Engine) -> None:
         started = time.perf_counter()
-        gen = None
+        gen = self._started
+        if gen is None:  # a job from the queue: its stamps start here
+            host_marks.begin("run")
+        else:
+            host_marks.mark("run")
         try:
             if self.cancelled:
                 from rollgraph.generation import GenerationResult
 
                 result = GenerationResult(prompt_tokens=len(self.params.input_ids), finish_reason="cancelled")
             else:
-                gen = engine.generate(self.params)
+                gen = gen or engine.generate(self.params)
                 self._stream(gen)
                 result = gen.result
+                result.host_marks = host_marks.drain()
             now = time.perf_counter()
-            self.emit(Done(result, (started - self.enqueued) * 1e3, (now - self.enqueued) * 1e3))
+            queued = 0.0 if self._started is not None else started - self.enqueued
+            self.emit(Done(result, queued * 1e3, (now - self.enqueued) * 1e3))
         except RollgraphError as exc:
             self.emit(Failed(exc))
         except Exception as exc:

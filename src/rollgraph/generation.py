@@ -21,6 +21,8 @@ class GenerationResult:
     step_ms: list[float] = field(default_factory=list)
     sources: Counter = field(default_factory=Counter)
     prefix_reused: int = 0
+    host_marks: dict[str, float] | None = None
+    """host_marks.py's stamps of this request (only with ROLLGRAPH_HOST_MARKS=1)."""
 
     def to_dict(self) -> dict:
         steps = self.step_ms
@@ -33,6 +35,7 @@ class GenerationResult:
                 "launch_ms": round(self.launch_ms, 3) if self.launch_ms is not None else None,
                 "decode_ms_mean": round(sum(steps) / len(steps), 3) if steps else None,
                 "step_ms": [round(s, 3) for s in steps],
+                **({"host_marks_ms": self.host_marks} if self.host_marks else {}),
             },
             "graphs": dict(self.sources),
             "prefix_reused_tokens": self.prefix_reused,

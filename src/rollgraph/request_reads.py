@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rollgraph import host_marks
 from rollgraph.errors import RollgraphError
 from rollgraph.protocol import FRAME_HEADER, Request, decode_payload, parse_request
 
@@ -87,11 +88,14 @@ class LentSocket:
             if not self.active:
                 return None
             woke = time.perf_counter()
+            host_marks.begin("woke")
             body = self._peek_frame()
+            host_marks.mark("peeked")
             taken = None
             if body is not None:
                 taken = self._start(body, woke)
             self._finish(taken)
+            host_marks.mark("reported")
             return taken.job if taken is not None else None
 
     def reclaim(self) -> bool:
@@ -126,8 +130,12 @@ class LentSocket:
         """Parse and accept the frame; if accepted, consume it from the socket. None leaves it for the loop."""
         body_at = time.perf_counter()
         try:
-            request = parse_request(decode_payload(body))
+            payload = decode_payload(body)
+            host_marks.mark("decoded")
+            request = parse_request(payload)
+            host_marks.mark("parsed")
             accepted = self._accept(request)
+            host_marks.mark("accepted")
         except RollgraphError:
             return None  # the loop parses it again and sends the error frame
         except Exception:
@@ -137,6 +145,7 @@ class LentSocket:
             return None
         if not self._consume(FRAME_HEADER.size + len(body)):
             return None
+        host_marks.mark("consumed")
         job, extra = accepted
         return Taken(request, job, extra, woke, body_at)
 
