@@ -12,14 +12,20 @@ for each prefill bucket asked for, the pieces of that path in one process:
   over before the graph's turn comes: the graph's own time. `gpu_us - gpu_busy_us` is the launch the GPU waited for.
 - `readback_us`: pushing and popping a token with nothing else pending (the copy, the event and its sync, `int()`).
 
+`--gap-ms` idles the host that long before each timed replay (the bench's requests come ~1-2 ms apart; v25, v77), and
+`nodes` is the graph's node count where libcudart's cudaGraphGetNodes can be reached (None otherwise).
+
 Usage: PYTHONPATH=src python scripts/prefill_launch_probe.py --model llama-2-7b --mode graphs --out FILE
-       [--lengths 10,100,400]
+       [--lengths 10,100,400] [--gap-ms 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import glob
 import json
+import os
 import statistics
 import time
 
@@ -36,7 +42,27 @@ REPEATS = 30
 SLEEP_CYCLES = 4_000_000  # ~2 ms at an H100's 1.98 GHz: longer than any launch call measured (v19: <= 0.32 ms)
 
 
-def probe(engine: Engine, n: int) -> dict:
+def node_count(graph: torch.cuda.CUDAGraph) -> int | None:
+    """The captured graph's node count through libcudart (the one beside torch's, or any on the loader's path)."""
+    try:
+        raw = graph.raw_cuda_graph()
+        here = os.path.dirname(torch.__file__)
+        names = glob.glob(os.path.join(here, "..", "nvidia", "*", "lib", "libcudart.so*"))
+        names += [*glob.glob(os.path.join(here, "lib", "libcudart*.so*")), "libcudart.so.13", "libcudart.so.12"]
+        for name in names:
+            try:
+                lib = ctypes.CDLL(name)
+            except OSError:
+                continue
+            count = ctypes.c_size_t(0)
+            if lib.cudaGraphGetNodes(ctypes.c_void_p(raw), None, ctypes.byref(count)) == 0:
+                return count.value
+    except Exception:  # a probe's extra figure: never fail the timing over it
+        return None
+    return None
+
+
+def probe(engine: Engine, n: int, gap_s: float) -> dict:
     bucket = next(b for b in engine.config.prefill_buckets if n <= b)
     ids = tuple(range(3, 3 + n))
     engine_ms = []
@@ -49,6 +75,8 @@ def probe(engine: Engine, n: int) -> dict:
     for _ in range(REPEATS):
         torch.cuda.synchronize()
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        if gap_s:
+            time.sleep(gap_s)
         t0 = time.perf_counter()
         a.record()
         entry.graph.replay()
@@ -74,6 +102,8 @@ def probe(engine: Engine, n: int) -> dict:
     return {
         "prompt": n,
         "bucket": bucket,
+        "gap_ms": gap_s * 1e3,
+        "nodes": node_count(entry.graph.graph),
         "launch_us": round(med(launch), 1),
         "gpu_us": round(med(gpu), 1),
         "wall_us": round(med(wall), 1),
@@ -90,10 +120,11 @@ def main() -> None:
     p.add_argument("--mode", default="graphs")
     p.add_argument("--lengths", default="10,100,400")
     p.add_argument("--out", required=True)
+    p.add_argument("--gap-ms", default="0", help="idle before each timed replay; a list runs each (e.g. 0,2)")
     a = p.parse_args()
     engine = Engine(load_model(ModelConfig(a.model, dtype="bfloat16")), engine_config(a.mode))
     engine.warm_up(progress=False)
-    rows = [probe(engine, int(n)) for n in a.lengths.split(",")]
+    rows = [probe(engine, int(n), float(g) / 1e3) for g in a.gap_ms.split(",") for n in a.lengths.split(",")]
     for r in rows:
         print(json.dumps(r), flush=True)
     with open(a.out, "w") as f:
