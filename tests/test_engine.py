@@ -225,6 +225,24 @@ def test_bad_requests_are_typed_errors(ids, n, code, text):
     assert run(engine, [1, 2], 3)  # still serving
 
 
+def test_ids_of_an_int_subclass_are_checked_by_value():
+    """GenerationParams takes int subclasses (not bool); the engine's range check must too (it used to fail on them
+    with an IndexError, an `internal` error, even in range)."""
+    import enum
+
+    class Tok(enum.IntEnum):
+        A = 5
+        B = 7
+        FAR = 999
+
+    engine = make_engine("llama-tiny", mode="eager")
+    assert run(engine, [Tok.A, Tok.B, 3], 4) == run(make_engine("llama-tiny", mode="eager"), [5, 7, 3], 4)
+    for ids, shown in (((Tok.A, Tok.FAR), "999"), ((4, -1), "-1")):
+        with pytest.raises(RequestError, match=rf"token id {shown} is out of range") as e:
+            engine.generate(GenerationParams(ids, 2))
+        assert e.value.code == "invalid_token"
+
+
 @pytest.mark.parametrize(
     "kw",
     [
