@@ -333,12 +333,11 @@ class Engine:
                 launch()
             tok = self.host.pop(slots.popleft())
             now = time.perf_counter()
-            if not i:
-                host_marks.mark("token0")
             if i:
                 result.step_ms.append((now - start) * 1e3)
             else:
                 result.prefill_ms = (now - start) * 1e3
+                host_marks.mark("token0")
             start = now
             result.output_tokens.append(tok)
             if tok in stops:

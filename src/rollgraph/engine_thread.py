@@ -117,7 +117,8 @@ class GenerateJob:
 
                 result = GenerationResult(prompt_tokens=len(self.params.input_ids), finish_reason="cancelled")
             else:
-                gen = gen or engine.generate(self.params)
+                if gen is None:
+                    gen = engine.generate(self.params)
                 self._stream(gen)
                 result = gen.result
                 result.host_marks = host_marks.drain()

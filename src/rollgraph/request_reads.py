@@ -10,8 +10,9 @@ start has arrived, it takes the frame off the socket and runs the job at once.
 Anything else is left unread and the socket goes back to the loop, which reads and answers it as it always has: a
 partial frame (the loop applies the frame timeout), EOF, an oversized frame, a frame that does not parse as a request,
 anything `accept` declines (health, stats, a text prompt). So this path only ever starts jobs, and a frame is either
-taken whole, after it parsed and `accept` took it, or left whole. (A taken request that the engine then refuses, an id
-past the vocabulary say, fails in its job with the error frame the loop's own check sends.)
+taken whole, after it parsed and `accept` took it, or left whole. The server's `accept` launches token 0's step
+before it builds the job (perf-notes v77); a request the engine refuses there, an id past the vocabulary say, raises
+and is left for the loop, which sends the error frame.
 
 Rules that keep it exact:
 - The connection lends its socket only while asyncio's reader holds none of its bytes and reading is paused, so the
