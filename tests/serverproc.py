@@ -154,7 +154,10 @@ class FakeEngine:
         self.validate(params)
         return FakeGeneration(self, params)
 
-    start = generate  # nothing to launch ahead: its steps are made as the generation is iterated
+    def start(self, params: GenerationParams, validated: bool = False) -> FakeGeneration:
+        if not validated:
+            self.validate(params)
+        return FakeGeneration(self, params)  # nothing to launch ahead: its steps are made as it is iterated
 
     def stats(self) -> dict:
         self.threads.add(threading.current_thread().name)

@@ -43,7 +43,7 @@ class Lending:
             return None
         if request.input_tokens and request.input_tokens[0] >= 100:
             raise RequestError("token id out of range", code="invalid_token")
-        return Job(self.ran, threading.current_thread().name), "extra"
+        return lambda: (Job(self.ran, threading.current_thread().name), "extra")
 
     def _report(self, taken: Taken | None) -> None:
         self.outcomes.append(taken)
@@ -117,6 +117,52 @@ def test_anything_else_goes_back_to_the_loop_unread(lending, data):
     assert lending.wait() is None
     assert readable(lending.server) == data  # every byte left for the loop to read
     assert not lending.ran and not lending.lent.active
+
+
+def test_the_loops_reclaim_does_not_wait_while_a_taken_request_starts():
+    """What a taken request starts (token 0's launch: a whole step in a mode without graphs) runs after the decision,
+    outside the lock, so the loop's reclaim answers at once, and a connection closed meanwhile is seen as taken."""
+    began, release = threading.Event(), threading.Event()
+
+    def accept(request):
+        def begin():
+            began.set()
+            release.wait(5)  # a slow launch
+            return Job([], threading.current_thread().name), "extra"
+
+        return begin
+
+    lending = Lending(accept)
+    try:
+        assert lending.thread.lend(lending.lent)
+        lending.client.sendall(encode_frame(GENERATE))
+        assert began.wait(5)
+        t0 = time.monotonic()
+        assert not lending.lent.reclaim()  # already decided by the engine thread
+        assert time.monotonic() - t0 < 0.5 and lending.lent.taken and not lending.outcomes
+        release.set()
+        assert isinstance(lending.wait(), Taken)
+    finally:
+        release.set()
+        lending.close()
+
+
+def test_a_start_that_fails_leaves_the_frame_for_the_loop():
+    def accept(request):
+        def begin():
+            raise RuntimeError("a bug while starting")
+
+        return begin
+
+    lending = Lending(accept)
+    try:
+        assert lending.thread.lend(lending.lent)
+        frame = encode_frame(GENERATE)
+        lending.client.sendall(frame)
+        assert lending.wait() is None and lending.outcomes == [None]
+        assert readable(lending.server) == frame and not lending.lent.taken  # the loop reads it and answers it
+    finally:
+        lending.close()
 
 
 def test_eof_goes_back_to_the_loop(lending):

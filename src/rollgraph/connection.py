@@ -313,10 +313,13 @@ class Connection:
             return peek.cancelled()
         return False
 
-    def _accept(self, request: Request, events: asyncio.Queue, direct: DirectWriter | None) -> tuple[Any, Any] | None:
-        """On the engine thread: the job for a request it may start, or None for one the loop answers. Token 0's step
-        is launched first (`Engine.start`, which validates), and the job and what relays its events are built while
-        the GPU runs it (perf-notes v77). A request the engine refuses raises here, so the loop answers it."""
+    def _accept(
+        self, request: Request, events: asyncio.Queue, direct: DirectWriter | None
+    ) -> Callable[[], tuple[Any, Any]] | None:
+        """On the engine thread, under the lent socket's lock: for a request it may start, what starts it; None for one
+        the loop answers. A request the engine refuses raises here (`Engine.validate`), so the loop answers it. What
+        is returned runs after the lock: it launches token 0's step (`Engine.start`) and then builds the job and what
+        relays its events while the GPU runs (perf-notes v77)."""
         if isinstance(request, GenerateRequest) and request.prompt is None:
             params, stream = request.params, request.stream
         elif isinstance(request, InferenceRequest):
@@ -324,10 +327,16 @@ class Connection:
         else:
             return None
         assert params is not None
-        at = time.perf_counter()
-        started = self.ctx.engine.start(params)
-        running = self._running(params, stream, events, direct, started, at)
-        return running.job, running
+        engine = self.ctx.engine
+        engine.validate(params)
+
+        def begin() -> tuple[Any, Any]:
+            at = time.perf_counter()
+            started = engine.start(params, validated=True)
+            running = self._running(params, stream, events, direct, started, at)
+            return running.job, running
+
+        return begin
 
     def _drop_peek(self) -> None:
         peek, self._peek = self._peek, None

@@ -218,12 +218,13 @@ class Engine:
         result = GenerationResult(prompt_tokens=len(params.input_ids))
         return Generation(self._run(params, result), result)
 
-    def start(self, params: GenerationParams) -> Generation:
+    def start(self, params: GenerationParams, validated: bool = False) -> Generation:
         """`generate`, with token 0's step launched before this returns: the GPU starts on it while the caller
         builds whatever goes around the generation (the engine thread, for a request it read itself; perf-notes
         v77). Close the result if it is not iterated: a launched step that nobody reads only leaves row 0 unheld.
-        Raises RequestError as `generate` does; a launch that fails raises at the first next(), as it would there."""
-        params = self._checked(params)
+        Raises RequestError as `generate` does, unless `validated` says the caller has just run `validate(params)`;
+        a launch that fails raises at the first next(), as it would there."""
+        params = self._checked(params, validated)
         result = GenerationResult(prompt_tokens=len(params.input_ids))
         try:
             launched = self._launch(params, result)
@@ -231,8 +232,9 @@ class Engine:
             return Generation(_raising(exc), result)
         return Generation(self._tokens(params, result, launched), result)
 
-    def _checked(self, params: GenerationParams) -> GenerationParams:
-        self.validate(params)
+    def _checked(self, params: GenerationParams, validated: bool = False) -> GenerationParams:
+        if not validated:
+            self.validate(params)
         if params.sampling.seed is None and not params.sampling.greedy:
             params = replace(params, sampling=replace(params.sampling, seed=random.getrandbits(62)))
         return params

@@ -17,8 +17,9 @@ and is left for the loop, which sends the error frame.
 Rules that keep it exact:
 - The connection lends its socket only while asyncio's reader holds none of its bytes and reading is paused, so the
   next frame can only be in the kernel's buffer, where the engine thread peeks (connection.py checks this).
-- `take` (engine thread) and `reclaim` (loop thread) run under the lent socket's lock; whichever comes first decides,
-  and the outcome, taken or back, is reported exactly once.
+- `take` (engine thread) and `reclaim` (loop thread) decide under the lent socket's lock; whichever comes first
+  decides, and the outcome, taken or back, is reported exactly once. What the engine thread does with a frame it took
+  (token 0's launch, the job) runs after the lock is released, so `reclaim` never waits for a step.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Taken:
-    """What the engine thread took: the request, the job it runs, what `accept` built beside it, and the stamps of the
+    """What the engine thread took: the request, the job it runs, what `begin` built beside it, and the stamps of the
     frame (`first_byte_at`: the engine thread woke for it; `body_at`: it was read whole; time.perf_counter())."""
 
     request: Request
@@ -58,16 +59,19 @@ class LentSocket:
     """A connection's socket while the engine thread may read its next request frame.
 
     `sock` is the connection's non-blocking duplicate of its socket (token_writer.engine_socket). `accept(request)`
-    runs on the engine thread for a request that parsed: it returns `(job, extra)` to take the frame, None to leave it
-    for the loop, or raises RollgraphError (left for the loop, which answers it). `report(outcome)` is called exactly
-    once, with a `Taken` or `BACK`, from the thread that decided (it must be thread-safe). `release` is called with this
-    object once it is no longer lent (the engine thread's selector forgets it)."""
+    runs on the engine thread for a request that parsed, under the lock that `reclaim` takes, so it must be quick: it
+    returns `begin` to take the frame, None to leave it for the loop, or raises RollgraphError (left for the loop, which
+    answers it). `begin()` then runs on the engine thread after the lock is released and returns `(job, extra)`: the
+    server launches token 0's step there (perf-notes v77), which in a mode without graphs takes as long as the step,
+    and the loop's `reclaim` must not wait for that. `report(outcome)` is called exactly once, with a `Taken` or `BACK`,
+    from the thread that decided (it must be thread-safe). `release` is called with this object once it is no longer
+    lent (the engine thread's selector forgets it)."""
 
     def __init__(
         self,
         sock: socket.socket,
         max_frame_bytes: int,
-        accept: Callable[[Request], tuple[Any, Any] | None],
+        accept: Callable[[Request], Callable[[], tuple[Any, Any]] | None],
         report: Callable[[Taken | None], None],
     ) -> None:
         self._sock = sock
@@ -84,7 +88,7 @@ class LentSocket:
 
     def take(self) -> Any:
         """On the engine thread, when the socket is readable: the job to run now, or None (the socket went back to the
-        loop, or was already reclaimed)."""
+        loop, or was already reclaimed). Whether to take the frame is decided under the lock; `begin` runs after it."""
         with self._lock:
             if not self.active:
                 return None
@@ -92,26 +96,46 @@ class LentSocket:
             host_marks.begin("woke")
             body = self._peek_frame()
             host_marks.mark("peeked")
-            taken = None
-            if body is not None:
-                taken = self._start(body, woke)
-            self._finish(taken)
-            host_marks.mark("reported")
-            return taken.job if taken is not None else None
+            claim = self._claim(body) if body is not None else None
+            self._decide(claim is not None)
+        if claim is None:
+            self._report(BACK)
+            return None
+        request, begin, body_at = claim
+        assert body is not None
+        try:
+            job, extra = begin()
+        except Exception:  # `begin` reports its request's own errors through the job; this only keeps serving
+            logger.exception("starting a request on the engine thread failed; the loop reads it instead")
+            self.taken = False
+            self._report(BACK)  # the frame is still unread: the loop reads it and answers it
+            return None
+        host_marks.mark("accepted")
+        if not self._consume(FRAME_HEADER.size + len(body)):
+            job.cancel()
+            self.taken = False
+            self._report(BACK)  # the loop's next read fails on the stream that is out of step, and closes it
+            return None
+        host_marks.mark("consumed")
+        self._report(Taken(request, job, extra, woke, body_at))
+        host_marks.mark("reported")
+        return job
 
     def reclaim(self) -> bool:
         """On the loop thread: take the socket back unless the engine thread already decided; True if this call did."""
         with self._lock:
             if not self.active:
                 return False
-            self._finish(BACK)
-            return True
+            self._decide(False)
+        self._report(BACK)
+        return True
 
-    def _finish(self, taken: Taken | None) -> None:
+    def _decide(self, taken: bool) -> None:
+        """Under the lock: the socket is no longer lent, and whether the engine thread took its frame is settled (a
+        connection that `close` finds taken is left to finish its request)."""
         self.active = False
-        self.taken = taken is not None
+        self.taken = taken
         self.release(self)
-        self._report(taken)
 
     def _peek_frame(self) -> bytes | None:
         """The next frame's body if it has arrived whole (nothing is consumed), else None."""
@@ -127,28 +151,21 @@ class LentSocket:
             return None
         return data[FRAME_HEADER.size :] if len(data) == FRAME_HEADER.size + length else None
 
-    def _start(self, body: bytes, woke: float) -> Taken | None:
-        """Parse and accept the frame; if accepted, consume it from the socket. None leaves it for the loop."""
+    def _claim(self, body: bytes) -> tuple[Request, Callable[[], tuple[Any, Any]], float] | None:
+        """Parse the frame and ask `accept`: (request, begin, when the body was read whole), or None to leave it."""
         body_at = time.perf_counter()
         try:
             payload = decode_payload(body)
             host_marks.mark("decoded")
             request = parse_request(payload)
             host_marks.mark("parsed")
-            accepted = self._accept(request)
-            host_marks.mark("accepted")
+            begin = self._accept(request)
         except RollgraphError:
             return None  # the loop parses it again and sends the error frame
         except Exception:
             logger.exception("reading a request on the engine thread failed; the loop reads it instead")
             return None
-        if accepted is None:
-            return None
-        if not self._consume(FRAME_HEADER.size + len(body)):
-            return None
-        host_marks.mark("consumed")
-        job, extra = accepted
-        return Taken(request, job, extra, woke, body_at)
+        return None if begin is None else (request, begin, body_at)
 
     def _consume(self, n: int) -> bool:
         """Read the `n` bytes just peeked; they are in the socket's buffer, so one read takes them without waiting."""
