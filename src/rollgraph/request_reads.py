@@ -99,6 +99,7 @@ class LentSocket:
             claim = self._claim(body) if body is not None else None
             self._decide(claim is not None)
         if claim is None:
+            self.release(self)
             self._report(BACK)
             return None
         request, begin, body_at = claim
@@ -108,8 +109,10 @@ class LentSocket:
         except Exception:  # `begin` reports its request's own errors through the job; this only keeps serving
             logger.exception("starting a request on the engine thread failed; the loop reads it instead")
             self.taken = False
+            self.release(self)
             self._report(BACK)  # the frame is still unread: the loop reads it and answers it
             return None
+        self.release(self)  # after the launch: this thread selects again only once take() has returned
         host_marks.mark("accepted")
         if not self._consume(FRAME_HEADER.size + len(body)):
             job.cancel()
@@ -127,15 +130,15 @@ class LentSocket:
             if not self.active:
                 return False
             self._decide(False)
+        self.release(self)
         self._report(BACK)
         return True
 
     def _decide(self, taken: bool) -> None:
         """Under the lock: the socket is no longer lent, and whether the engine thread took its frame is settled (a
-        connection that `close` finds taken is left to finish its request)."""
+        connection that `close` finds taken is left to finish its request). The caller then calls `release`."""
         self.active = False
         self.taken = taken
-        self.release(self)
 
     def _peek_frame(self) -> bytes | None:
         """The next frame's body if it has arrived whole (nothing is consumed), else None."""
