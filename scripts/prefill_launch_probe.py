@@ -12,8 +12,7 @@ for each prefill bucket asked for, the pieces of that path in one process:
   over before the graph's turn comes: the graph's own time. `gpu_us - gpu_busy_us` is the launch the GPU waited for.
 - `readback_us`: pushing and popping a token with nothing else pending (the copy, the event and its sync, `int()`).
 
-`--gap-ms` idles the host that long before each timed replay (the bench's requests come ~1-2 ms apart; v25, v77), and
-`nodes` is the graph's node count where libcudart's cudaGraphGetNodes can be reached (None otherwise).
+`--gap-ms` idles the host that long before each timed replay (the bench's requests come ~1-2 ms apart; v25, v77).
 
 Usage: PYTHONPATH=src python scripts/prefill_launch_probe.py --model llama-2-7b --mode graphs --out FILE
        [--lengths 10,100,400] [--gap-ms 2]
@@ -22,10 +21,7 @@ Usage: PYTHONPATH=src python scripts/prefill_launch_probe.py --model llama-2-7b 
 from __future__ import annotations
 
 import argparse
-import ctypes
-import glob
 import json
-import os
 import statistics
 import time
 
@@ -40,26 +36,6 @@ from rollgraph.params import GenerationParams
 
 REPEATS = 30
 SLEEP_CYCLES = 4_000_000  # ~2 ms at an H100's 1.98 GHz: longer than any launch call measured (v19: <= 0.32 ms)
-
-
-def node_count(graph: torch.cuda.CUDAGraph) -> int | None:
-    """The captured graph's node count through libcudart (the one beside torch's, or any on the loader's path)."""
-    try:
-        raw = graph.raw_cuda_graph()
-        here = os.path.dirname(torch.__file__)
-        names = glob.glob(os.path.join(here, "..", "nvidia", "*", "lib", "libcudart.so*"))
-        names += [*glob.glob(os.path.join(here, "lib", "libcudart*.so*")), "libcudart.so.13", "libcudart.so.12"]
-        for name in names:
-            try:
-                lib = ctypes.CDLL(name)
-            except OSError:
-                continue
-            count = ctypes.c_size_t(0)
-            if lib.cudaGraphGetNodes(ctypes.c_void_p(raw), None, ctypes.byref(count)) == 0:
-                return count.value
-    except Exception:  # a probe's extra figure: never fail the timing over it
-        return None
-    return None
 
 
 def probe(engine: Engine, n: int, gap_s: float) -> dict:
@@ -103,7 +79,6 @@ def probe(engine: Engine, n: int, gap_s: float) -> dict:
         "prompt": n,
         "bucket": bucket,
         "gap_ms": gap_s * 1e3,
-        "nodes": node_count(entry.graph.graph),
         "launch_us": round(med(launch), 1),
         "gpu_us": round(med(gpu), 1),
         "wall_us": round(med(wall), 1),

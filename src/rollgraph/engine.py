@@ -183,9 +183,7 @@ class Engine:
         capturable = self.graphs_enabled and key.phase in self.runner.graph_phases
         entry = self.pool.get(key) if capturable else None
         if entry is not None:
-            host_marks.mark("pool")
             entry.graph.replay()
-            host_marks.mark("replayed")
             return entry.source
         self._fn(key)()
         return self._direct
@@ -419,6 +417,7 @@ class Engine:
             result.sources[self._direct] += 1
             return
         result.sources[self._execute(GraphKey("prefill", 1, bucket, smp))] += 1
+        host_marks.mark("replayed")  # the pool's lookup and the launch (or, without a graph, the step run eagerly)
 
     def _put_prompt(self, ids: list[int], width: int) -> None:
         """The prefill's input row 0 = ids, then zeros up to `width`, and its length: written into the host buffers
