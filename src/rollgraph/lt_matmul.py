@@ -37,6 +37,10 @@ _PREF_MAX_WORKSPACE = 1  # cublasLtMatmulPreferenceAttributes_t; MIN_ALIGNMENT_{
 _PREF_ALIGNMENTS = (5, 6, 7, 8)
 _CONFIG = {"id": 0, "tile": 1, "split_k": 2, "reduction": 3, "swizzle": 4, "custom": 5, "stages": 6, "cluster": 8}
 """cublasLtMatmulAlgoConfigAttributes_t: what `Candidate.describe` reads back for the logs."""
+_CONFIG_BYTES = {"tile": 4, "split_k": 4, "reduction": 4, "swizzle": 4, "custom": 4, "stages": 4, "cluster": 2}
+"""Each settable attribute's size (`Product.configured`): cuBLASLt checks it."""
+_CAPS = {"split_k": 0, "reductions": 1, "swizzle": 2, "tiles": 6, "custom_max": 7, "stages": 13}
+"""cublasLtMatmulAlgoCapAttributes_t that `capabilities` reads; tiles and stages are arrays of uint32."""
 
 
 class _Algo(ctypes.Structure):
@@ -109,6 +113,11 @@ def _lib() -> tuple[ctypes.CDLL, ctypes.c_void_p]:
     lib.cublasLtMatmulAlgoGetHeuristic.argtypes = [vp, vp, vp, vp, vp, vp, vp, ctypes.c_int, vp, vp]
     lib.cublasLtMatmulAlgoConfigGetAttribute.argtypes = [vp, ctypes.c_int, vp, sz, vp]
     lib.cublasLtMatmulAlgoCheck.argtypes = [vp, vp, vp, vp, vp, vp, vp, vp]
+    i = ctypes.c_int
+    lib.cublasLtMatmulAlgoGetIds.argtypes = [vp, i, i, i, i, i, i, i, vp, vp]
+    lib.cublasLtMatmulAlgoInit.argtypes = [vp, i, i, i, i, i, i, i, vp]
+    lib.cublasLtMatmulAlgoCapGetAttribute.argtypes = [vp, i, vp, sz, vp]
+    lib.cublasLtMatmulAlgoConfigSetAttribute.argtypes = [vp, i, vp, sz]
     handle = ctypes.c_void_p()
     _check(lib.cublasLtCreate(ctypes.byref(handle)), "cublasLtCreate")
     return lib, handle
@@ -138,6 +147,48 @@ def available() -> bool:
     except (CublasLtError, OSError):
         return False
     return True
+
+
+def _types(dtype: torch.dtype) -> tuple[int, ...]:
+    """(compute, scale, A, B, C, D) types of a product of `dtype` operands, as cuBLASLt's id calls take them."""
+    t = _TYPES[dtype]
+    return (_COMPUTE_32F, _R_32F, t, t, t, t)
+
+
+def algorithm_ids(dtype: torch.dtype, most: int = 128) -> list[int]:
+    """Every algorithm id cuBLASLt has for products of `dtype` with float32 accumulation (not only the heuristic's
+    picks): what `capabilities` and `Product.configured` take."""
+    lib, handle = _lib()
+    ids, found = (ctypes.c_int * most)(), ctypes.c_int(0)
+    _check(lib.cublasLtMatmulAlgoGetIds(handle, *_types(dtype), most, ids, ctypes.byref(found)), "MatmulAlgoGetIds")
+    return list(ids[: found.value])
+
+
+def _init(algo_id: int, dtype: torch.dtype) -> _Algo:
+    lib, handle = _lib()
+    algo = _Algo()
+    _check(lib.cublasLtMatmulAlgoInit(handle, *_types(dtype), algo_id, ctypes.byref(algo)), "MatmulAlgoInit")
+    return algo
+
+
+def capabilities(algo_id: int, dtype: torch.dtype) -> dict:
+    """What algorithm `algo_id` can be configured with: {"tiles": [tile ids], "stages": [stage ids], "split_k":
+    0/1, "reductions": mask, "swizzle": 0/1, "custom_max": n} (cublasLtMatmulTile_t and cublasLtMatmulStages_t ids)."""
+    lib, _ = _lib()
+    algo = _init(algo_id, dtype)
+    out: dict = {}
+    for name, attr in _CAPS.items():
+        size = ctypes.c_size_t(0)
+        _check(lib.cublasLtMatmulAlgoCapGetAttribute(ctypes.byref(algo), attr, None, 0, ctypes.byref(size)), "cap")
+        if name in ("tiles", "stages"):
+            buf = (ctypes.c_uint32 * max(1, size.value // 4))()
+            _check(lib.cublasLtMatmulAlgoCapGetAttribute(ctypes.byref(algo), attr, buf, size.value, None), "cap")
+            out[name] = [v for v in buf[: size.value // 4]]
+        else:
+            value = ctypes.c_uint32(0)
+            _check(lib.cublasLtMatmulAlgoCapGetAttribute(ctypes.byref(algo), attr, ctypes.byref(value), 4, None), "cap")
+            out[name] = value.value
+    return out
 
 
 class Product:
@@ -208,6 +259,20 @@ class Product:
         if status != 0 or res.workspace > WORKSPACE_BYTES:
             return None
         return Candidate(rank, c.algo, int(res.workspace), float(res.waves))
+
+    def configured(self, algo_id: int, **config: int) -> Candidate | None:
+        """Algorithm `algo_id` with the given configuration (tile, stages, split_k, reduction, swizzle, custom,
+        cluster: cublasLt's ids; capabilities() lists what it takes) as a candidate of this shape, rank -1; None if
+        cuBLASLt refuses the configuration or it cannot run this shape within WORKSPACE_BYTES. Configurations
+        outside the heuristic's list are how a tile that fits the row count (128 x 104 for 400 rows) is reached."""
+        lib, _ = _lib()
+        algo = _init(algo_id, self.dtype)
+        for name, value in config.items():
+            size = _CONFIG_BYTES[name]
+            buf = (ctypes.c_uint16 if size == 2 else ctypes.c_int32 if name == "split_k" else ctypes.c_uint32)(value)
+            if lib.cublasLtMatmulAlgoConfigSetAttribute(ctypes.byref(algo), _CONFIG[name], ctypes.byref(buf), size):
+                return None
+        return self._check(Candidate(-1, algo, 0, 0.0), -1)
 
     def fits(self, r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> bool:
         """Whether this call's tensors are the shape's, contiguous and aligned, on CUDA."""
