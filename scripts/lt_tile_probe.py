@@ -127,61 +127,72 @@ def quick_us(prod, cand, r, x, w, calls: int = 6) -> float:
 
 
 def search(prod, r, x, w, sms: int, budget_s: float, log) -> dict[str, tuple]:
-    """{name: (candidate, config, screen µs)} of every configuration cuBLASLt accepts and that ran."""
+    """{name: (candidate, config, screen µs)} of every configuration cuBLASLt accepts and that ran. Each algorithm's
+    tiles are tried from its defaults, and from a copy of each of the heuristic's candidates of that algorithm (its
+    cluster shape and inner shape kept), with only the tile and stages changed."""
     m, n = prod.m, prod.n
     found: dict[str, tuple] = {}
+    refused: dict[str, int] = {}
     t0 = time.perf_counter()
     caps = {}
     for algo_id in lt_matmul.algorithm_ids(prod.dtype):
         try:
             caps[algo_id] = lt_matmul.capabilities(algo_id, prod.dtype)
         except lt_matmul.CublasLtError as e:
-            log(f"  algo {algo_id}: capabilities failed: {e}")
-    for algo_id, cap in caps.items():
+            refused[f"capabilities: {e}"] = refused.get(f"capabilities: {e}", 0) + 1
+    heur = prod.candidates(32, BORROW_ROWS)
+    bases: list[tuple[str, int, object]] = [(f"a{i}", i, i) for i in caps]
+    for c in heur:
+        d = c.describe()
+        if d.get("id") in caps:
+            bases.append((f"h{c.rank}", d["id"], c))
+    log(f"  {len(caps)} algorithms, {len(heur)} heuristic candidates: " + "; ".join(describe(c) for c in heur[:12]))
+
+    def try_config(label: str, base, algo_id: int, config: dict) -> None:
+        try:
+            cand = prod.configured(base, **config)
+            us = quick_us(prod, cand, r, x, w)
+        except lt_matmul.CublasLtError as e:
+            reason = str(e).split(" returned")[0] + " " + str(e).split()[-1]
+            refused[reason] = refused.get(reason, 0) + 1
+            return
+        name = label + "/" + "/".join(f"{k}{tile_name(v) if k == 'tile' else v}" for k, v in config.items())
+        found[name] = (cand, (algo_id, config), us)
+
+    for label, algo_id, base in bases:
+        cap = caps[algo_id]
         tiles = [t for t in cap["tiles"] if close_to_a_wave(t, m, n, sms)]
         stages = [s for s in cap["stages"] if s in STAGES_AUTO] or cap["stages"][:6] or [0]
-        log(
-            f"  algo {algo_id}: {len(cap['tiles'])} tiles ({len(tiles)} near a wave), stages {cap['stages'][:12]}, "
-            f"split-K {cap['split_k']}, reductions {cap['reductions']}, swizzle {cap['swizzle']}"
-        )
         for tile in tiles:
             for st in stages:
                 if time.perf_counter() - t0 > budget_s:
-                    log("  search budget spent")
+                    log(f"  search budget spent; refused: {refused}")
                     return found
-                config = {"tile": tile, "stages": st}
-                cand = prod.configured(algo_id, **config)
-                if cand is None:
-                    continue
-                try:
-                    us = quick_us(prod, cand, r, x, w)
-                except lt_matmul.CublasLtError:
-                    continue
-                found[f"a{algo_id}/{tile_name(tile)}/s{st}"] = (cand, (algo_id, config), us)
-    # the best few again with cluster shapes, split-K and swizzling
+                try_config(label, base, algo_id, {"tile": tile, "stages": st})
+    log(f"  refused: {refused}")
     best = sorted(found.items(), key=lambda kv: kv[1][2])[:16]
-    for _name, (_c, (algo_id, config), _us) in best:
+    for name, (cand, (algo_id, _config), _us) in best:
         cap = caps[algo_id]
         variants = [{"cluster": c} for c in CLUSTERS.values()]
         if cap["split_k"]:
-            for sk in (2, 3, 4):
-                for red in (1, 2, 4):
-                    if cap["reductions"] & red:
-                        variants.append({"split_k": sk, "reduction": red})
+            variants += [
+                {"split_k": sk, "reduction": red} for sk in (2, 3, 4) for red in (1, 2, 4) if cap["reductions"] & red
+            ]
         if cap["swizzle"]:
             variants.append({"swizzle": 1})
         for v in variants:
-            cfg = {**config, **v}
-            cand = prod.configured(algo_id, **cfg)
-            if cand is None:
-                continue
-            try:
-                us = quick_us(prod, cand, r, x, w)
-            except lt_matmul.CublasLtError:
-                continue
-            extra = "/".join(f"{k}{val}" for k, val in v.items())
-            found[f"a{algo_id}/{tile_name(config['tile'])}/s{config['stages']}/{extra}"] = (cand, (algo_id, cfg), us)
+            try_config(name, cand, algo_id, v)
     return found
+
+
+def describe(c) -> str:
+    d = c.describe()
+    tile = tile_name(d.get("tile", 0))
+    return f"h{c.rank}=a{d.get('id')}/{tile}/s{d.get('stages')}/c{d.get('cluster')}/k{d.get('split_k')}"
+
+
+def screen_clean(prod, cands: dict, r, x, w, calls: int = 5) -> dict[str, float]:
+    return {key: time_after_clean_reads(lambda c=c: prod.run(c, r, x, w), calls) * 1e3 for key, c in cands.items()}
 
 
 def probe(name: str, m: int, n: int, k: int, accumulate: bool, finalists: int, budget_s: float, log) -> dict:
@@ -196,9 +207,14 @@ def probe(name: str, m: int, n: int, k: int, accumulate: bool, finalists: int, b
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     r = r0.clone()
     found = search(prod, r, x, w, sms, budget_s, log)
-    screen = {key: round(v[2], 2) for key, v in found.items()}
-    heur = {f"heur{c.rank}": c for c in prod.candidates(32, BORROW_ROWS)}
-    heur_screen = {key: quick_us(prod, c, r, x, w) for key, c in heur.items()}
+    quick = {key: v[2] for key, v in found.items()}
+    # back-to-back screening ranks differently from the clean timing that predicts the step (v65): the best 48 of it
+    # are screened again after clean reads
+    top = sorted(quick, key=quick.get)[:48]
+    screen = {key: round(v, 2) for key, v in screen_clean(prod, {k: found[k][0] for k in top}, r, x, w).items()}
+    heur_list = prod.candidates(32, BORROW_ROWS)
+    heur = {f"heur{c.rank}": c for c in heur_list}
+    heur_screen = screen_clean(prod, heur, r, x, w)
     fns = {"cublas": lib_fn("cublas", accumulate), "cublaslt": lib_fn("cublaslt", accumulate)}
     for key in sorted(heur_screen, key=heur_screen.get)[:3]:
         fns[key] = lambda r, x, w, c=heur[key]: prod.run(c, r, x, w, accumulate)
@@ -228,6 +244,8 @@ def probe(name: str, m: int, n: int, k: int, accumulate: bool, finalists: int, b
         "tflops_fastest": round(2 * m * n * k / med[fastest] / 1e6, 1),
         "screen_top": dict(sorted(screen.items(), key=lambda kv: kv[1])[:40]),
         "heuristic_screen": {key: round(v, 2) for key, v in sorted(heur_screen.items(), key=lambda kv: kv[1])},
+        "heuristic": [describe(c) for c in heur_list],
+        "quick_top": {key: round(quick[key], 2) for key in top},
         "finalist_configs": {key: found[key][1] for key in fns if key in found},
         "seconds": round(time.perf_counter() - t0, 1),
     }

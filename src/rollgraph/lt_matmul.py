@@ -260,19 +260,31 @@ class Product:
             return None
         return Candidate(rank, c.algo, int(res.workspace), float(res.waves))
 
-    def configured(self, algo_id: int, **config: int) -> Candidate | None:
-        """Algorithm `algo_id` with the given configuration (tile, stages, split_k, reduction, swizzle, custom,
-        cluster: cublasLt's ids; capabilities() lists what it takes) as a candidate of this shape, rank -1; None if
-        cuBLASLt refuses the configuration or it cannot run this shape within WORKSPACE_BYTES. Configurations
-        outside the heuristic's list are how a tile that fits the row count (128 x 104 for 400 rows) is reached."""
+    def configured(self, base: int | Candidate, **config: int) -> Candidate:
+        """An algorithm configured by hand as a candidate of this shape (rank -1): algorithm id `base` from its
+        defaults, or a copy of candidate `base` (the heuristic's, with everything it set), with the given attributes
+        set on it (tile, stages, split_k, reduction, swizzle, custom, cluster: cuBLASLt's ids; `capabilities` lists
+        what an algorithm takes). Raises CublasLtError, naming the call and status, where cuBLASLt refuses an
+        attribute, or its check refuses the configuration for this shape, or it needs more than WORKSPACE_BYTES.
+        Configurations outside the heuristic's list are how a tile that fits the row count (128 x 104 for 400 rows)
+        is reached."""
         lib, _ = _lib()
-        algo = _init(algo_id, self.dtype)
+        algo = _init(base, self.dtype) if isinstance(base, int) else _Algo.from_buffer_copy(base.algo)
         for name, value in config.items():
             size = _CONFIG_BYTES[name]
             buf = (ctypes.c_uint16 if size == 2 else ctypes.c_int32 if name == "split_k" else ctypes.c_uint32)(value)
-            if lib.cublasLtMatmulAlgoConfigSetAttribute(ctypes.byref(algo), _CONFIG[name], ctypes.byref(buf), size):
-                return None
-        return self._check(Candidate(-1, algo, 0, 0.0), -1)
+            status = lib.cublasLtMatmulAlgoConfigSetAttribute(
+                ctypes.byref(algo), _CONFIG[name], ctypes.byref(buf), size
+            )
+            _check(status, f"AlgoConfigSetAttribute({name}={value})")
+        res = _Heuristic()
+        status = lib.cublasLtMatmulAlgoCheck(
+            self._handle, self._desc, self._a, self._b, self._c, self._c, ctypes.byref(algo), ctypes.byref(res)
+        )
+        _check(status, "MatmulAlgoCheck")
+        if res.workspace > WORKSPACE_BYTES:
+            raise CublasLtError(f"the configuration needs {res.workspace} bytes of workspace, over {WORKSPACE_BYTES}")
+        return Candidate(-1, algo, int(res.workspace), float(res.waves))
 
     def fits(self, r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> bool:
         """Whether this call's tensors are the shape's, contiguous and aligned, on CUDA."""
