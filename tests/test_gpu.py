@@ -350,7 +350,7 @@ def test_norms_carried_in_skinny_equal_separate_norms_on_llama_1b(monkeypatch):
 
 def test_configs_are_timed_after_clean_reads():
     """perf-notes v50: the compile modes route inductor's timing of configs through tune_timing, and it gives a
-    plausible time: a 64 MB copy (read + write) at 0.5-4 TB/s."""
+    plausible time: a 64 MB copy (read + write) at 0.5-10 TB/s (an H100 copies at ~3 TB/s, an H200 at ~4.3)."""
     from torch._inductor.runtime import benchmarking
 
     from rollgraph import tune_timing
@@ -361,7 +361,7 @@ def test_configs_are_timed_after_clean_reads():
     src = torch.ones(32 << 20, dtype=torch.float16, device="cuda")
     dst = torch.empty_like(src)
     ms = tune_timing.time_after_clean_reads(lambda: dst.copy_(src))
-    assert 2 * src.nbytes / 4e12 * 1e3 < ms < 2 * src.nbytes / 0.5e12 * 1e3
+    assert 2 * src.nbytes / 10e12 * 1e3 < ms < 2 * src.nbytes / 0.5e12 * 1e3
     assert benchmarking.benchmarker.benchmark_gpu(lambda: dst.copy_(src), rep=40) == pytest.approx(ms, rel=0.3)
 
 
