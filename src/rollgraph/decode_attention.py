@@ -36,6 +36,9 @@ INLINE = False
 """Whether `compile` mode (torch.compile without CUDA graphs) calls `decode_attention_inline`, whose launches inductor
 makes itself, instead of the opaque op (perf-notes v73). Read when a runner compiles; pool_figures option `inline`.
 Graph modes keep the opaque op: a captured graph replays the kernels without any host time."""
+OVERRIDE: tuple[int, int, int | None, int] | None = None
+"""(positions per step, warps, pipeline stages or None for Triton's default, splits) for every launch instead of
+BLOCK_T, 4 warps, the default stages and `_splits`: for scripts/decode_attention_probe.py, which times the choices."""
 MERGE_PAD = 4
 """The merge kernel reads its splits padded to this power of two (more where a bucket has more splits), so one
 build of each kernel serves every KV bucket of a cache up to 4 · SPLIT_AT positions: a fresh machine compiles them
@@ -230,7 +233,12 @@ def _attend_and_merge(qkv, cos, sin, positions, write_kv, k_cache, v_cache, kv_l
     d = qkv.shape[1] // (n_heads + 2 * n_kv)
     group = n_heads // n_kv
     out = qkv.new_empty(b, n_heads * d)
-    splits, chunk = _splits(kv_len)
+    block, warps, stages = BLOCK_T, 4, None
+    if OVERRIDE is None:
+        splits, chunk = _splits(kv_len)
+    else:
+        block, warps, stages, splits = OVERRIDE
+        chunk = math.ceil(kv_len / splits / block) * block
     if splits > 1:
         f32 = dict(dtype=torch.float32, device=qkv.device)
         part_m = torch.empty(b * n_heads * splits, **f32)
@@ -265,9 +273,10 @@ def _attend_and_merge(qkv, cos, sin, positions, write_kv, k_cache, v_cache, kv_l
         D=d,
         GROUP=group,
         G_PAD=max(16, triton.next_power_of_2(group)),
-        BLOCK=BLOCK_T,
+        BLOCK=block,
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
-        num_warps=4,
+        num_warps=warps,
+        **({} if stages is None else {"num_stages": stages}),
     )
     if splits > 1:
         pad = max(MERGE_PAD, splits)
