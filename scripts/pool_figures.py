@@ -24,6 +24,7 @@ from rollgraph.models import load_model
 from rollgraph.params import GenerationParams
 
 DEFAULT_SPLIT_AT = fused.SPLIT_AT
+DEFAULT_SPLIT_ABOVE = fused.SPLIT_ABOVE
 
 
 def itl(engine: Engine, prompt_len: int, new: int = 64, repeats: int = 3) -> dict:
@@ -79,6 +80,8 @@ def engine_config(spec: str) -> EngineConfig:
     likewise a knob),
     inline (`compile` mode's decode attention as a Triton op whose launches inductor makes, not the opaque op, v73;
     off by default until timed: likewise a knob),
+    one-prog (KV buckets up to 512 positions decoded by one attention program per KV head, not split 8 ways, as
+    before v81: likewise a knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -165,6 +168,7 @@ KNOBS = (
     "no-last",
     "no-silu",
     "inline",
+    "one-prog",
 )
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
@@ -178,6 +182,7 @@ def set_knobs(spec: str) -> None:
     default; "" puts them all back."""
     opts = spec.split("/")[1:]
     fused.SPLIT_AT = split_at(spec) if spec else DEFAULT_SPLIT_AT
+    fused.SPLIT_ABOVE = 512 if "one-prog" in opts else DEFAULT_SPLIT_ABOVE  # v81's A/B: buckets up to 512 unsplit
     prefill_attention.ENABLED = "no-pa" not in opts
     prefill_attention.SPLIT_FROM = None if "no-rot" in opts else DEFAULT_SPLIT_FROM
     sampling.SPLIT_ARGMAX = "am-aten" not in opts

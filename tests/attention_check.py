@@ -93,11 +93,13 @@ def engine_tokens(attention: str, device: str, dtype: str = "float32", n: int = 
 
 if __name__ == "__main__":
     result = {str(dt).removeprefix("torch."): max_errors(dt, "cpu") for dt in (torch.float32, torch.float16)}
-    # finer splits: 2 for a 256 bucket, 16 for 2048 (the merge padded past its default 4)
-    default_split_at, fused.SPLIT_AT = fused.SPLIT_AT, 128
+    # finer splits: 8 for a 128 bucket (six of them past every live position), 16 for 2048 (the merge padded past
+    # its default 8); the default run splits the 512, 1024 and 2048 buckets 8 ways
+    defaults = fused.SPLIT_ABOVE, fused.SPLIT_AT
+    fused.SPLIT_ABOVE, fused.SPLIT_AT = 64, 128
     result["split_at_128"] = max_errors(torch.float32, "cpu")
     result["inline_split_at_128"] = max_errors(torch.float32, "cpu", op=fused.decode_attention_inline)
-    fused.SPLIT_AT = default_split_at
+    fused.SPLIT_ABOVE, fused.SPLIT_AT = defaults
     result["inline"] = max_errors(torch.float32, "cpu", op=fused.decode_attention_inline)
     toks_t, logits_t = engine_tokens("triton", "cpu")
     toks_s, logits_s = engine_tokens("sdpa", "cpu")

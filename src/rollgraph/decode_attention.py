@@ -7,8 +7,8 @@ each a launch and a gap inside the graph. Here that is one launch that reads the
 
 The kernel reads each row's position from device memory, so a captured graph serves every position; the loop stops
 at the position, never reading past the live length. `kv_len` (the graph key's KV bucket) only decides how many
-programs split the cache: up to SPLIT_AT positions one program per (row, KV head) writes the output directly; beyond,
-each split keeps a partial softmax and a second small kernel merges them (flash-decoding).
+programs split the cache: up to SPLIT_ABOVE positions one program per (row, KV head) writes the output directly;
+beyond, SPLITS programs (or more) each keep a partial softmax and a second small kernel merges them (flash-decoding).
 
 Numerics follow the reference path: RoPE rounds `x * cos` to the cache dtype before the fused multiply-add, scores
 and softmax in float32, probabilities cast to the value dtype for the P·V product. fp32 models use IEEE dot products
@@ -28,9 +28,17 @@ try:
 except ImportError:  # CPU-only installs: the runner keeps the SDPA path
     triton = None
 
+SPLIT_ABOVE = 256
+"""KV buckets of up to this many positions take one program per (row, KV head); longer ones are split into SPLITS
+pieces, or into more (a power of two) where a piece would pass SPLIT_AT positions. One program walking a 400-position
+cache took 10.3 µs a layer for llama-2-7b's 32 heads on an H200 and eight pieces with their merge 7.9; at 10
+positions one program took 4.0 µs and four pieces 5.5 (perf-notes v81)."""
+SPLITS = 8
 SPLIT_AT = 512
-"""KV buckets up to this many positions take one program per (row, KV head); longer ones are split into a power of
-two of pieces of at most this many positions (rounded up to BLOCK_T)."""
+"""The most positions one piece of a split bucket walks (rounded up to BLOCK_T)."""
+SPLIT_WARPS = {128: 8, 64: 4}
+"""Warps of a split bucket's programs by head dim (128 for 128 and up, else 64): the fastest in v81's probe for
+llama-2-7b's and llama-3.2-1b's shapes. An unsplit bucket's take 4."""
 BLOCK_T = 64
 INLINE = False
 """Whether `compile` mode (torch.compile without CUDA graphs) calls `decode_attention_inline`, whose launches inductor
@@ -39,10 +47,10 @@ Graph modes keep the opaque op: a captured graph replays the kernels without any
 OVERRIDE: tuple[int, int, int | None, int] | None = None
 """(positions per step, warps, pipeline stages or None for Triton's default, splits) for every launch instead of
 BLOCK_T, 4 warps, the default stages and `_splits`: for scripts/decode_attention_probe.py, which times the choices."""
-MERGE_PAD = 4
+MERGE_PAD = 8
 """The merge kernel reads its splits padded to this power of two (more where a bucket has more splits), so one
-build of each kernel serves every KV bucket of a cache up to 4 · SPLIT_AT positions: a fresh machine compiles them
-once, not once per bucket, before the default set is captured."""
+build of each kernel serves every KV bucket of a cache up to SPLITS · SPLIT_AT positions: a fresh machine compiles
+them once, not once per bucket, before the default set is captured."""
 
 
 def available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
@@ -193,9 +201,9 @@ if triton is not None:
 
 def _splits(kv_len: int) -> tuple[int, int]:
     """(splits, positions per split) for a KV bucket; splits is a power of two for the merge kernel."""
-    if kv_len <= SPLIT_AT:
+    if kv_len <= SPLIT_ABOVE:
         return 1, max(BLOCK_T, kv_len)
-    splits = 1 << math.ceil(math.log2(math.ceil(kv_len / SPLIT_AT)))
+    splits = max(SPLITS, 1 << math.ceil(math.log2(math.ceil(kv_len / SPLIT_AT))))
     return splits, math.ceil(kv_len / splits / BLOCK_T) * BLOCK_T
 
 
@@ -236,6 +244,7 @@ def _attend_and_merge(qkv, cos, sin, positions, write_kv, k_cache, v_cache, kv_l
     block, warps, stages = BLOCK_T, 4, None
     if OVERRIDE is None:
         splits, chunk = _splits(kv_len)
+        warps = SPLIT_WARPS[128 if d >= 128 else 64] if splits > 1 else 4
     else:
         block, warps, stages, splits = OVERRIDE
         chunk = math.ceil(kv_len / splits / block) * block
