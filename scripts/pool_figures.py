@@ -54,8 +54,9 @@ def engine_config(spec: str) -> EngineConfig:
     pbN (prefill buckets the powers of two 16, 32, ... up to N, longer prompts without a graph; the default since v17
     is EngineConfig's),
     mm-torch or mm-triton (few-row matmuls: cuBLAS or skinny_linear),
-    splitN (the fused decode attention splits KV buckets longer than N positions, 512 by default: an experiment knob,
-    set process-wide for this spec and put back after it),
+    splitN (the fused decode attention's split buckets walk at most N positions a piece, 512 by default, so more
+    pieces than SPLITS where a bucket is longer than SPLITS · N: an experiment knob, set process-wide for this spec
+    and put back after it),
     no-pa (prefill's RoPE, cache write and attention as separate kernels instead of prefill_attention.py's one Triton
     kernel, on by default since v23: likewise a knob; `pa`, its name while it was off by default, is still taken),
     am-aten (ATen's single-block argmax instead of sampling.argmax_rows's two reductions: likewise a knob),
