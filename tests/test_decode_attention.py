@@ -64,3 +64,16 @@ def test_a_kernel_that_cannot_be_built_falls_back_under_auto_and_is_an_error_und
     assert len(list(eng.generate(GenerationParams((1, 2, 3), 4)))) == 4
     with pytest.raises(ModelLoadError, match="cannot run: RuntimeError: PassManager::run failed; use attention"):
         Engine(load_model(ModelConfig("llama-tiny", device="cpu")), EngineConfig(mode="eager", attention="triton"))
+
+
+def test_kv_buckets_over_256_positions_split_eight_ways_and_pieces_stay_within_split_at():
+    """perf-notes v81: one program per KV head up to 256 positions; beyond, 8 pieces of whole steps, more (a power of
+    two) where a piece would pass SPLIT_AT; every piece's positions together cover the bucket."""
+    from rollgraph import decode_attention as fused
+
+    assert fused._splits(10) == (1, 64)
+    assert fused._splits(256) == (1, 256)
+    for kv_len, want in ((320, 8), (512, 8), (1024, 8), (2048, 8), (4096, 8), (8192, 16)):
+        splits, chunk = fused._splits(kv_len)
+        assert splits == want and chunk % fused.BLOCK_T == 0 and chunk <= fused.SPLIT_AT, (kv_len, splits, chunk)
+        assert splits * chunk >= kv_len and (splits & (splits - 1)) == 0, (kv_len, splits, chunk)

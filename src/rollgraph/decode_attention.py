@@ -48,9 +48,10 @@ OVERRIDE: tuple[int, int, int | None, int] | None = None
 """(positions per step, warps, pipeline stages or None for Triton's default, splits) for every launch instead of
 BLOCK_T, 4 warps, the default stages and `_splits`: for scripts/decode_attention_probe.py, which times the choices."""
 MERGE_PAD = 8
-"""The merge kernel reads its splits padded to this power of two (more where a bucket has more splits), so one
-build of each kernel serves every KV bucket of a cache up to SPLITS · SPLIT_AT positions: a fresh machine compiles
-them once, not once per bucket, before the default set is captured."""
+"""The merge kernel reads its splits padded to this power of two (more where a bucket has more splits), so one build
+of it serves every split bucket of a cache up to SPLITS · SPLIT_AT positions, and `_attend` one build per warp count
+(the chunk and split count are run-time arguments): a fresh machine compiles them once, not once per bucket, before
+the default set is captured."""
 
 
 def available(device: torch.device, dtype: torch.dtype, head_dim: int) -> bool:
