@@ -15,6 +15,9 @@
 #   ltalgo[:ROWS[:SHAPES]]     scripts/lt_algo_probe.py (cuBLASLt's ranked algorithms on 7B's prefill products at
 #                              ROWS, default 256-512, against cuBLAS and torch's cuBLASLt path, v65; SHAPES: names,
 #                              default the two residual products wo,w_down; wqkv,w_gate_up are the plain ones)
+#   ltile[:ROWS[:SHAPES]]      scripts/lt_tile_probe.py (cuBLASLt configurations outside the heuristic's list, tiles
+#                              that fit ROWS, default 400,384,320, on SHAPES, default w_down,wo; v79)
+#   dattn[:SHAPES]             scripts/decode_attention_probe.py (the decode attention's launch choices, v81)
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (a client's TTFT split hop by hop, v38)
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
 #   pattn[:split[:SHAPES]]     scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23;
@@ -70,6 +73,10 @@ for step in "$@"; do
     ltalgo) PYTHONPATH=src:scripts py scripts/lt_algo_probe.py --out "$out/lt_algo$n.json" ${a:+--rows $a} \
               --shapes "${b:-wo,w_down}" \
               2>"$out/lt_algo$n.log" | tee "$out/lt_algo$n.txt" ;;
+    ltile) PYTHONPATH=src:scripts py scripts/lt_tile_probe.py --out "$out/lt_tile$n.json" --rows "${a:-400,384,320}" \
+             --shapes "${b:-w_down,wo}" 2>&1 | grep -v "^  algo" | tee "$out/lt_tile$n.txt" ;;
+    dattn) PYTHONPATH=src:scripts py scripts/decode_attention_probe.py --out "$out/decode_attn$n.json" \
+             ${a:+--shapes $a} 2>&1 | grep -v -i warn | tee "$out/decode_attn$n.txt" ;;
     ttft) py scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_${a}_${b//+/_}.json" 2>&1 \
             | tail -3 ;;
     launch) PYTHONPATH=src:scripts py scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
