@@ -183,7 +183,7 @@ def capabilities(algo_id: int, dtype: torch.dtype) -> dict:
         if name in ("tiles", "stages"):
             buf = (ctypes.c_uint32 * max(1, size.value // 4))()
             _check(lib.cublasLtMatmulAlgoCapGetAttribute(ctypes.byref(algo), attr, buf, size.value, None), "cap")
-            out[name] = [v for v in buf[: size.value // 4]]
+            out[name] = list(buf[: size.value // 4])
         else:
             value = ctypes.c_uint32(0)
             _check(lib.cublasLtMatmulAlgoCapGetAttribute(ctypes.byref(algo), attr, ctypes.byref(value), 4, None), "cap")
