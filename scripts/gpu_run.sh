@@ -18,6 +18,8 @@
 #   ltile[:ROWS[:SHAPES]]      scripts/lt_tile_probe.py (cuBLASLt configurations outside the heuristic's list, tiles
 #                              that fit ROWS, default 400,384,320, on SHAPES, default w_down,wo; v79)
 #   dattn[:SHAPES]             scripts/decode_attention_probe.py (the decode attention's launch choices, v81)
+#   bchoice[:MODEL[:ROWS]]     scripts/blas_choice_probe.py (what blas_choice times and takes for the residual
+#                              products, fitted tiles included, v82)
 #   ttft:MODEL:MODE            scripts/ttft_overhead.py (a client's TTFT split hop by hop, v38)
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
 #   pattn[:split[:SHAPES]]     scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23;
@@ -77,6 +79,8 @@ for step in "$@"; do
              --shapes "${b:-w_down,wo}" 2>&1 | grep -v "^  algo" | tee "$out/lt_tile$n.txt" ;;
     dattn) PYTHONPATH=src:scripts py scripts/decode_attention_probe.py --out "$out/decode_attn$n.json" \
              ${a:+--shapes $a} 2>&1 | grep -v -i warn | tee "$out/decode_attn$n.txt" ;;
+    bchoice) PYTHONPATH=src:scripts py scripts/blas_choice_probe.py --out "$out/blas_choice$n.json" \
+             ${a:+--model $a} ${b:+--rows $b} 2>&1 | grep -v -i warn ;;
     ttft) py scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_${a}_${b//+/_}.json" 2>&1 \
             | tail -3 ;;
     launch) PYTHONPATH=src:scripts py scripts/prefill_launch_probe.py --model "$a" --mode "$b" \

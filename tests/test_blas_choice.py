@@ -202,3 +202,19 @@ def test_an_algorithm_of_cublaslts_list_is_taken_only_past_the_margin_and_the_kn
     blas_choice.add_product_(r, x, w)
     torch.testing.assert_close(r, want)
     assert prod.ran == [5] and asked == ["cublaslt", "cublaslt"]
+
+
+def test_fitted_tiles_cover_the_rows_in_one_wave_with_little_padding():
+    """perf-notes v82: at 400 rows of llama-2-7b's residual products (n = 4096) on 132 multiprocessors, 64 x 200 (two
+    tiles of rows, 128 CTAs) and 128 x 104 (416 rows) fit; 128 x 128 (512 rows) and 64 x 136 (192 CTAs, two waves)
+    do not; the best fitting comes first and at most `most` are named."""
+    from rollgraph import lt_tiles
+
+    ids = {lt_tiles.name(t): t for t in lt_tiles.TILE}
+    tiles = [ids[name] for name in ("128x128", "64x136", "128x104", "64x200", "64x208", "32x64", "8x512")]
+    got = [lt_tiles.name(t) for t in lt_tiles.fitted(tiles, 400, 4096, 132)]
+    assert got == ["64x200", "64x208", "128x104"]  # the last two tie: 416 rows, 128 CTAs; then by id
+    assert lt_tiles.fitted(tiles, 400, 4096, 132, most=1) == [ids["64x200"]]
+    assert lt_tiles.fitted(tiles, 512, 4096, 132) == [ids["128x128"]]  # 4 x 32 = 128 CTAs, no padding
+    assert lt_tiles.fitted(tiles, 400, 4096, 64) == []  # 128 CTAs are two waves on 64 multiprocessors
+    assert lt_tiles.fitted([9999, *tiles], 400, 4096, 132)[0] == ids["64x200"]  # ids the table lacks are left out

@@ -16,7 +16,10 @@ bucket, CPU) keep the process's default library.
 With enough rows (ALGORITHM_ROWS), cuBLASLt's ranked algorithms are candidates too (lt_matmul, perf-notes v65):
 torch's cuBLASLt path only ever runs the heuristic's first, and on an H100 another in the list (a split-K one) ran
 llama-2-7b's down projection ~4.5 µs faster at 384 and 400 rows. They are screened with a few calls each, and the
-fastest few are timed with the two libraries; one is taken where it beats the better library by MARGIN.
+fastest few are timed with the two libraries; one is taken where it beats the better library by MARGIN. So are
+configurations outside the list (perf-notes v82): copies of the heuristic's first FIT_BASES candidates with a tile
+whose token side fits the rows (lt_tiles.fitted: 64 x 200 or 128 x 104 for 400 rows, where the heuristic may rank
+128 x 128, which covers 512), each accepted by cuBLASLt's check for the shape.
 
 Every product is timed as tune_timing times inductor's candidates: after a read of other memory, by median. A product
 timed back to back with one weight misjudged cuBLAS's 384-row down projection by ~9 µs (v60).
@@ -39,7 +42,7 @@ from collections.abc import Iterable
 
 import torch
 
-from rollgraph import lt_matmul, tune_timing
+from rollgraph import lt_matmul, lt_tiles, tune_timing
 
 logger = logging.getLogger(__name__)
 ENABLED = True
@@ -60,9 +63,11 @@ CALLS = 20
 BORROW_ROWS = (256, 320, 384, 400, 432, 448, 512)
 """Row counts whose ranked algorithms are also tried on a product (where cuBLASLt's check says they run it): at 400
 rows on an H100, algorithms ranked for neighbouring row counts were among the fastest (perf-notes v65)."""
+FIT_BASES = 2
+"""The heuristic's first candidates that fitted tiles are configured from (their cluster shape and the rest kept)."""
 LIBRARIES = ("cublas", "cublaslt")
 _chosen: dict[tuple, str] = {}  # the library by shape
-_algos: dict[tuple, lt_matmul.Candidate] = {}  # cuBLASLt's algorithm by shape, where one beat the library
+_algos: dict[tuple, tuple[str, lt_matmul.Candidate]] = {}  # cuBLASLt's algorithm by shape (its name, itself)
 _timings: dict[tuple, dict[str, float]] = {}  # the medians each choice came from, by the same keys
 _switch = threading.Lock()  # one switch of the process-wide library at a time (module docstring)
 
@@ -79,11 +84,11 @@ def library_for(x: torch.Tensor, w: torch.Tensor) -> str | None:
 def add_product_(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
     """r += x @ w.T in place (beta = 1 on r itself), through the algorithm or library chosen for this shape. A
     chosen algorithm whose call finds its tensors unaligned or strided takes the chosen library instead."""
-    algo = _algos.get(_key(x.shape[0], w)) if ENABLED and ALGORITHMS else None
-    if algo is not None:
+    chosen = _algos.get(_key(x.shape[0], w)) if ENABLED and ALGORITHMS else None
+    if chosen is not None:
         prod = lt_matmul.product(x.shape[0], w.shape[0], w.shape[1], w.dtype)
         if prod.fits(r, x, w):
-            prod.run(algo, r, x, w)
+            prod.run(chosen[1], r, x, w)
             return
     library = library_for(x, w)
     if library is None:
@@ -108,8 +113,9 @@ def choose(rows: Iterable[int], weights: Iterable[torch.Tensor], rounds: int = 3
     """Time r.addmm_(x, w.T) through each library for every row count and weight (CUDA only), and from
     ALGORITHM_ROWS rows on the finalists of cuBLASLt's ranked algorithms too, alternating them `rounds` times, and
     remember the faster by medians; shapes chosen earlier in this process keep their choice and are not timed again.
-    Returns {(rows, n, k): {name: µs}} ("cublas", "cublaslt", "algoN" for the heuristic's N-th) for the log and
-    reports; {} where the device is not CUDA or torch lacks cuBLASLt."""
+    Returns {(rows, n, k): {name: µs}} ("cublas", "cublaslt", "algoN" for the heuristic's N-th, "fitMxN/algoN" for
+    its N-th with tile M x N, `_algorithms`) for the log and reports; {} where the device is not CUDA or torch lacks
+    cuBLASLt."""
     weights = list(weights)
     if not weights or not _can_time(weights[0]):
         return {}
@@ -123,11 +129,11 @@ def choose(rows: Iterable[int], weights: Iterable[torch.Tensor], rounds: int = 3
                 _chosen[key] = "cublaslt" if _lt_wins(medians) else "cublas"
                 best = min((n for n in medians if n in candidates), key=medians.get, default=None)
                 if best is not None and medians[best] <= MARGIN * medians[_chosen[key]]:
-                    _algos[key] = candidates[best]
+                    _algos[key] = (best, candidates[best])
                 timed += 1
             timings[key[:3]] = _timings[key]
     lt = [k for k, v in timings.items() if _lt_wins(v)]
-    algos = {k: name for k, name in choices().items() if k in timings and name.startswith("algo")}
+    algos = {k: name for k, name in choices().items() if k in timings and name not in LIBRARIES}
     secs = time.perf_counter() - start
     logger.info(
         "cuBLASLt for %d of %d prefill products (%d timed now in %.1f s): %s", len(lt), len(timings), timed, secs, lt
@@ -162,11 +168,45 @@ def _time_all(m: int, w: torch.Tensor, rounds: int, calls: int) -> tuple[dict[st
 
 def _algorithms(m: int, w: torch.Tensor) -> dict[str, lt_matmul.Candidate]:
     """cuBLASLt's ranked algorithms for this product, with those it ranks at the other prefill row counts that can
-    run it (lt_matmul.Product.candidates); {} where cuBLASLt cannot be called."""
+    run it (lt_matmul.Product.candidates), and the fitted tiles configured from the first FIT_BASES of them
+    (`_fitted`); {} where cuBLASLt cannot be called."""
     if not lt_matmul.available() or w.dtype not in (torch.float16, torch.bfloat16):
         return {}
-    cands = lt_matmul.product(m, w.shape[0], w.shape[1], w.dtype).candidates(borrow_rows=BORROW_ROWS)
-    return {f"algo{c.rank}": c for c in cands}
+    prod = lt_matmul.product(m, w.shape[0], w.shape[1], w.dtype)
+    cands = prod.candidates(borrow_rows=BORROW_ROWS)
+    sms = torch.cuda.get_device_properties(w.device).multi_processor_count
+    return {f"algo{c.rank}": c for c in cands} | _fitted(prod, cands[:FIT_BASES], sms)
+
+
+def _fitted(prod: lt_matmul.Product, bases: list[lt_matmul.Candidate], sms: int) -> dict[str, lt_matmul.Candidate]:
+    """{"fitMxN/algoR": candidate}: each of `bases` (the heuristic's rank R) copied with each tile of its algorithm
+    that fits the product in one wave (lt_tiles.fitted), where cuBLASLt's check accepts it: with the base's stages,
+    or else with the first of the automatic stage counts it takes. Configurations that repeat one of the list's, or
+    one made before, are left out."""
+    out: dict[str, lt_matmul.Candidate] = {}
+    seen = {bytes(c.algo) for c in bases}
+    for base in bases:
+        algo_id = base.describe().get("id")
+        if algo_id is None:
+            continue
+        caps = _capabilities(algo_id, prod.dtype)
+        for tile in lt_tiles.fitted(caps["tiles"], prod.m, prod.n, sms):
+            for stages in (None, *(s for s in lt_tiles.STAGES_AUTO if s in caps["stages"])):
+                config = {"tile": tile} if stages is None else {"tile": tile, "stages": stages}
+                try:
+                    cand = prod.configured(base, **config)
+                except lt_matmul.CublasLtError:
+                    continue
+                if bytes(cand.algo) not in seen:
+                    seen.add(bytes(cand.algo))
+                    out[f"fit{lt_tiles.name(tile)}/algo{base.rank}"] = cand
+                break
+    return out
+
+
+@functools.cache
+def _capabilities(algo_id: int, dtype: torch.dtype) -> dict:
+    return lt_matmul.capabilities(algo_id, dtype)
 
 
 def _library_product(library: str, r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
@@ -175,16 +215,16 @@ def _library_product(library: str, r: torch.Tensor, x: torch.Tensor, w: torch.Te
 
 
 def describe(shape: tuple) -> dict | None:
-    """The cuBLASLt algorithm chosen for (rows, n, k), as lt_matmul describes it, or None."""
-    for key, algo in _algos.items():
+    """The cuBLASLt algorithm chosen for (rows, n, k), as lt_matmul describes it with its `choice` name, or None."""
+    for key, (name, algo) in _algos.items():
         if key[:3] == tuple(shape):
-            return algo.describe()
+            return {"choice": name, **algo.describe()}
     return None
 
 
 def choices() -> dict:
-    """{(rows, n, k): library} for every shape chosen so far ("algoN" where cuBLASLt's N-th algorithm was)."""
-    return {key[:3]: (f"algo{_algos[key].rank}" if key in _algos else lib) for key, lib in _chosen.items()}
+    """{(rows, n, k): library} for every shape chosen so far (the algorithm's name, `choose`, where one was)."""
+    return {key[:3]: (_algos[key][0] if key in _algos else lib) for key, lib in _chosen.items()}
 
 
 def forget() -> None:
