@@ -41,11 +41,12 @@
 set -uo pipefail
 out=${1:?output folder}
 shift
-export PYTHONPATH=src PYTHONUNBUFFERED=1
+export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1  # a caller's carried wheels (/tmp/site) kept
 {
   date -u
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+  python3 -c "import orjson; print('orjson', orjson.__version__)" 2>/dev/null || echo "no orjson: the stdlib json"
 } 2>&1 | tee "$out/env.txt"
 py() {
   if [ -n "${STEP_TIMEOUT:-}" ]; then timeout -s KILL "$STEP_TIMEOUT" python3 "$@"; else python3 "$@"; fi
@@ -69,21 +70,21 @@ for step in "$@"; do
     gemm) mkdir -p "$out/g$n" && [ "${b:-}" != - ] && tune=${b:+--$b} || tune=
           py scripts/prefill_gemm_probe.py --out "$out/g$n/prefill_gemm.json" ${a:+--rows $a} $tune \
             ${c:+--model $c} 2>&1 | tee "$out/g$n/prefill_gemm.txt" | grep "^{" ;;
-    atune) mkdir -p "$out/a$n" && PYTHONPATH=src:scripts py scripts/autotune_gemm_probe.py \
+    atune) mkdir -p "$out/a$n" && PYTHONPATH=$PYTHONPATH:scripts py scripts/autotune_gemm_probe.py \
              --out "$out/a$n/autotune_gemm.json" ${a:+--rows $a} ${b:+--shapes $b} 2>"$out/a$n/autotune.log" \
              | tee "$out/a$n/autotune_gemm.txt" ;;
-    ltalgo) PYTHONPATH=src:scripts py scripts/lt_algo_probe.py --out "$out/lt_algo$n.json" ${a:+--rows $a} \
+    ltalgo) PYTHONPATH=$PYTHONPATH:scripts py scripts/lt_algo_probe.py --out "$out/lt_algo$n.json" ${a:+--rows $a} \
               --shapes "${b:-wo,w_down}" \
               2>"$out/lt_algo$n.log" | tee "$out/lt_algo$n.txt" ;;
-    ltile) PYTHONPATH=src:scripts py scripts/lt_tile_probe.py --out "$out/lt_tile$n.json" --rows "${a:-400,384,320}" \
+    ltile) PYTHONPATH=$PYTHONPATH:scripts py scripts/lt_tile_probe.py --out "$out/lt_tile$n.json" --rows "${a:-400,384,320}" \
              --shapes "${b:-w_down,wo}" 2>&1 | grep -v "^  algo" | tee "$out/lt_tile$n.txt" ;;
-    dattn) PYTHONPATH=src:scripts py scripts/decode_attention_probe.py --out "$out/decode_attn$n.json" \
+    dattn) PYTHONPATH=$PYTHONPATH:scripts py scripts/decode_attention_probe.py --out "$out/decode_attn$n.json" \
              ${a:+--shapes $a} 2>&1 | grep -v -i warn | tee "$out/decode_attn$n.txt" ;;
-    bchoice) PYTHONPATH=src:scripts py scripts/blas_choice_probe.py --out "$out/blas_choice$n.json" \
+    bchoice) PYTHONPATH=$PYTHONPATH:scripts py scripts/blas_choice_probe.py --out "$out/blas_choice$n.json" \
              ${a:+--model $a} ${b:+--rows $b} 2>&1 | grep -v -i warn ;;
     ttft) py scripts/ttft_overhead.py --model "$a" --mode "$b" --requests 300 --out "$out/ttft_${a}_${b//+/_}.json" 2>&1 \
             | tail -3 ;;
-    launch) PYTHONPATH=src:scripts py scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
+    launch) PYTHONPATH=$PYTHONPATH:scripts py scripts/prefill_launch_probe.py --model "$a" --mode "$b" \
               --out "$out/launch_${a}_${b//+/_}.json" 2>&1 | grep "^{" ;;
     pattn) py scripts/prefill_attention_probe.py --out "$out/prefill_attention$n.json" ${a:+--$a} \
              ${b:+--shapes $b} 2>&1 \
@@ -91,10 +92,10 @@ for step in "$@"; do
     coldpath) py scripts/cold_path_probe.py | tee "$out/cold_path.json" ;;
     capture) py scripts/capture_time.py --model "$a" --mode "$b" ${c:+--cache "$c"} \
                --out "$out/capture${n}_${a}_${b//+/_}.json" 2>&1 | tail -1 ;;
-    skinny16) PYTHONPATH=src:scripts py scripts/skinny16_probe.py --out "$out/skinny16.json" 2>&1 \
+    skinny16) PYTHONPATH=$PYTHONPATH:scripts py scripts/skinny16_probe.py --out "$out/skinny16.json" 2>&1 \
                 | grep -E "^\{|Error" ;;
     tbuild) py scripts/triton_build_probe.py --out "$out/triton_build.json" 2>&1 | tail -1 ;;
-    fusion) PYTHONPATH=src:scripts py scripts/skinny_fusion_probe.py --out "$out/fusion.json" 2>&1 \
+    fusion) PYTHONPATH=$PYTHONPATH:scripts py scripts/skinny_fusion_probe.py --out "$out/fusion.json" 2>&1 \
               | grep -E "^\{|Error" ;;
     chain) STEP_TIMEOUT=${STEP_TIMEOUT:-180} py scripts/chain_probe.py --out "$out/chain.json" 2>&1 | grep -E "^\{|Error" ;;
     resend) py scripts/resend_loop.py --model "$a" --out "$out" 2>&1 | tail -3 ;;

@@ -243,6 +243,25 @@ def test_ids_of_an_int_subclass_are_checked_by_value():
         assert e.value.code == "invalid_token"
 
 
+def test_ids_the_protocol_checked_are_range_checked_by_their_largest():
+    """perf-notes v83: ids from a parsed request are TokenIds, which the engine checks by their largest id alone; one
+    past the vocabulary anywhere in the prompt is refused as for plain tuples, and the rest run as plain ids do."""
+    from rollgraph.params import TokenIds
+    from rollgraph.protocol import parse_request
+
+    engine = make_engine("llama-tiny", mode="eager")
+    vocab = engine.vocab_size
+    ok = parse_request({"type": "generate", "input_tokens": [3, vocab - 1, 0], "max_new_tokens": 3}).params
+    assert type(ok.input_ids) is TokenIds and ok.input_ids.top == vocab - 1
+    assert list(engine.generate(ok)) == run(engine, [3, vocab - 1, 0], 3)
+    for ids in ([vocab, 1, 2], [1, vocab + 7, 2], [1, 2, vocab]):
+        params = parse_request({"type": "generate", "input_tokens": ids}).params
+        with pytest.raises(RequestError, match=rf"token id {max(ids)} is out of range") as e:
+            engine.validate(params)
+        assert e.value.code == "invalid_token"
+    assert run(engine, [1, 2], 3)  # still serving
+
+
 @pytest.mark.parametrize(
     "kw",
     [

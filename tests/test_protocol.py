@@ -426,13 +426,18 @@ def test_generate_reply_shape():
 
 @pytest.mark.parametrize(
     ("values", "ok"),
-    [([], True), ([0, 5, 9], True), ([0, 10], False), ([-1, 3], False), ([1, True], False), ([1, 2.0], False)],
+    [([], False), ([0, 5, 9], True), ([9, 0], True), ([0, 10], False), ([-1, 3], False), ([1, True], False)],
 )
-def test_ids_within_takes_only_plain_ints_in_range(values, ok):
-    from rollgraph.params import ids_within
+def test_checked_ids_takes_only_plain_ints_in_range_and_keeps_the_largest(values, ok):
+    from rollgraph.params import TokenIds, checked_ids
 
-    assert ids_within(values, 9) is ok
-    assert ids_within(tuple(values), 9) is ok
+    for checked in (values, tuple(values), [*values, 2.0]):
+        ids = checked_ids(checked, 9)
+        if not ok or isinstance(checked[-1], float):
+            assert ids is None
+            continue
+        assert type(ids) is TokenIds and ids == tuple(values) and hash(ids) == hash(tuple(values))
+        assert ids.top == max(values)
 
 
 def test_int_subclass_ids_are_still_token_ids():
@@ -447,3 +452,86 @@ def test_int_subclass_ids_are_still_token_ids():
     assert parse_request({"type": "inference", "input_tokens": [Tok.A, 3]}).input_tokens == (5, 3)
     with pytest.raises(RequestError, match="integers only"):
         GenerationParams((Tok.A, True))
+
+
+# ------------------------------------------------------------------------------------- orjson and the stdlib
+
+
+def _outcome(data: bytes, reader=None) -> tuple:
+    """decode_payload(data) as (dict,) or (code, message), read through `reader` (None: the stdlib)."""
+    from rollgraph import protocol
+
+    saved = protocol.orjson
+    protocol.orjson = reader
+    try:
+        return (decode_payload(data),)
+    except RequestError as exc:
+        return (exc.code, exc.message)
+    finally:
+        protocol.orjson = saved
+
+
+try:
+    import orjson
+except ImportError:
+    orjson = None
+needs_orjson = pytest.mark.skipif(orjson is None, reason="orjson is optional; without it the stdlib reads every frame")
+
+EDGE_BODIES = [
+    b'{"a": 123456789012345678901234567890}',  # orjson alone would read a float
+    b'{"a": 18446744073709551616}',
+    b'{"a": -9223372036854775809}',
+    b'{"a": 1e999}',
+    b'{"a": NaN}',
+    b'{"s": "\\ud800"}',  # orjson refuses a lone surrogate; the stdlib reads it
+    b'{"a": 1, "a": 2}',
+    b'{"a": -0, "b": 1E5, "c": 0.1, "d": 1.5e-300}',
+    b'\xef\xbb\xbf{"a": 1}',
+    b'{"a": "\xc3"}',
+    b'{"t": "x\\u0000y", "u": "\xc3\xa9\\u00e9"}',
+    b' {"a" : [1 , 2] } \n',
+    _nested(MAX_JSON_DEPTH),
+    _nested(MAX_JSON_DEPTH + 1),
+    _nested(5000),
+]
+
+
+@needs_orjson
+@pytest.mark.parametrize("data", EDGE_BODIES)
+def test_orjson_and_the_stdlib_read_every_edge_the_same(data):
+    """perf-notes v83: where orjson is installed it reads frames first; whatever it would read differently (integers
+    past 64 bits) or refuses goes to the stdlib, so the dict or the typed error is the same either way."""
+    assert _outcome(data, reader=orjson) == _outcome(data)
+
+
+@needs_orjson
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=64)
+    | JSON_VALUES.map(lambda v: json.dumps(v).encode())
+    | REQUESTS.map(lambda v: json.dumps(v).encode())
+)
+def test_orjson_and_the_stdlib_read_any_body_the_same(data):
+    assert _outcome(data, reader=orjson) == _outcome(data)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "generate", "input_tokens": list(range(400)), "max_new_tokens": 64, "temperature": 0.7, "seed": None},
+        {"type": "generate", "prompt": "héllo ✓", "stop_token_ids": [2], "top_p": 0.9, "stream": False},
+        {"type": "generate", "prompt": "a\ud800b"},  # orjson cannot write a lone surrogate: encode_frame does
+        {"type": "generate", "input_tokens": [1], "seed": 2**63 - 1, "max_new_tokens": 2**70},  # nor 70 bits
+    ],
+)
+def test_encode_checked_writes_what_encode_frame_writes(message):
+    from rollgraph import protocol
+
+    frame = protocol.encode_checked(message)
+    assert struct.unpack(">I", frame[:4])[0] == len(frame) - 4
+    assert decode_payload(frame[4:]) == decode_payload(encode_frame(message)[4:]) == message
+    saved, protocol.orjson = protocol.orjson, None
+    try:
+        assert protocol.encode_checked(message) == encode_frame(message)
+    finally:
+        protocol.orjson = saved

@@ -36,9 +36,10 @@ from rollgraph.protocol import (
     DEFAULT_MAX_FRAME_BYTES,
     ConnectionClosed,
     FrameTooLarge,
+    encode_checked,
+    encode_frame,
     parse_request,
     recv_frame,
-    send_frame,
 )
 
 logger = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ class Client:
         """The seed's message: the greedy next token after `input_tokens`, as a one-element list."""
         message = {"type": "inference", "input_tokens": _token_list(input_tokens, "input_tokens")}
         parse_request(message)
-        reply = self._call(message)
+        reply = self._call(message, checked=True)
         tokens = reply.get("output_tokens")
         if not _is_int_list(tokens):
             raise UnexpectedReply(f"inference reply lacks a list of output_tokens: {_cut(reply)}")
@@ -254,7 +255,7 @@ class Client:
         if prompt is not None:
             message["prompt"] = prompt
         parse_request(message)
-        self._send(message)
+        self._send(message, checked=True)
         self._active = Generation(self)
         return self._active
 
@@ -266,15 +267,17 @@ class Client:
         """The server's liveness and readiness, without `status`."""
         return _without_status(self._call({"type": "health"}))
 
-    def _call(self, message: dict) -> dict:
+    def _call(self, message: dict, checked: bool = False) -> dict:
         """One request, one reply frame (a success frame; error frames raise ServerError)."""
-        self._send(message)
+        self._send(message, checked)
         reply = self._receive_reply()
         if reply.get("status") != "success":
             raise UnexpectedReply(f"expected a success frame for {message['type']!r}, got {_cut(reply)}")
         return reply
 
-    def _send(self, message: dict) -> None:
+    def _send(self, message: dict, checked: bool = False) -> None:
+        """Send one frame; `checked`: `parse_request` accepted `message`, so its numbers are finite and the faster
+        writer may take it (protocol.encode_checked)."""
         if self._active is not None:
             raise RuntimeError(
                 "a generate() stream is still open on this client: iterate it to the end or call its "
@@ -284,7 +287,7 @@ class Client:
         assert self._sock is not None
         self._arrivals.clear()  # a new request: its first frame is awaited asleep
         try:
-            send_frame(self._sock, message)
+            self._sock.sendall(encode_checked(message) if checked else encode_frame(message))
         except TimeoutError:
             self._drop("send timed out")
             raise TimeoutError(

@@ -23,7 +23,7 @@ from rollgraph.generation import Generation, GenerationResult
 from rollgraph.graphs import CudaGraphStep, GraphKey, GraphPool
 from rollgraph.host_tokens import HostTokens
 from rollgraph.models import LoadedModel
-from rollgraph.params import GenerationParams, SamplingParams
+from rollgraph.params import GenerationParams, SamplingParams, TokenIds
 from rollgraph.steps import StepBuffers, Steps, run_once_in_threads
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,8 @@ class Engine:
     def validate(self, params: GenerationParams) -> None:
         """Raise RequestError if the request cannot run on this model; nothing is changed."""
         ids = params.input_ids  # all ints: GenerationParams checked their types, so only the range is left
-        if min(ids) < 0 or max(ids) >= self.vocab_size:
+        known = type(ids) is TokenIds  # the protocol found them in [0, ids.top]
+        if (ids.top if known else max(ids)) >= self.vocab_size or (not known and min(ids) < 0):
             bad = next(t for t in ids if not 0 <= t < self.vocab_size)
             raise RequestError(
                 f"token id {int(bad)} is out of range: ids must be in [0, {self.vocab_size})", code="invalid_token"
