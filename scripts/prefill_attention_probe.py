@@ -6,6 +6,9 @@ reference before it is timed.
 
     PYTHONPATH=src python3 scripts/prefill_attention_probe.py --out OUT/prefill_attention.json
 
+With --rotate (perf-notes v84) it times the split path at the long buckets over ROTATE_GRID, `_rotate_keys`'
+positions per program and warps (the attention kernel's launch as it is), each checked against the reference first.
+
 With --split (perf-notes v67) it times instead, at the long buckets, the kernel with its default launch against the
 split path (the keys rotated once by `_rotate_keys`, then the attention kernel reading them rotated) over a grid of
 the attention kernel's launch choices, each checked against the reference first.
@@ -30,6 +33,8 @@ REFERENCE_LENGTHS = (16, 128, 256, 432)
 GRID = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (1, 3)))  # rows, BLOCK_N, warps, stages
 SPLIT_LENGTHS = (256, 320, 384, 400, 432, 512)
 SPLIT_GRID = list(itertools.product((64, 128), (64, 128), (4, 8), (1, 2, 3)))
+ROTATE_LENGTHS = (320, 400, 432, 512)
+ROTATE_GRID = list(itertools.product((8, 16, 32, 64, 128), (1, 2, 4, 8)))  # positions per program, warps
 
 
 def reference(qkv, cos, sin, write, kc, vc, h: int, kv: int):
@@ -114,6 +119,27 @@ def probe_split(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
     return row
 
 
+def probe_rotate(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
+    """One shape and prompt length: the split path with each of ROTATE_GRID's launches of `_rotate_keys`."""
+    cos, sin, write, kc, vc = tables
+    qkv = torch.randn(1, t, (h + 2 * kv) * d, device="cuda", dtype=kc.dtype)
+    want = reference(qkv, cos, sin, write, kc.clone(), vc.clone(), h, kv).float()
+    call = functools.partial(pa.prefill_attention, qkv, cos[:t], sin[:t], write, kc, vc, h, kv)
+    was, pa.SPLIT_FROM = pa.SPLIT_FROM, 1
+    default = (pa.ROTATE_ROWS, pa.ROTATE_WARPS)
+    row: dict = {"model": name, "T": t, "default": "rows{}_w{}".format(*default), "us": {}, "err": {}}
+    for rows, warps in ROTATE_GRID:
+        pa.ROTATE_ROWS, pa.ROTATE_WARPS = rows, warps
+        key = f"rows{rows}_w{warps}"
+        row["err"][key] = round((call().float() - want).abs().max().item(), 4)
+        row["us"][key] = graph_time_us(call)
+    pa.ROTATE_ROWS, pa.ROTATE_WARPS = default
+    pa.SPLIT_FROM = was
+    ok = {k: v for k, v in row["us"].items() if row["err"][k] < 0.06}
+    row["best"] = min(ok, key=ok.get)
+    return row
+
+
 def choice_key(choice: tuple) -> str:
     """A launch choice's name in the results: rows, BLOCK_N, warps, stages."""
     return "r{}_n{}_w{}_s{}".format(*choice[:4])
@@ -139,6 +165,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--split", action="store_true", help="the split path against the kernel's default (v67)")
+    ap.add_argument("--rotate", action="store_true", help="the split path over _rotate_keys' launches (v84)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="which of SHAPES to time (comma-separated)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -156,6 +183,13 @@ def main() -> None:
         sign = torch.cat((-torch.ones(d // 2, device=dev), torch.ones(d // 2, device=dev)))
         write = torch.ones(1, dtype=torch.bool, device=dev)
         tables = (emb.cos().to(dt), (emb.sin() * sign).to(dt), write, kc, torch.randn_like(kc))
+        if args.rotate:
+            for t in ROTATE_LENGTHS:
+                row = probe_rotate(name, t, h, kv, d, tables)
+                shown = {k: row[k] for k in ("model", "T", "default", "best", "us")}
+                print(json.dumps(shown), flush=True)
+                rows_out.append(row)
+            continue
         if args.split:
             for t in SPLIT_LENGTHS:
                 row = probe_split(name, t, h, kv, d, tables)

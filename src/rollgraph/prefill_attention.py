@@ -266,6 +266,8 @@ rotated, by head dim as LAUNCH_SHORT: plain loads, so the key and value loads ar
 at 320, 400 and 432 positions for llama-2-7b's shape and at 400-512 for llama-3.2-1b's (v67)."""
 ROTATE_ROWS = 64
 """Positions per program of `_rotate_keys`."""
+ROTATE_WARPS = 4
+"""Warps per program of `_rotate_keys`."""
 
 OVERRIDE: tuple[int, int, int, int, bool] | None = None
 """(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of the tables above: for
@@ -319,7 +321,8 @@ def prefill_attention(
         k_rot = qkv.new_empty(b, t, n_kv, d)
         _rotate_keys[(triton.cdiv(t, ROTATE_ROWS), b * n_kv)](
             qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, t, qkv.stride(0), qkv.stride(1), cos.stride(0),
-            *cache_strides, k_rot.stride(0), k_rot.stride(1), H=n_heads, KV=n_kv, D=d, ROWS=ROTATE_ROWS, num_warps=4,
+            *cache_strides, k_rot.stride(0), k_rot.stride(1), H=n_heads, KV=n_kv, D=d, ROWS=ROTATE_ROWS,
+            num_warps=ROTATE_WARPS,
         )  # fmt: skip
     _prefill_attend[(triton.cdiv(t, block_m), b * n_kv)](
         qkv,
