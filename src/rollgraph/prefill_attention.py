@@ -264,8 +264,10 @@ LAUNCH_SPLIT = {128: (128, 64, 8, 3), 64: (64, 64, 4, 3)}
 """(query rows per program, key positions per step, warps, pipeline stages) of the attention kernel when the keys come
 rotated, by head dim as LAUNCH_SHORT: plain loads, so the key and value loads are pipelined. The fastest of 24 choices
 at 320, 400 and 432 positions for llama-2-7b's shape and at 400-512 for llama-3.2-1b's (v67)."""
-ROTATE_ROWS = 64
-"""Positions per program of `_rotate_keys`."""
+ROTATE_ROWS = 8
+"""Positions per program of `_rotate_keys`: many small programs. On an H200 the split path at 320-512 positions took
+1.0-1.5 µs a layer less with 8 than with 64 on both shapes, the fastest of 8-128 positions at 1-8 warps at every
+length (perf-notes v84)."""
 ROTATE_WARPS = 4
 """Warps per program of `_rotate_keys`."""
 
