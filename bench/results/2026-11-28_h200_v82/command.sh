@@ -10,3 +10,7 @@ STEP_TIMEOUT=585 timeout 590 bash scripts/gpu_run.sh $OUT "bench:llama-2-7b:--co
 # call4: tree 794119f (v81-v83), the whole gpu set, orjson carried as a wheel (.whl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 STEP_TIMEOUT=560 timeout 580 bash scripts/gpu_run.sh $OUT tests
+# call5: tree f287fda (v84 probes): _rotate_keys' launches over the split path, then the decode step's profile
+STEP_TIMEOUT=250 timeout 560 bash scripts/gpu_run.sh $OUT pattn:rotate "profile:llama-2-7b:compile+graphs:10,400"
+# call6: tree 6c14cb2 (v84 taken: ROTATE_ROWS 8): the gpu tests of the prefill attention and of every mode's tokens
+STEP_TIMEOUT=300 timeout 330 bash scripts/gpu_run.sh $OUT "tests:prefill_attention or last_layer or mode_tokens_equal_eager"
