@@ -83,6 +83,8 @@ def engine_config(spec: str) -> EngineConfig:
     off by default until timed: likewise a knob),
     one-prog (KV buckets up to 512 positions decoded by one attention program per KV head, not split 8 ways, as
     before v81: likewise a knob),
+    rot64 (long prompts' keys rotated by `_rotate_keys` 64 positions a program, not 8, as before v84: likewise a
+    knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -170,11 +172,13 @@ KNOBS = (
     "no-silu",
     "inline",
     "one-prog",
+    "rot64",
 )
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
 
 DEFAULT_SPLIT_FROM = prefill_attention.SPLIT_FROM
+DEFAULT_ROTATE_ROWS = prefill_attention.ROTATE_ROWS
 DEFAULT_LAST_ROW_FROM = llama.LAST_ROW_FROM
 
 
@@ -186,6 +190,7 @@ def set_knobs(spec: str) -> None:
     fused.SPLIT_ABOVE = 512 if "one-prog" in opts else DEFAULT_SPLIT_ABOVE  # v81's A/B: buckets up to 512 unsplit
     prefill_attention.ENABLED = "no-pa" not in opts
     prefill_attention.SPLIT_FROM = None if "no-rot" in opts else DEFAULT_SPLIT_FROM
+    prefill_attention.ROTATE_ROWS = 64 if "rot64" in opts else DEFAULT_ROTATE_ROWS
     sampling.SPLIT_ARGMAX = "am-aten" not in opts
     skinny.FUSE_RESIDUAL = "no-res" not in opts
     skinny.FUSE_GATE = "no-gate" not in opts
