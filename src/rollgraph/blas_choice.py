@@ -187,9 +187,12 @@ def _fitted(prod: lt_matmul.Product, bases: list[lt_matmul.Candidate], sms: int)
     seen = {bytes(c.algo) for c in bases}
     for base in bases:
         algo_id = base.describe().get("id")
-        if algo_id is None:
+        try:
+            caps = _capabilities(algo_id, prod.dtype) if algo_id is not None else None
+        except lt_matmul.CublasLtError:  # an algorithm that does not say what it takes: its list entries stay
+            caps = None
+        if caps is None:
             continue
-        caps = _capabilities(algo_id, prod.dtype)
         for tile in lt_tiles.fitted(caps["tiles"], prod.m, prod.n, sms):
             for stages in (None, *(s for s in lt_tiles.STAGES_AUTO if s in caps["stages"])):
                 config = {"tile": tile} if stages is None else {"tile": tile, "stages": stages}
