@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import re
 import socket
 import struct
 from collections.abc import Iterable, Sequence
@@ -150,8 +149,11 @@ def _depth(obj: object) -> int:
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_parse_float)
-_LONG_NUMBER = re.compile(rb"\d{19}")
-"""orjson reads an integer past 64 bits as a float; a body with 19 digits in a row is read by the stdlib, exactly."""
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_RUN = b"0" * 19
+"""orjson reads an integer past 64 bits as a float; a body with 19 digits in a row is read by the stdlib, exactly.
+Found by mapping every digit to 0 and searching for the run: ~7 µs on a 400-id body on the development machine,
+where a regex search for the same run took ~47, more than the stdlib's whole read (~32; perf-notes v83)."""
 
 
 def decode_payload(data: bytes) -> dict:
@@ -160,7 +162,7 @@ def decode_payload(data: bytes) -> dict:
     field can hold). Read by orjson where it is installed (perf-notes v83); whatever orjson refuses, or could read
     other than the stdlib does, is read by the stdlib, so both give the same dict or the same error."""
     data = bytes(data)  # the same object where it is bytes already
-    if orjson is not None and not _LONG_NUMBER.search(data):
+    if orjson is not None and _LONG_RUN not in data.translate(_DIGITS_AS_ZERO):
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
