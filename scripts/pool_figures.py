@@ -85,6 +85,8 @@ def engine_config(spec: str) -> EngineConfig:
     before v81: likewise a knob),
     rot64 (long prompts' keys rotated by `_rotate_keys` 64 positions a program, not 8, as before v84: likewise a
     knob),
+    no-plain (prefill's plain products, QKV and gate/up, through torch's own product, none through the cuBLASLt
+    configuration start-up timed faster, as before v85: likewise a knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -173,6 +175,7 @@ KNOBS = (
     "inline",
     "one-prog",
     "rot64",
+    "no-plain",
 )
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
@@ -200,6 +203,7 @@ def set_knobs(spec: str) -> None:
     llama.RESIDUAL_IN_GEMM = "no-addmm" not in opts
     blas_choice.ENABLED = "no-lt" not in opts
     blas_choice.ALGORITHMS = "no-algo" not in opts
+    blas_choice.PLAIN = "no-plain" not in opts
     llama.LAST_ROW_FROM = None if "no-last" in opts else DEFAULT_LAST_ROW_FROM
     silu_mul.ENABLED = "no-silu" not in opts
     fused.INLINE = "inline" in opts

@@ -150,9 +150,12 @@ class FakeProduct:
     def fits(self, r, x, w) -> bool:
         return self.ok
 
-    def run(self, algo, r, x, w) -> None:
-        self.ran.append(algo.rank)
-        r.addmm_(x, w.t())
+    def run(self, algo, r, x, w, accumulate=True) -> None:
+        self.ran.append(algo.rank if accumulate else (algo.rank, "plain"))
+        if accumulate:
+            r.addmm_(x, w.t())
+        else:
+            torch.mm(x, w.t(), out=r)
 
 
 def test_an_algorithm_of_cublaslts_list_is_taken_only_past_the_margin_and_the_knob_turns_it_off(monkeypatch):
@@ -216,5 +219,64 @@ def test_fitted_tiles_cover_the_rows_in_one_wave_with_little_padding():
     assert got == ["64x200", "64x208", "128x104"]  # the last two tie: 416 rows, 128 CTAs; then by id
     assert lt_tiles.fitted(tiles, 400, 4096, 132, most=1) == [ids["64x200"]]
     assert lt_tiles.fitted(tiles, 512, 4096, 132) == [ids["128x128"]]  # 4 x 32 = 128 CTAs, no padding
-    assert lt_tiles.fitted(tiles, 400, 4096, 64) == []  # 128 CTAs are two waves on 64 multiprocessors
+    assert lt_tiles.fitted(tiles, 400, 4096, 64, waves=1) == []  # 128 CTAs are two waves on 64 multiprocessors
     assert lt_tiles.fitted([9999, *tiles], 400, 4096, 132)[0] == ids["64x200"]  # ids the table lacks are left out
+
+
+def test_fitted_tiles_of_a_wide_product_fill_two_waves():
+    """perf-notes v85: llama-2-7b's gate/up (n = 22016) at 400 rows cannot be one wave of 132; 256 x 136 covers it in
+    258 CTAs with 408 rows (then 192 x 208: 230 CTAs, 416 rows), where the library's 256 x 144 pads to 432 (8%) and
+    256 x 104 needs three waves; at 320 rows 256 x 112 (336 rows, 5%) fits and at 432 rows 256 x 144 itself."""
+    from rollgraph import lt_tiles
+
+    ids = {lt_tiles.name(t): t for t in lt_tiles.TILE}
+    tiles = [ids[name] for name in ("256x144", "256x136", "256x104", "256x112", "192x208", "128x128")]
+    assert [lt_tiles.name(t) for t in lt_tiles.fitted(tiles, 400, 22016, 132)] == ["256x136", "192x208"]
+    assert lt_tiles.fitted(tiles, 400, 22016, 132, waves=1) == []
+    assert [lt_tiles.name(t) for t in lt_tiles.fitted(tiles, 320, 22016, 132)] == ["256x112"]
+    assert lt_tiles.fitted(tiles, 432, 22016, 132)[:1] == [ids["256x144"]]
+    narrow = [ids[name] for name in ("64x200", "128x104", "128x128")]
+    assert lt_tiles.fitted(narrow, 400, 4096, 64) == narrow[:2]  # 128 CTAs fill two waves of 64; 512 rows pad too much
+
+
+def test_plain_products_are_chosen_apart_and_run_through_their_choice(monkeypatch):
+    """perf-notes v85: choose(accumulate=False) times r = x @ w.T apart from the residual product of the same weight
+    (its own key and name, "plain"), and `product` runs the plain choice: the algorithm with beta 0, the chosen
+    library where the algorithm does not fit, torch's own product for an untimed shape or with PLAIN off."""
+    from rollgraph import lt_matmul
+
+    asked = spy_on_using(monkeypatch)
+    monkeypatch.setattr(blas_choice, "_can_time", lambda w: True)
+    algos = {f"algo{i}": lt_matmul.Candidate(i, lt_matmul._Algo(), 0, 1.0) for i in range(3)}
+    monkeypatch.setattr(blas_choice, "_algorithms", lambda m, w: dict(algos))
+    prod = FakeProduct(fits=True)
+    monkeypatch.setattr(lt_matmul, "product", lambda *shape: prod)
+    kinds = []
+
+    def fake_time_us(fn, calls):  # both partials end with `accumulate`: the plain product's algo2 is far ahead
+        kinds.append(fn.args[4])
+        name = fn.args[0] if isinstance(fn.args[0], str) else f"algo{fn.args[0].rank}"
+        return {"cublas": 50.0, "cublaslt": 50.0}.get(name, 30.0 if name == "algo2" and not fn.args[4] else 60.0)
+
+    monkeypatch.setattr(blas_choice, "_time_us", fake_time_us)
+    w = torch.randn(24, 16)
+    plain = blas_choice.choose([400], [w], rounds=1, accumulate=False)
+    assert set(plain) == {(400, 24, 16, "plain")} and set(kinds) == {False}
+    assert blas_choice.choose([400], [w], rounds=1).keys() == {(400, 24, 16)} and set(kinds) == {False, True}
+    assert blas_choice.choices() == {(400, 24, 16, "plain"): "algo2", (400, 24, 16): "cublas"}
+    assert blas_choice.describe((400, 24, 16)) is None
+    x = torch.randn(400, 16)
+    torch.testing.assert_close(blas_choice.product(x, w), x @ w.T)
+    assert prod.ran == [(2, "plain")] and asked == []
+    blas_choice.add_product_(torch.zeros(400, 24), x, w)  # the residual product kept its own choice, cuBLAS
+    assert prod.ran == [(2, "plain")] and asked == ["cublas"]
+    prod.ok = False  # the algorithm does not fit this call's tensors: the chosen library
+    torch.testing.assert_close(blas_choice.product(x, w), x @ w.T)
+    assert asked == ["cublas", "cublas"]
+    prod.ok = True
+    monkeypatch.setattr(blas_choice, "PLAIN", False)
+    torch.testing.assert_close(blas_choice.product(x, w), x @ w.T)
+    x48 = torch.randn(48, 16)
+    monkeypatch.setattr(blas_choice, "PLAIN", True)
+    torch.testing.assert_close(blas_choice.product(x48, w), torch.nn.functional.linear(x48, w))  # never timed
+    assert prod.ran == [(2, "plain")] and asked == ["cublas", "cublas"]

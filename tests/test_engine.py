@@ -390,3 +390,33 @@ def test_the_residual_rides_in_the_product_only_past_skinny_rows(monkeypatch):
     assert run(make_engine("llama-tiny", mode="compile"), ids) == on  # through the rollgraph::add_product op
     monkeypatch.setattr(llama, "RESIDUAL_IN_GEMM", False)
     assert run(make_engine("llama-tiny", mode="eager"), ids) == on
+
+
+def test_plain_products_past_skinny_rows_go_through_blas_choice(monkeypatch):
+    """perf-notes v85: a product with no residual and no bias is blas_choice.product's with more rows than
+    skinny_linear takes (eagerly, and through the rollgraph::plain_product op in compiled code), F.linear with fewer
+    or with a bias; the same values as F.linear, and the same tokens as with the product taken back to F.linear."""
+    from rollgraph import blas_choice, llama
+
+    seen = []
+    product = blas_choice.product
+    monkeypatch.setattr(blas_choice, "product", lambda x, w: seen.append((x.shape, w.shape)) or product(x, w))
+    g = torch.Generator().manual_seed(0)
+    w, b = torch.randn(48, 64, generator=g), torch.randn(48, generator=g)
+    for rows in (1, 32, 33, 40):
+        x = torch.randn(1, rows, 64, generator=g)
+        torch.testing.assert_close(llama._linear(x, w, None, False), torch.nn.functional.linear(x, w))
+        torch.testing.assert_close(llama._linear(x, w, b, False), torch.nn.functional.linear(x, w, b))
+    assert seen == [((33, 64), (48, 64)), ((40, 64), (48, 64))]  # few rows and the biased product: F.linear
+    ids = list(range(7, 47))
+    seen.clear()
+    on = run(make_engine("llama-tiny", mode="eager"), ids)
+    weights = {w for _, w in seen}
+    model = load_model(ModelConfig("llama-tiny")).model.config
+    qkv = (model.num_attention_heads + 2 * model.num_key_value_heads) * model.head_dim
+    assert weights == {(qkv, model.hidden_size), (2 * model.intermediate_size, model.hidden_size)}, weights
+    seen.clear()
+    assert run(make_engine("llama-tiny", mode="compile"), ids) == on
+    assert {w for _, w in seen} == weights  # the op called blas_choice.product in compiled code too
+    monkeypatch.setattr(blas_choice, "product", lambda x, w: torch.nn.functional.linear(x, w))
+    assert run(make_engine("llama-tiny", mode="eager"), ids) == on

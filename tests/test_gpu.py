@@ -425,6 +425,43 @@ def test_blas_choice_times_both_libraries_and_every_choice_adds_the_product_in_g
     blas_choice.forget()
 
 
+def test_plain_products_are_chosen_apart_and_every_choice_gives_the_product_in_graphs():
+    """perf-notes v85: choose(accumulate=False) times the plain product r = x @ w.T (llama-3.2-1b's gate/up at 400
+    rows) apart from the residual one of the same weight, and blas_choice.product gives the float product through
+    each library and each finalist, run as it is and replayed from a CUDA graph."""
+    from rollgraph import blas_choice
+
+    blas_choice.forget()
+    g = torch.Generator(device="cuda").manual_seed(5)
+    w = torch.randn(16384, 2048, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    timings = blas_choice.choose([400], [w], accumulate=False)
+    assert set(timings) == {(400, 16384, 2048, "plain")}
+    finalists = [n for n in timings[(400, 16384, 2048, "plain")] if n not in blas_choice.LIBRARIES]
+    assert 1 <= len(finalists) <= blas_choice.FINALISTS, timings
+    assert blas_choice.choose([400], [w]).keys() == {(400, 16384, 2048)}  # the residual product: its own choice
+    x = torch.randn(400, 2048, device="cuda", dtype=torch.bfloat16, generator=g)
+    want = (x.float() @ w.float().T).to(torch.bfloat16)
+    key = blas_choice._key(400, w, False)
+    candidates = blas_choice._algorithms(400, w)
+    for choice in (*blas_choice.LIBRARIES, *finalists):
+        blas_choice._algos.pop(key, None)
+        if choice in candidates:
+            blas_choice._algos[key] = (choice, candidates[choice])
+        else:
+            blas_choice._chosen[key] = choice
+        torch.testing.assert_close(blas_choice.product(x, w), want, atol=2e-2, rtol=2e-2)
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            blas_choice.product(x, w)  # warm the library's handle and workspace on this stream
+            with torch.cuda.graph(graph, stream=stream):
+                out = blas_choice.product(x, w)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph.replay()
+        torch.testing.assert_close(out, want, atol=2e-2, rtol=2e-2, msg=lambda m, c=choice: f"{c} (graph): {m}")
+    blas_choice.forget()
+
+
 @pytest.mark.parametrize("rows", [256, 320, 384, 400, 432])
 def test_every_cublaslt_algorithm_listed_for_a_shape_adds_the_product_and_unaligned_tensors_are_refused(rows):
     """perf-notes v65: every algorithm lt_matmul lists for llama-2-7b's down projection (the heuristic's own, and
@@ -450,18 +487,31 @@ def test_every_cublaslt_algorithm_listed_for_a_shape_adds_the_product_and_unalig
     assert not prod.fits(r0.clone(), unaligned, w) and not prod.fits(r0.clone(), x, w.t().contiguous().t())
 
 
-@pytest.mark.parametrize(("rows", "n", "k"), [(400, 4096, 11008), (400, 4096, 4096), (320, 4096, 11008)])
-def test_fitted_tile_configurations_add_the_product_and_fit_the_rows(rows, n, k):
-    """perf-notes v82: the configurations blas_choice builds outside cuBLASLt's list, a tile whose token side fits
+@pytest.mark.parametrize(
+    ("rows", "n", "k", "accumulate"),
+    [
+        (400, 4096, 11008, True),
+        (400, 4096, 4096, True),
+        (320, 4096, 11008, True),
+        (400, 22016, 4096, False),
+        (320, 12288, 4096, False),
+    ],
+)
+def test_fitted_tile_configurations_add_the_product_and_fit_the_rows(rows, n, k, accumulate):
+    """perf-notes v82, v85: the configurations blas_choice builds outside cuBLASLt's list, a tile whose token side fits
     the rows on a copy of the heuristic's first candidates, each give the float product within bf16 tolerance, in a
-    CUDA graph too; on Hopper llama-2-7b's residual products at 400 rows get at least one (64 x 200 or 128 x 104)."""
+    CUDA graph too: added into the residual (llama-2-7b's output and down projections; on Hopper at 400 rows at least
+    one, 64 x 200 or 128 x 104) or plain, where the output's old values are never read (its gate/up and QKV,
+    blas_choice.product)."""
     from rollgraph import blas_choice, lt_matmul, lt_tiles
 
     g = torch.Generator(device="cuda").manual_seed(7)
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
     x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16, generator=g)
     r0 = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16, generator=g)
-    want = (r0.float() + x.float() @ w.float().T).to(torch.bfloat16)
+    if not accumulate:
+        r0.fill_(float("nan"))  # beta 0: a NaN read would show in every output
+    want = ((r0.float() if accumulate else 0) + x.float() @ w.float().T).to(torch.bfloat16)
     fitted = {name: c for name, c in blas_choice._algorithms(rows, w).items() if name.startswith("fit")}
     if torch.cuda.get_device_capability() == (9, 0):
         assert fitted, "no fitted configuration on a Hopper GPU"
@@ -471,13 +521,13 @@ def test_fitted_tile_configurations_add_the_product_and_fit_the_rows(rows, n, k)
         tile = c.describe()["tile"]
         assert name.startswith(f"fit{lt_tiles.name(tile)}/algo") and tile in lt_tiles.fitted([tile], rows, n, sms)
         r = r0.clone()
-        prod.run(c, r, x, w)
+        prod.run(c, r, x, w, accumulate)
         torch.testing.assert_close(r, want, atol=3e-2, rtol=2e-2, msg=lambda m, name=name: f"{name}: {m}")
         r.copy_(r0)
         graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
-            prod.run(c, r, x, w)
+            prod.run(c, r, x, w, accumulate)
         torch.cuda.current_stream().wait_stream(stream)
         graph.replay()
         torch.testing.assert_close(r, want, atol=3e-2, rtol=2e-2, msg=lambda m, name=name: f"{name} (graph): {m}")

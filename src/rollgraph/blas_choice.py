@@ -1,5 +1,6 @@
 """Which BLAS library runs each prefill product that adds into the residual: cuBLAS's own heuristic or cuBLASLt's,
-chosen per shape by timing both once at start-up (perf-notes v57).
+chosen per shape by timing both once at start-up (perf-notes v57); and, from ALGORITHM_ROWS rows, the plain products
+(QKV and gate/up, r = x @ w.T) likewise (`product`, perf-notes v85).
 
 At prefill row counts the two libraries' heuristics pick different kernels. On one H100, llama-2-7b's down projection
 at 384 and 400 rows ran ~10 µs faster through cuBLASLt (61 and 68 µs against 71 and 78), while at 432 rows the two
@@ -19,7 +20,9 @@ llama-2-7b's down projection ~4.5 µs faster at 384 and 400 rows. They are scree
 fastest few are timed with the two libraries; one is taken where it beats the better library by MARGIN. So are
 configurations outside the list (perf-notes v82): copies of the heuristic's first FIT_BASES candidates with a tile
 whose token side fits the rows (lt_tiles.fitted: 64 x 200 or 128 x 104 for 400 rows, where the heuristic may rank
-128 x 128, which covers 512), each accepted by cuBLASLt's check for the shape.
+128 x 128, which covers 512), each accepted by cuBLASLt's check for the shape, with the candidate's cluster shape or
+without one. On an H200 such tiles ran gate/up 4% faster at 400 rows (256 x 136, 408 rows, against 256 x 144's 432)
+and gate/up and QKV 8% and 12% faster at 320 rows (perf-notes v85).
 
 Every product is timed as tune_timing times inductor's candidates: after a read of other memory, by median. A product
 timed back to back with one weight misjudged cuBLAS's 384-row down projection by ~9 µs (v60).
@@ -51,6 +54,9 @@ option `no-lt`)."""
 ALGORITHMS = True
 """False runs no chosen cuBLASLt algorithm, only the chosen library (read at every call; pool_figures option
 `no-algo`). Start-up times the algorithms either way, so one process can compare both."""
+PLAIN = True
+"""False runs the plain products (`product`) through torch's own choice and times none of them at start-up (read at
+every call; pool_figures option `no-plain`)."""
 MARGIN = 0.97
 """cuBLASLt is taken only where it timed at most this fraction of cuBLAS's time: a tie keeps the default; likewise
 an algorithm of cuBLASLt's list against the better library."""
@@ -66,19 +72,26 @@ rows on an H100, algorithms ranked for neighbouring row counts were among the fa
 FIT_BASES = 2
 """The heuristic's first candidates that fitted tiles are configured from (their cluster shape and the rest kept)."""
 LIBRARIES = ("cublas", "cublaslt")
-_chosen: dict[tuple, str] = {}  # the library by shape
+_chosen: dict[tuple, str] = {}  # the library by shape (_key)
 _algos: dict[tuple, tuple[str, lt_matmul.Candidate]] = {}  # cuBLASLt's algorithm by shape (its name, itself)
 _timings: dict[tuple, dict[str, float]] = {}  # the medians each choice came from, by the same keys
 _switch = threading.Lock()  # one switch of the process-wide library at a time (module docstring)
 
 
-def _key(rows: int, w: torch.Tensor) -> tuple:
-    return (rows, w.shape[0], w.shape[1], w.dtype, w.device)
+def _key(rows: int, w: torch.Tensor, accumulate: bool = True) -> tuple:
+    return (rows, w.shape[0], w.shape[1], w.dtype, w.device, accumulate)
 
 
-def library_for(x: torch.Tensor, w: torch.Tensor) -> str | None:
-    """The library chosen for x @ w.T, or None where none was (the default runs it)."""
-    return _chosen.get(_key(x.shape[0], w)) if ENABLED else None
+def shape_of(key: tuple) -> tuple:
+    """A choice's name in `choose`'s, `choices`' and `describe`'s dicts: (rows, n, k) for a product that adds into the
+    residual, (rows, n, k, "plain") for a plain one."""
+    return key[:3] if key[5] else (*key[:3], "plain")
+
+
+def library_for(x: torch.Tensor, w: torch.Tensor, accumulate: bool = True) -> str | None:
+    """The library chosen for x @ w.T (added into a residual, or plain), or None where none was (the default runs
+    it)."""
+    return _chosen.get(_key(x.shape[0], w, accumulate)) if ENABLED else None
 
 
 def add_product_(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
@@ -98,6 +111,26 @@ def add_product_(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
         r.addmm_(x, w.t())
 
 
+def product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T into a new tensor, through the algorithm or library chosen for this plain product's shape (torch's
+    default where none was: the same call as F.linear without a bias)."""
+    if not PLAIN:
+        return torch.mm(x, w.t())
+    key = _key(x.shape[0], w, False)
+    chosen = _algos.get(key) if ENABLED and ALGORITHMS else None
+    if chosen is not None:
+        prod = lt_matmul.product(x.shape[0], w.shape[0], w.shape[1], w.dtype)
+        r = x.new_empty(x.shape[0], w.shape[0])
+        if prod.fits(r, x, w):
+            prod.run(chosen[1], r, x, w, accumulate=False)
+            return r
+    library = library_for(x, w, accumulate=False)
+    if library is None:
+        return torch.mm(x, w.t())
+    with _switch, using(library):
+        return torch.mm(x, w.t())
+
+
 @contextlib.contextmanager
 def using(library: str):
     """torch's preferred BLAS library set to `library` inside the block, and put back after it."""
@@ -109,35 +142,40 @@ def using(library: str):
         torch.backends.cuda.preferred_blas_library(before)
 
 
-def choose(rows: Iterable[int], weights: Iterable[torch.Tensor], rounds: int = 3, calls: int = CALLS) -> dict:
-    """Time r.addmm_(x, w.T) through each library for every row count and weight (CUDA only), and from
-    ALGORITHM_ROWS rows on the finalists of cuBLASLt's ranked algorithms too, alternating them `rounds` times, and
-    remember the faster by medians; shapes chosen earlier in this process keep their choice and are not timed again.
-    Returns {(rows, n, k): {name: µs}} ("cublas", "cublaslt", "algoN" for the heuristic's N-th, "fitMxN/algoN" for
-    its N-th with tile M x N, `_algorithms`) for the log and reports; {} where the device is not CUDA or torch lacks
-    cuBLASLt."""
+def choose(
+    rows: Iterable[int],
+    weights: Iterable[torch.Tensor],
+    rounds: int = 3,
+    calls: int = CALLS,
+    accumulate: bool = True,
+) -> dict:
+    """Time r.addmm_(x, w.T) (with `accumulate` off, the plain r = x @ w.T) through each library for every row count
+    and weight (CUDA only), and from ALGORITHM_ROWS rows on the finalists of cuBLASLt's ranked algorithms too,
+    alternating them `rounds` times, and remember the faster by medians; shapes chosen earlier in this process keep
+    their choice and are not timed again. Returns {shape_of(key): {name: µs}} ("cublas", "cublaslt", "algoN" for the
+    heuristic's N-th, "fitMxN/algoN" for its N-th with tile M x N, `_algorithms`) for the log and reports; {} where
+    the device is not CUDA or torch lacks cuBLASLt."""
     weights = list(weights)
     if not weights or not _can_time(weights[0]):
         return {}
     timings, timed, start = {}, 0, time.perf_counter()
     for m in sorted(set(rows)):
         for w in weights:
-            key = _key(m, w)
+            key = _key(m, w, accumulate)
             if key not in _timings:
-                medians, candidates = _time_all(m, w, rounds, calls)
+                medians, candidates = _time_all(m, w, rounds, calls, accumulate)
                 _timings[key] = medians
                 _chosen[key] = "cublaslt" if _lt_wins(medians) else "cublas"
                 best = min((n for n in medians if n in candidates), key=medians.get, default=None)
                 if best is not None and medians[best] <= MARGIN * medians[_chosen[key]]:
                     _algos[key] = (best, candidates[best])
                 timed += 1
-            timings[key[:3]] = _timings[key]
+            timings[shape_of(key)] = _timings[key]
     lt = [k for k, v in timings.items() if _lt_wins(v)]
     algos = {k: name for k, name in choices().items() if k in timings and name not in LIBRARIES}
     secs = time.perf_counter() - start
-    logger.info(
-        "cuBLASLt for %d of %d prefill products (%d timed now in %.1f s): %s", len(lt), len(timings), timed, secs, lt
-    )
+    kind = "prefill products" if accumulate else "plain prefill products"
+    logger.info("cuBLASLt for %d of %d %s (%d timed now in %.1f s): %s", len(lt), len(timings), kind, timed, secs, lt)
     if algos:
         logger.info("cuBLASLt algorithms chosen by timing: %s", algos)
     return timings
@@ -147,16 +185,16 @@ def _lt_wins(medians: dict[str, float]) -> bool:
     return medians["cublaslt"] <= MARGIN * medians["cublas"]
 
 
-def _time_all(m: int, w: torch.Tensor, rounds: int, calls: int) -> tuple[dict[str, float], dict]:
-    """Median µs of r += x @ w.T with `m` rows by each library and, from ALGORITHM_ROWS rows, by the finalists of
-    cuBLASLt's algorithms, alternated `rounds` times; and those algorithms by name."""
+def _time_all(m: int, w: torch.Tensor, rounds: int, calls: int, accumulate: bool) -> tuple[dict[str, float], dict]:
+    """Median µs of r += x @ w.T (or r = x @ w.T) with `m` rows by each library and, from ALGORITHM_ROWS rows, by the
+    finalists of cuBLASLt's algorithms, alternated `rounds` times; and those algorithms by name."""
     x = torch.randn(m, w.shape[1], device=w.device, dtype=w.dtype)
     r = torch.zeros(m, w.shape[0], device=w.device, dtype=w.dtype)
-    fns = {lib: functools.partial(_library_product, lib, r, x, w) for lib in LIBRARIES}
+    fns = {lib: functools.partial(_library_product, lib, r, x, w, accumulate) for lib in LIBRARIES}
     candidates = _algorithms(m, w) if m >= ALGORITHM_ROWS else {}
     if candidates:
         prod = lt_matmul.product(m, w.shape[0], w.shape[1], w.dtype)
-        runs = {name: functools.partial(prod.run, c, r, x, w) for name, c in candidates.items()}
+        runs = {name: functools.partial(prod.run, c, r, x, w, accumulate) for name, c in candidates.items()}
         screen = {name: _time_us(fn, SCREEN_CALLS) for name, fn in runs.items()}
         fns.update({name: runs[name] for name in sorted(screen, key=screen.get)[:FINALISTS]})
     us: dict[str, list[float]] = {name: [] for name in fns}
@@ -179,10 +217,11 @@ def _algorithms(m: int, w: torch.Tensor) -> dict[str, lt_matmul.Candidate]:
 
 
 def _fitted(prod: lt_matmul.Product, bases: list[lt_matmul.Candidate], sms: int) -> dict[str, lt_matmul.Candidate]:
-    """{"fitMxN/algoR": candidate}: each of `bases` (the heuristic's rank R) copied with each tile of its algorithm
-    that fits the product in one wave (lt_tiles.fitted), where cuBLASLt's check accepts it: with the base's stages,
-    or else with the first of the automatic stage counts it takes. Configurations that repeat one of the list's, or
-    one made before, are left out."""
+    """{"fitMxN/algoR": candidate, "fitMxN/algoR/c1": the same without a cluster}: each of `bases` (the heuristic's
+    rank R) copied with each tile of its algorithm that fits the product in whole waves (lt_tiles.fitted), with the
+    base's cluster shape and with none, where cuBLASLt's check accepts it: with the base's stages, or else with the
+    first of the automatic stage counts it takes. Configurations that repeat one of the list's, or one made before,
+    are left out."""
     out: dict[str, lt_matmul.Candidate] = {}
     seen = {bytes(c.algo) for c in bases}
     for base in bases:
@@ -194,16 +233,17 @@ def _fitted(prod: lt_matmul.Product, bases: list[lt_matmul.Candidate], sms: int)
         if caps is None:
             continue
         for tile in lt_tiles.fitted(caps["tiles"], prod.m, prod.n, sms):
-            for stages in (None, *(s for s in lt_tiles.STAGES_AUTO if s in caps["stages"])):
-                config = {"tile": tile} if stages is None else {"tile": tile, "stages": stages}
-                try:
-                    cand = prod.configured(base, **config)
-                except lt_matmul.CublasLtError:
-                    continue
-                if bytes(cand.algo) not in seen:
-                    seen.add(bytes(cand.algo))
-                    out[f"fit{lt_tiles.name(tile)}/algo{base.rank}"] = cand
-                break
+            for cluster in ({}, {"cluster": lt_tiles.CLUSTER_1X1}):
+                for stages in (None, *(s for s in lt_tiles.STAGES_AUTO if s in caps["stages"])):
+                    config = {"tile": tile, **cluster, **({} if stages is None else {"stages": stages})}
+                    try:
+                        cand = prod.configured(base, **config)
+                    except lt_matmul.CublasLtError:
+                        continue
+                    if bytes(cand.algo) not in seen:
+                        seen.add(bytes(cand.algo))
+                        out[f"fit{lt_tiles.name(tile)}/algo{base.rank}{'/c1' if cluster else ''}"] = cand
+                    break
     return out
 
 
@@ -212,22 +252,26 @@ def _capabilities(algo_id: int, dtype: torch.dtype) -> dict:
     return lt_matmul.capabilities(algo_id, dtype)
 
 
-def _library_product(library: str, r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
+def _library_product(library: str, r: torch.Tensor, x: torch.Tensor, w: torch.Tensor, accumulate: bool) -> None:
     with _switch, using(library):
-        r.addmm_(x, w.t())
+        if accumulate:
+            r.addmm_(x, w.t())
+        else:
+            torch.mm(x, w.t(), out=r)
 
 
 def describe(shape: tuple) -> dict | None:
-    """The cuBLASLt algorithm chosen for (rows, n, k), as lt_matmul describes it with its `choice` name, or None."""
+    """The cuBLASLt algorithm chosen for `shape` (shape_of: (rows, n, k), or with "plain"), as lt_matmul describes it
+    with its `choice` name, or None."""
     for key, (name, algo) in _algos.items():
-        if key[:3] == tuple(shape):
+        if shape_of(key) == tuple(shape):
             return {"choice": name, **algo.describe()}
     return None
 
 
 def choices() -> dict:
-    """{(rows, n, k): library} for every shape chosen so far (the algorithm's name, `choose`, where one was)."""
-    return {key[:3]: (_algos[key][0] if key in _algos else lib) for key, lib in _chosen.items()}
+    """{shape_of(key): library} for every shape chosen so far (the algorithm's name, `choose`, where one was)."""
+    return {shape_of(key): (_algos[key][0] if key in _algos else lib) for key, lib in _chosen.items()}
 
 
 def forget() -> None:

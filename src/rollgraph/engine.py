@@ -444,14 +444,15 @@ class Engine:
         }
 
     def cublaslt_products(self) -> list[str]:
-        """The prefill products (rows x n x k) that warm-up's timing sent through cuBLASLt (blas_choice): torch's
-        cuBLASLt path, or an algorithm of cuBLASLt's list (`cublaslt_algorithms`)."""
+        """The prefill products (rows x n x k, "plain" for those that do not add into the residual) that warm-up's
+        timing sent through cuBLASLt (blas_choice): torch's cuBLASLt path, or an algorithm of cuBLASLt's list
+        (`cublaslt_algorithms`)."""
         chosen = blas_choice.choices()
-        return [f"{m}x{n}x{k}" for m, n, k in sorted(self.blas_timings) if chosen.get((m, n, k), "cublas") != "cublas"]
+        return [_shape_name(s) for s in sorted(self.blas_timings) if chosen.get(s, "cublas") != "cublas"]
 
     def cublaslt_algorithms(self) -> dict[str, dict]:
         """The prefill products that run an algorithm of cuBLASLt's list, each with its configuration."""
-        shapes = {f"{m}x{n}x{k}": blas_choice.describe((m, n, k)) for m, n, k in sorted(self.blas_timings)}
+        shapes = {_shape_name(s): blas_choice.describe(s) for s in sorted(self.blas_timings)}
         return {shape: algo for shape, algo in shapes.items() if algo is not None}
 
     def stats(self) -> dict:
@@ -481,6 +482,11 @@ class Engine:
                 "weight_bytes": getattr(self.runner, "weight_bytes", None),
             },
         }
+
+
+def _shape_name(shape: tuple) -> str:
+    """blas_choice.shape_of's tuple as text: `400x4096x11008`, `400x22016x4096 plain`."""
+    return "x".join(map(str, shape[:3])) + "".join(f" {tag}" for tag in shape[3:])
 
 
 def _raising(exc: Exception) -> Iterator[int]:

@@ -173,12 +173,20 @@ class LlamaRunner:
 
     def choose_blas(self, rows: list[int]) -> dict:
         """Time the products that prefill adds into the residual (the output and down projections) at each row
-        count past skinny_linear's, through cuBLAS and cuBLASLt (from 256 rows also cuBLASLt's ranked algorithms),
-        and keep the fastest per shape (blas_choice)."""
-        if not RESIDUAL_IN_GEMM or not self.layers:
+        count past skinny_linear's, through cuBLAS and cuBLASLt (from 256 rows also cuBLASLt's ranked algorithms and
+        fitted tiles), and from blas_choice.ALGORITHM_ROWS rows the plain ones (QKV unless it has a bias, gate/up)
+        likewise; keep the fastest per shape (blas_choice)."""
+        if not self.layers:
             return {}
         rows = [m for m in rows if m > skinny.MAX_ROWS]
-        return blas_choice.choose(rows, (self.layers[0].wo, self.layers[0].w_down))
+        first, timings = self.layers[0], {}
+        if RESIDUAL_IN_GEMM:
+            timings |= blas_choice.choose(rows, (first.wo, first.w_down))
+        plain = [w for w, b in ((first.wqkv, first.bqkv), (first.w_gate_up, None)) if b is None]
+        long_rows = [m for m in rows if m >= blas_choice.ALGORITHM_ROWS]
+        if blas_choice.PLAIN and long_rows:
+            timings |= blas_choice.choose(long_rows, plain, accumulate=False)
+        return timings
 
     @property
     def weight_bytes(self) -> int:
@@ -488,6 +496,12 @@ def _linear(x, w, b, few: bool, residual=None):
         else:  # in place: cuBLAS (or cuBLASLt, blas_choice) reads and writes r, with no copy of it first
             blas_choice.add_product_(r, x2, w)
         return r.view(residual.shape)
+    if residual is None and b is None and not _is_few(x):
+        # through blas_choice, whose start-up timing may have found a cuBLASLt configuration faster than torch's
+        # (perf-notes v85); untimed shapes run torch's own product, as F.linear would
+        x2 = x.reshape(-1, x.shape[-1])
+        y = plain_product(x2, w) if torch.compiler.is_compiling() else blas_choice.product(x2, w)
+        return y.view(*x.shape[:-1], w.shape[0])
     y = F.linear(x, w, b)
     return y if residual is None else residual + y
 
@@ -503,6 +517,18 @@ def add_product(r: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> None:
 @add_product.register_fake
 def _(r, x, w) -> None:
     return None
+
+
+@torch.library.custom_op("rollgraph::plain_product", mutates_args=())
+def plain_product(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x @ w.T through blas_choice.product: the algorithm or library chosen for the shape, decided when the op runs
+    (so at capture time for a graph); inductor would otherwise call torch's product directly."""
+    return blas_choice.product(x, w)
+
+
+@plain_product.register_fake
+def _(x, w) -> torch.Tensor:
+    return x.new_empty(x.shape[0], w.shape[0])
 
 
 def _choose_attention(attention: str, device: torch.device, dtype: torch.dtype, heads: tuple[int, int, int]) -> bool:

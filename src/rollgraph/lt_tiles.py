@@ -1,10 +1,12 @@
-"""cuBLASLt's tile ids and which of them fit a prefill product's rows (perf-notes v79, v82).
+"""cuBLASLt's tile ids and which of them fit a prefill product's rows (perf-notes v79, v82, v85).
 
 cuBLASLt's Hopper algorithms take many more tiles than its heuristic ranks for a shape. At prefill row counts the
 products that add into the residual (N = 4096 on llama-2-7b) run one wave of tiles, so a tile whose token side fits
-the rows (64 x 200 or 128 x 104 for 400 rows, against 128 x 128's 512) wastes less of that wave. `fitted` names the
-tiles of an algorithm that split a product into about one wave with little padding; blas_choice builds them from
-copies of the heuristic's first candidates (lt_matmul.Product.configured) and times them with the rest.
+the rows (64 x 200 or 128 x 104 for 400 rows, against 128 x 128's 512) wastes less of that wave. The wide plain
+products run two: gate/up (N = 22016) in 258 CTAs of 256 x 144, which cover 432 rows for 400, where 256 x 136 covers
+408 with as many CTAs. `fitted` names the tiles of an algorithm that split a product into whole waves (at most
+WAVES) with little padding; blas_choice builds them from copies of the heuristic's first candidates
+(lt_matmul.Product.configured) and times them with the rest.
 """
 
 from __future__ import annotations
@@ -86,9 +88,14 @@ STAGES_AUTO = (32, 33, 34, 35, 36, 37)
 MAX_PADDING = 1.05
 """A fitted tile covers at most this many times the product's rows, and at most this many times its columns."""
 MIN_WAVE = 0.75
-"""...and makes at least this fraction of one CTA a multiprocessor, and at most one."""
+"""...and fills its waves of one CTA a multiprocessor at least this much (CTAs / (waves x multiprocessors))..."""
+WAVES = 2
+"""...in at most this many waves."""
 MOST = 8
 """`fitted` names at most this many tiles, the best fitting first."""
+CLUSTER_1X1 = 2
+"""cublasLtClusterShape_t 1x1x1: no thread-block cluster. Some fitted tiles are refused with the heuristic's
+cluster shape and taken without one (gate/up's 256 x 112 at 320 rows on an H200, perf-notes v85)."""
 
 
 def name(tile: int) -> str:
@@ -96,10 +103,10 @@ def name(tile: int) -> str:
     return "x".join(map(str, TILE[tile])) if tile in TILE else str(tile)
 
 
-def fitted(tiles: list[int], m: int, n: int, sms: int, most: int = MOST) -> list[int]:
-    """Of `tiles` (an algorithm's, lt_matmul.capabilities), those that cover r[m, n] in one wave on `sms`
-    multiprocessors (MIN_WAVE to 1 CTA each) with at most MAX_PADDING on each side, tiles of fewer than 32 tokens or
-    64 columns left out; least padding first, then more CTAs; at most `most`."""
+def fitted(tiles: list[int], m: int, n: int, sms: int, most: int = MOST, waves: int = WAVES) -> list[int]:
+    """Of `tiles` (an algorithm's, lt_matmul.capabilities), those that cover r[m, n] in at most `waves` waves on `sms`
+    multiprocessors, filled at least MIN_WAVE, with at most MAX_PADDING on each side, tiles of fewer than 32 tokens
+    or 64 columns left out; least padding first, then fewer waves, then more CTAs; at most `most`."""
     out = []
     for tile in tiles:
         if tile not in TILE:
@@ -108,7 +115,9 @@ def fitted(tiles: list[int], m: int, n: int, sms: int, most: int = MOST) -> list
         if tn < 64 or tm < 32:
             continue
         across, down = math.ceil(n / tn), math.ceil(m / tm)
+        ctas = across * down
         pad_n, pad_m = across * tn / n, down * tm / m
-        if pad_n <= MAX_PADDING and pad_m <= MAX_PADDING and MIN_WAVE * sms <= across * down <= sms:
-            out.append((pad_n * pad_m, -across * down, tile))
+        used = math.ceil(ctas / sms)
+        if pad_n <= MAX_PADDING and pad_m <= MAX_PADDING and used <= waves and ctas >= MIN_WAVE * used * sms:
+            out.append((pad_n * pad_m, used, -ctas, tile))
     return [tile for *_, tile in sorted(out)[:most]]
