@@ -213,18 +213,21 @@ def _algorithms(m: int, w: torch.Tensor) -> dict[str, lt_matmul.Candidate]:
     prod = lt_matmul.product(m, w.shape[0], w.shape[1], w.dtype)
     cands = prod.candidates(borrow_rows=BORROW_ROWS)
     sms = torch.cuda.get_device_properties(w.device).multi_processor_count
-    return {f"algo{c.rank}": c for c in cands} | _fitted(prod, cands[:FIT_BASES], sms)
+    return {f"algo{c.rank}": c for c in cands} | _fitted(prod, cands, sms)
 
 
-def _fitted(prod: lt_matmul.Product, bases: list[lt_matmul.Candidate], sms: int) -> dict[str, lt_matmul.Candidate]:
-    """{"fitMxN/algoR": candidate, "fitMxN/algoR/c1": the same without a cluster}: each of `bases` (the heuristic's
-    rank R) copied with each tile of its algorithm that fits the product in whole waves (lt_tiles.fitted), with the
-    base's cluster shape and with none, where cuBLASLt's check accepts it: with the base's stages, or else with the
-    first of the automatic stage counts it takes. Configurations that repeat one of the list's, or one made before,
-    are left out."""
+def _fitted(prod: lt_matmul.Product, cands: list[lt_matmul.Candidate], sms: int) -> dict[str, lt_matmul.Candidate]:
+    """{"fitMxN/algoR": candidate, "fitMxN/algoR/c1": the same without a cluster}: for each tile of the first
+    FIT_BASES candidates' algorithms that fits the product in whole waves (lt_tiles.fitted), copies of those
+    candidates (the heuristic's rank R) and of the first candidate of the list whose own tile is as wide on the
+    weight's side (cuBLASLt took gate/up's 256 x 112 at 320 rows on an H200 only from candidates with 256-wide tiles,
+    perf-notes v85), each with its cluster shape and with none, where cuBLASLt's check accepts it: with the base's
+    stages, or else with the first of the automatic stage counts it takes. Configurations that repeat one of the
+    list's, or one made before, are left out."""
     out: dict[str, lt_matmul.Candidate] = {}
-    seen = {bytes(c.algo) for c in bases}
-    for base in bases:
+    seen = {bytes(c.algo) for c in cands}
+    described = [(c, c.describe()) for c in cands]
+    for base in cands[:FIT_BASES]:
         algo_id = base.describe().get("id")
         try:
             caps = _capabilities(algo_id, prod.dtype) if algo_id is not None else None
@@ -233,18 +236,27 @@ def _fitted(prod: lt_matmul.Product, bases: list[lt_matmul.Candidate], sms: int)
         if caps is None:
             continue
         for tile in lt_tiles.fitted(caps["tiles"], prod.m, prod.n, sms):
-            for cluster in ({}, {"cluster": lt_tiles.CLUSTER_1X1}):
-                for stages in (None, *(s for s in lt_tiles.STAGES_AUTO if s in caps["stages"])):
-                    config = {"tile": tile, **cluster, **({} if stages is None else {"stages": stages})}
-                    try:
-                        cand = prod.configured(base, **config)
-                    except lt_matmul.CublasLtError:
-                        continue
-                    if bytes(cand.algo) not in seen:
-                        seen.add(bytes(cand.algo))
-                        out[f"fit{lt_tiles.name(tile)}/algo{base.rank}{'/c1' if cluster else ''}"] = cand
-                    break
+            width = lt_tiles.TILE[tile][0]
+            alike = next((c for c, d in described if d.get("id") == algo_id and _width(d) == width), None)
+            for b in (base,) if alike is None or alike.rank < FIT_BASES else (base, alike):
+                for cluster in ({}, {"cluster": lt_tiles.CLUSTER_1X1}):
+                    for stages in (None, *(s for s in lt_tiles.STAGES_AUTO if s in caps["stages"])):
+                        config = {"tile": tile, **cluster, **({} if stages is None else {"stages": stages})}
+                        try:
+                            cand = prod.configured(b, **config)
+                        except lt_matmul.CublasLtError:
+                            continue
+                        if bytes(cand.algo) not in seen:
+                            seen.add(bytes(cand.algo))
+                            out[f"fit{lt_tiles.name(tile)}/algo{b.rank}{'/c1' if cluster else ''}"] = cand
+                        break
     return out
+
+
+def _width(described: dict) -> int | None:
+    """A described candidate's tile size on the weight's side (cuBLASLt's M), None where its tile is not known."""
+    tile = lt_tiles.TILE.get(described.get("tile", 0))
+    return tile[0] if tile else None
 
 
 @functools.cache

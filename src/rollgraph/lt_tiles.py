@@ -91,7 +91,7 @@ MIN_WAVE = 0.75
 """...and fills its waves of one CTA a multiprocessor at least this much (CTAs / (waves x multiprocessors))..."""
 WAVES = 2
 """...in at most this many waves."""
-MOST = 8
+MOST = 12
 """`fitted` names at most this many tiles, the best fitting first."""
 CLUSTER_1X1 = 2
 """cublasLtClusterShape_t 1x1x1: no thread-block cluster. Some fitted tiles are refused with the heuristic's
@@ -106,7 +106,9 @@ def name(tile: int) -> str:
 def fitted(tiles: list[int], m: int, n: int, sms: int, most: int = MOST, waves: int = WAVES) -> list[int]:
     """Of `tiles` (an algorithm's, lt_matmul.capabilities), those that cover r[m, n] in at most `waves` waves on `sms`
     multiprocessors, filled at least MIN_WAVE, with at most MAX_PADDING on each side, tiles of fewer than 32 tokens
-    or 64 columns left out; least padding first, then fewer waves, then more CTAs; at most `most`."""
+    or 64 columns left out; at most `most`, the least work for the busiest multiprocessor first (waves x the tile's
+    area: gate/up's 256 x 112 at 320 rows in two waves before 512 x 64, which pads less but holds more a CTA), then
+    the least padding, then more CTAs."""
     out = []
     for tile in tiles:
         if tile not in TILE:
@@ -119,5 +121,5 @@ def fitted(tiles: list[int], m: int, n: int, sms: int, most: int = MOST, waves: 
         pad_n, pad_m = across * tn / n, down * tm / m
         used = math.ceil(ctas / sms)
         if pad_n <= MAX_PADDING and pad_m <= MAX_PADDING and used <= waves and ctas >= MIN_WAVE * used * sms:
-            out.append((pad_n * pad_m, used, -ctas, tile))
+            out.append((used * tn * tm, pad_n * pad_m, -ctas, tile))
     return [tile for *_, tile in sorted(out)[:most]]
