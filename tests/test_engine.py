@@ -392,10 +392,11 @@ def test_the_residual_rides_in_the_product_only_past_skinny_rows(monkeypatch):
     assert run(make_engine("llama-tiny", mode="eager"), ids) == on
 
 
-def test_plain_products_past_skinny_rows_go_through_blas_choice(monkeypatch):
-    """perf-notes v85: a product with no residual and no bias is blas_choice.product's with more rows than
-    skinny_linear takes (eagerly, and through the rollgraph::plain_product op in compiled code), F.linear with fewer
-    or with a bias; the same values as F.linear, and the same tokens as with the product taken back to F.linear."""
+def test_plain_products_past_skinny_rows_go_through_blas_choice_with_the_flag(monkeypatch):
+    """perf-notes v85: with LlamaRunner.plain_choice (set by choose_blas on CUDA, except in compile mode without
+    graphs), a product with no residual and no bias is blas_choice.product's with more rows than skinny_linear takes
+    (eagerly, and through the rollgraph::plain_product op in compiled code), F.linear with fewer or with a bias; the
+    same values as F.linear, and the same tokens as without the flag."""
     from rollgraph import blas_choice, llama
 
     seen = []
@@ -405,18 +406,26 @@ def test_plain_products_past_skinny_rows_go_through_blas_choice(monkeypatch):
     w, b = torch.randn(48, 64, generator=g), torch.randn(48, generator=g)
     for rows in (1, 32, 33, 40):
         x = torch.randn(1, rows, 64, generator=g)
+        torch.testing.assert_close(llama._linear(x, w, None, False, plain=True), torch.nn.functional.linear(x, w))
+        torch.testing.assert_close(llama._linear(x, w, b, False, plain=True), torch.nn.functional.linear(x, w, b))
         torch.testing.assert_close(llama._linear(x, w, None, False), torch.nn.functional.linear(x, w))
-        torch.testing.assert_close(llama._linear(x, w, b, False), torch.nn.functional.linear(x, w, b))
-    assert seen == [((33, 64), (48, 64)), ((40, 64), (48, 64))]  # few rows and the biased product: F.linear
+    assert seen == [((33, 64), (48, 64)), ((40, 64), (48, 64))]  # few rows, a bias, no flag: F.linear
     ids = list(range(7, 47))
     seen.clear()
-    on = run(make_engine("llama-tiny", mode="eager"), ids)
+    off = run(make_engine("llama-tiny", mode="eager"), ids)
+    assert seen == []  # nothing is timed on this CPU: choose_blas never sets the flag
+
+    def flagged(mode):
+        engine = make_engine("llama-tiny", mode=mode)
+        engine.runner.plain_choice = True  # as choose_blas sets it for a graph mode on CUDA
+        return engine
+
+    on = run(flagged("eager"), ids)
     weights = {w for _, w in seen}
     model = load_model(ModelConfig("llama-tiny")).model.config
     qkv = (model.num_attention_heads + 2 * model.num_key_value_heads) * model.head_dim
     assert weights == {(qkv, model.hidden_size), (2 * model.intermediate_size, model.hidden_size)}, weights
+    assert on == off
     seen.clear()
-    assert run(make_engine("llama-tiny", mode="compile"), ids) == on
+    assert run(flagged("compile"), ids) == on
     assert {w for _, w in seen} == weights  # the op called blas_choice.product in compiled code too
-    monkeypatch.setattr(blas_choice, "product", lambda x, w: torch.nn.functional.linear(x, w))
-    assert run(make_engine("llama-tiny", mode="eager"), ids) == on

@@ -130,6 +130,11 @@ class LlamaRunner:
                 ly.wqkv, ly.attn_norm = _fold_norm(ly.wqkv, ly.attn_norm), None
                 ly.w_gate_up, ly.mlp_norm = _fold_norm(ly.w_gate_up, ly.mlp_norm), None
             self._weights = [ly.tensors for ly in self.layers]
+        self.plain_choice = False
+        """Whether prefill's plain products (QKV, gate/up) with more rows than skinny_linear takes go through
+        blas_choice.product (perf-notes v85): set by choose_blas, for engines whose steps replay CUDA graphs or run
+        eagerly (graphs replay the kernels eager runs), not for compile mode without graphs, whose host-bound steps
+        would pay the op's dispatch on every product."""
         self.fused_decode = attention_choice.result()
         self.fused_prefill = self.fused_decode and prefill_attention.ENABLED
         """Prefill's RoPE, cache write and attention in one Triton kernel (prefill_attention.py), where fused_decode."""
@@ -171,21 +176,22 @@ class LlamaRunner:
         """Whether some step runs a Triton kernel of rollgraph's own (built at its first call)."""
         return self.fused_decode or bool(self.skinny_phases)
 
-    def choose_blas(self, rows: list[int]) -> dict:
+    def choose_blas(self, rows: list[int], plain: bool = False) -> dict:
         """Time the products that prefill adds into the residual (the output and down projections) at each row
         count past skinny_linear's, through cuBLAS and cuBLASLt (from 256 rows also cuBLASLt's ranked algorithms and
-        fitted tiles), and from blas_choice.ALGORITHM_ROWS rows the plain ones (QKV unless it has a bias, gate/up)
-        likewise; keep the fastest per shape (blas_choice)."""
+        fitted tiles), and with `plain` (`plain_choice`) from blas_choice.ALGORITHM_ROWS rows the plain ones (QKV
+        unless it has a bias, gate/up) likewise; keep the fastest per shape (blas_choice)."""
+        self.plain_choice = plain
         if not self.layers:
             return {}
         rows = [m for m in rows if m > skinny.MAX_ROWS]
         first, timings = self.layers[0], {}
         if RESIDUAL_IN_GEMM:
             timings |= blas_choice.choose(rows, (first.wo, first.w_down))
-        plain = [w for w, b in ((first.wqkv, first.bqkv), (first.w_gate_up, None)) if b is None]
+        weights = [w for w, b in ((first.wqkv, first.bqkv), (first.w_gate_up, None)) if b is None]
         long_rows = [m for m in rows if m >= blas_choice.ALGORITHM_ROWS]
-        if blas_choice.PLAIN and long_rows:
-            timings |= blas_choice.choose(long_rows, plain, accumulate=False)
+        if plain and blas_choice.PLAIN and long_rows:
+            timings |= blas_choice.choose(long_rows, weights, accumulate=False)
         return timings
 
     @property
@@ -199,8 +205,9 @@ class LlamaRunner:
 
     def _dims(self, phase: str) -> tuple:
         """The layer functions' static settings: head layout, norm epsilon, whether few-row matmuls use skinny,
-        whether its gate/up projection gates in its epilogue, whether the norms ride in its sums of squares, and
-        whether the gate/up projection runs as two products (halves_phases)."""
+        whether its gate/up projection gates in its epilogue, whether the norms ride in its sums of squares, whether
+        the gate/up projection runs as two products (halves_phases), and whether plain products go through
+        blas_choice (plain_choice)."""
         few = phase in self.skinny_phases
         return (
             self.n_heads,
@@ -211,6 +218,7 @@ class LlamaRunner:
             few and self.gated_epilogue,
             few and self.fused_norm,
             phase in self.halves_phases,
+            self.plain_choice,
         )
 
     # ---- steps -------------------------------------------------------------------------------------------------
@@ -440,7 +448,11 @@ def _project(x, parts, norm_w, w, b, dims, gate: bool):
     if gate and dims[7] and norm[0] is None:
         half = w.shape[0] // 2
         return _written(F.silu(_linear(h, w[:half], None, few)) * _linear(h, w[half:], None, few))
-    y = skinny.skinny_linear(h, w, b, None, False, *norm) if norm[0] is not None else _linear(h, w, b, few)
+    y = (
+        skinny.skinny_linear(h, w, b, None, False, *norm)
+        if norm[0] is not None
+        else _linear(h, w, b, few, plain=dims[8])
+    )
     if not gate:
         return y
     if few and not torch.compiler.is_compiling() and silu_mul.available(y):  # one pass instead of two (v70)
@@ -479,10 +491,12 @@ def _is_few(x: torch.Tensor) -> bool:
     return x.numel() <= skinny.MAX_ROWS * x.shape[-1]
 
 
-def _linear(x, w, b, few: bool, residual=None):
+def _linear(x, w, b, few: bool, residual=None, plain: bool = False):
     """F.linear (+ residual), or the skinny_linear kernel, which adds the residual itself, when `few` is set and x
     has at most skinny.MAX_ROWS rows; with more rows cuBLAS adds it (RESIDUAL_IN_GEMM), outside compiled code into
-    the residual's own storage: callers pass a residual they no longer need (the layer's stream before the add)."""
+    the residual's own storage: callers pass a residual they no longer need (the layer's stream before the add). With
+    `plain` (LlamaRunner.plain_choice), a product with neither residual nor bias and more rows goes through
+    blas_choice.product."""
     if few and _is_few(x):
         if residual is None or skinny.FUSE_RESIDUAL:
             return skinny.skinny_linear(x, w, b, residual)
@@ -496,7 +510,7 @@ def _linear(x, w, b, few: bool, residual=None):
         else:  # in place: cuBLAS (or cuBLASLt, blas_choice) reads and writes r, with no copy of it first
             blas_choice.add_product_(r, x2, w)
         return r.view(residual.shape)
-    if residual is None and b is None and not _is_few(x):
+    if plain and residual is None and b is None and not _is_few(x):
         # through blas_choice, whose start-up timing may have found a cuBLASLt configuration faster than torch's
         # (perf-notes v85); untimed shapes run torch's own product, as F.linear would
         x2 = x.reshape(-1, x.shape[-1])
