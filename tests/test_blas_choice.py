@@ -280,3 +280,45 @@ def test_plain_products_are_chosen_apart_and_run_through_their_choice(monkeypatc
     monkeypatch.setattr(blas_choice, "PLAIN", True)
     torch.testing.assert_close(blas_choice.product(x48, w), torch.nn.functional.linear(x48, w))  # never timed
     assert prod.ran == [(2, "plain")] and asked == ["cublas", "cublas"]
+
+
+def test_fitted_configurations_copy_the_first_candidates_and_one_as_wide(monkeypatch):
+    """perf-notes v85: each fitted tile is configured on copies of the first FIT_BASES candidates and of the list's
+    first candidate with a tile as wide on the weight's side, each with its cluster shape and with none, taking the
+    first stage count cuBLASLt's check accepts; refused configurations are left out. Here the check accepts a tile
+    only on a base as wide (gate/up's 256 x 112 at 320 rows on an H200) and with 35 stages."""
+    from rollgraph import lt_matmul, lt_tiles
+
+    ids = {lt_tiles.name(t): t for t in lt_tiles.TILE}
+    tiles = {"128x160": ids["128x160"], "448x64": ids["448x64"], "256x96": ids["256x96"], "256x112": ids["256x112"]}
+
+    class Cand(lt_matmul.Candidate):
+        def describe(self) -> dict:
+            return {"id": 66, "tile": self.waves}  # the base's tile id, carried in `waves` for this stand-in
+
+    def cand(rank, tile, tag=0):
+        algo = lt_matmul._Algo()
+        algo.data[0], algo.data[1] = rank + 1, tag
+        return Cand(rank, algo, 0, tile)
+
+    tried = []
+
+    class Prod:
+        m, n, dtype = 320, 22016, torch.bfloat16
+
+        def configured(self, base, **config):
+            tried.append((base.rank, config))
+            base_width = lt_tiles.TILE[int(base.waves)][0]
+            if base_width != lt_tiles.TILE[config["tile"]][0] or config.get("stages") != 35:
+                raise lt_matmul.CublasLtError("MatmulAlgoCheck returned cuBLAS status 15")
+            return cand(base.rank, config["tile"], tag=1 + len(config))
+
+    caps = {"tiles": list(tiles.values()), "stages": [33, 35]}
+    monkeypatch.setattr(blas_choice, "_capabilities", lambda algo_id, dtype: caps)
+    cands = [cand(0, tiles["128x160"]), cand(1, tiles["448x64"]), cand(2, tiles["256x96"])]
+    out = blas_choice._fitted(Prod(), cands, 132)
+    # 448 x 64 fits too (250 CTAs) and its base is among the first; 256 x 112 only on the 256-wide third
+    assert sorted(out) == ["fit256x112/algo2", "fit256x112/algo2/c1", "fit448x64/algo1", "fit448x64/algo1/c1"]
+    assert {r for r, _ in tried} == {0, 1, 2}
+    assert (2, {"tile": ids["256x112"], "cluster": lt_tiles.CLUSTER_1X1, "stages": 35}) in tried
+    assert out["fit256x112/algo2"].rank == 2 and bytes(out["fit256x112/algo2"].algo) != bytes(cands[2].algo)

@@ -227,30 +227,38 @@ def _fitted(prod: lt_matmul.Product, cands: list[lt_matmul.Candidate], sms: int)
     out: dict[str, lt_matmul.Candidate] = {}
     seen = {bytes(c.algo) for c in cands}
     described = [(c, c.describe()) for c in cands]
-    for base in cands[:FIT_BASES]:
-        algo_id = base.describe().get("id")
+    for base, info in described[:FIT_BASES]:
+        algo_id = info.get("id")
         try:
             caps = _capabilities(algo_id, prod.dtype) if algo_id is not None else None
         except lt_matmul.CublasLtError:  # an algorithm that does not say what it takes: its list entries stay
             caps = None
         if caps is None:
             continue
+        stages = [None, *(s for s in lt_tiles.STAGES_AUTO if s in caps["stages"])]
         for tile in lt_tiles.fitted(caps["tiles"], prod.m, prod.n, sms):
             width = lt_tiles.TILE[tile][0]
             alike = next((c for c, d in described if d.get("id") == algo_id and _width(d) == width), None)
             for b in (base,) if alike is None or alike.rank < FIT_BASES else (base, alike):
                 for cluster in ({}, {"cluster": lt_tiles.CLUSTER_1X1}):
-                    for stages in (None, *(s for s in lt_tiles.STAGES_AUTO if s in caps["stages"])):
-                        config = {"tile": tile, **cluster, **({} if stages is None else {"stages": stages})}
-                        try:
-                            cand = prod.configured(b, **config)
-                        except lt_matmul.CublasLtError:
-                            continue
-                        if bytes(cand.algo) not in seen:
-                            seen.add(bytes(cand.algo))
-                            out[f"fit{lt_tiles.name(tile)}/algo{b.rank}{'/c1' if cluster else ''}"] = cand
-                        break
+                    cand = _configured(prod, b, {"tile": tile, **cluster}, stages)
+                    if cand is not None and bytes(cand.algo) not in seen:
+                        seen.add(bytes(cand.algo))
+                        out[f"fit{lt_tiles.name(tile)}/algo{b.rank}{'/c1' if cluster else ''}"] = cand
     return out
+
+
+def _configured(
+    prod: lt_matmul.Product, base: lt_matmul.Candidate, config: dict, stages: list[int | None]
+) -> lt_matmul.Candidate | None:
+    """`base` copied with `config` and the first of `stages` (None: the base's own) that cuBLASLt's check accepts for
+    the product, or None where it accepts none."""
+    for st in stages:
+        try:
+            return prod.configured(base, **config, **({} if st is None else {"stages": st}))
+        except lt_matmul.CublasLtError:
+            continue
+    return None
 
 
 def _width(described: dict) -> int | None:
