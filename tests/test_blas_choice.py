@@ -158,18 +158,26 @@ class FakeProduct:
             torch.mm(x, w.t(), out=r)
 
 
-def test_an_algorithm_of_cublaslts_list_is_taken_only_past_the_margin_and_the_knob_turns_it_off(monkeypatch):
-    """perf-notes v65: from ALGORITHM_ROWS rows, the screened algorithms' finalists are timed with the libraries; one
-    is taken where it beats the better library by MARGIN, and runs in place of the library unless ALGORITHMS is off
-    or its call's tensors do not fit it."""
+def fake_algorithms(monkeypatch, count: int) -> tuple[list[str], FakeProduct]:
+    """Timing on (`_can_time`), cuBLASLt's list as `count` candidates algo0..., products by a FakeProduct that fits;
+    returns the libraries asked for (spy_on_using) and that product."""
     from rollgraph import lt_matmul
 
     asked = spy_on_using(monkeypatch)
     monkeypatch.setattr(blas_choice, "_can_time", lambda w: True)
-    algos = {f"algo{i}": lt_matmul.Candidate(i, lt_matmul._Algo(), 0, 1.0) for i in range(6)}
+    algos = {f"algo{i}": lt_matmul.Candidate(i, lt_matmul._Algo(), 0, 1.0) for i in range(count)}
     monkeypatch.setattr(blas_choice, "_algorithms", lambda m, w: dict(algos))
     prod = FakeProduct(fits=True)
     monkeypatch.setattr(lt_matmul, "product", lambda *shape: prod)
+    return asked, prod
+
+
+def test_an_algorithm_of_cublaslts_list_is_taken_only_past_the_margin_and_the_knob_turns_it_off(monkeypatch):
+    """perf-notes v65: from ALGORITHM_ROWS rows, the screened algorithms' finalists are timed with the libraries; one
+    is taken where it beats the better library by MARGIN, and runs in place of the library unless ALGORITHMS is off
+    or its call's tensors do not fit it."""
+
+    asked, prod = fake_algorithms(monkeypatch, 6)
     # µs: at 400 rows algo4 is past the margin against cuBLASLt (60); at 512 the best algorithm is within it
     table = {(400, "cublas"): 70.0, (400, "cublaslt"): 60.0, (512, "cublas"): 50.0, (512, "cublaslt"): 55.0}
     table |= {(64, "cublas"): 10.0, (64, "cublaslt"): 11.0}
@@ -243,14 +251,8 @@ def test_plain_products_are_chosen_apart_and_run_through_their_choice(monkeypatc
     """perf-notes v85: choose(accumulate=False) times r = x @ w.T apart from the residual product of the same weight
     (its own key and name, "plain"), and `product` runs the plain choice: the algorithm with beta 0, the chosen
     library where the algorithm does not fit, torch's own product for an untimed shape or with PLAIN off."""
-    from rollgraph import lt_matmul
 
-    asked = spy_on_using(monkeypatch)
-    monkeypatch.setattr(blas_choice, "_can_time", lambda w: True)
-    algos = {f"algo{i}": lt_matmul.Candidate(i, lt_matmul._Algo(), 0, 1.0) for i in range(3)}
-    monkeypatch.setattr(blas_choice, "_algorithms", lambda m, w: dict(algos))
-    prod = FakeProduct(fits=True)
-    monkeypatch.setattr(lt_matmul, "product", lambda *shape: prod)
+    asked, prod = fake_algorithms(monkeypatch, 3)
     kinds = []
 
     def fake_time_us(fn, calls):  # both partials end with `accumulate`: the plain product's algo2 is far ahead

@@ -375,6 +375,17 @@ def test_only_a_replayed_step_is_launched_before_the_token_before_it(mode, want)
     free(eng)
 
 
+def force_choice(key: tuple, choice: str, candidates: dict) -> None:
+    """Make blas_choice run `choice` (a library, or one of `candidates` by name) for the shape `key`."""
+    from rollgraph import blas_choice
+
+    blas_choice._algos.pop(key, None)
+    if choice in candidates:
+        blas_choice._algos[key] = (choice, candidates[choice])
+    else:
+        blas_choice._chosen[key] = choice
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_blas_choice_times_both_libraries_and_every_choice_adds_the_product_in_graphs(dtype):
     """perf-notes v57, v65: choose() times cuBLAS, cuBLASLt and (from ALGORITHM_ROWS rows) the finalists of
@@ -402,11 +413,7 @@ def test_blas_choice_times_both_libraries_and_every_choice_adds_the_product_in_g
     key = blas_choice._key(400, w)
     candidates = blas_choice._algorithms(400, w)
     for choice in (*blas_choice.LIBRARIES, *finalists):
-        blas_choice._algos.pop(key, None)
-        if choice in candidates:
-            blas_choice._algos[key] = (choice, candidates[choice])
-        else:
-            blas_choice._chosen[key] = choice
+        force_choice(key, choice, candidates)
         r = r0.clone()
         blas_choice.add_product_(r, x, w)
         torch.testing.assert_close(r, want, atol=2e-2, rtol=2e-2)
@@ -444,11 +451,7 @@ def test_plain_products_are_chosen_apart_and_every_choice_gives_the_product_in_g
     key = blas_choice._key(400, w, False)
     candidates = blas_choice._algorithms(400, w)
     for choice in (*blas_choice.LIBRARIES, *finalists):
-        blas_choice._algos.pop(key, None)
-        if choice in candidates:
-            blas_choice._algos[key] = (choice, candidates[choice])
-        else:
-            blas_choice._chosen[key] = choice
+        force_choice(key, choice, candidates)
         torch.testing.assert_close(blas_choice.product(x, w), want, atol=2e-2, rtol=2e-2)
         graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
