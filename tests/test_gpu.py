@@ -490,6 +490,44 @@ def test_every_cublaslt_algorithm_listed_for_a_shape_adds_the_product_and_unalig
     assert not prod.fits(r0.clone(), unaligned, w) and not prod.fits(r0.clone(), x, w.t().contiguous().t())
 
 
+@pytest.mark.parametrize(("rows", "n", "k"), [(400, 4096, 11008), (256, 2048, 8192)])
+def test_split_k_copies_with_other_reductions_add_the_product_in_graphs_replayed_twice(rows, n, k):
+    """perf-notes v86: each split-K candidate's copies with another reduction scheme (in place through the output and
+    counters, or in a workspace then a reduce kernel) give the float product added into the residual, plain and
+    replayed twice from one CUDA graph (the in-place scheme's counters must be left ready for the next replay);
+    llama-2-7b's down projection at 400 rows and llama-3.2-1b's at 256, where cuBLASLt lists split-K algorithms."""
+    from rollgraph import blas_choice, lt_matmul
+
+    g = torch.Generator(device="cuda").manual_seed(11)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16, generator=g)
+    r0 = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16, generator=g)
+    want = (r0.float() + x.float() @ w.float().T).to(torch.bfloat16)
+    prod = lt_matmul.product(rows, n, k, torch.bfloat16)
+    cands = blas_choice._algorithms(rows, w)
+    split = [name for name, c in cands.items() if c.describe().get("split_k", 1) > 1 and "/red" not in name]
+    copies = {name: c for name, c in cands.items() if "/red" in name}
+    if torch.cuda.get_device_capability() == (9, 0) and split:
+        assert copies, f"no reduction copy of the split-K candidates {split}"
+    for name, c in copies.items():
+        assert c.describe()["reduction"] == int(name.rsplit("/red", 1)[1]) and name.rsplit("/red", 1)[0] in split
+        r = r0.clone()
+        prod.run(c, r, x, w)
+        torch.testing.assert_close(r, want, atol=3e-2, rtol=2e-2, msg=lambda m, name=name: f"{name}: {m}")
+        r.copy_(r0)
+        graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+            prod.run(c, r, x, w)
+        torch.cuda.current_stream().wait_stream(stream)
+        for replay in range(2):
+            r.copy_(r0)
+            graph.replay()
+            torch.testing.assert_close(
+                r, want, atol=3e-2, rtol=2e-2, msg=lambda m, name=name, i=replay: f"{name} (replay {i}): {m}"
+            )
+
+
 @pytest.mark.parametrize(
     ("rows", "n", "k", "accumulate"),
     [
@@ -498,6 +536,7 @@ def test_every_cublaslt_algorithm_listed_for_a_shape_adds_the_product_and_unalig
         (320, 4096, 11008, True),
         (400, 22016, 4096, False),
         (320, 12288, 4096, False),
+        (256, 2048, 8192, True),
     ],
 )
 def test_fitted_tile_configurations_add_the_product_and_fit_the_rows(rows, n, k, accumulate):
@@ -505,7 +544,8 @@ def test_fitted_tile_configurations_add_the_product_and_fit_the_rows(rows, n, k,
     the rows on a copy of the heuristic's first candidates, each give the float product within bf16 tolerance, in a
     CUDA graph too: added into the residual (llama-2-7b's output and down projections; on Hopper at 400 rows at least
     one, 64 x 200 or 128 x 104) or plain, where the output's old values are never read (its gate/up and QKV,
-    blas_choice.product)."""
+    blas_choice.product); and where one of the bases splits K (llama-3.2-1b's down projection at 256 rows on an
+    H200), copies without the split (perf-notes v86)."""
     from rollgraph import blas_choice, lt_matmul, lt_tiles
 
     g = torch.Generator(device="cuda").manual_seed(7)
@@ -520,8 +560,13 @@ def test_fitted_tile_configurations_add_the_product_and_fit_the_rows(rows, n, k,
         assert fitted, "no fitted configuration on a Hopper GPU"
     prod = lt_matmul.product(rows, n, k, torch.bfloat16)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
+    bases = [c.describe() for c in prod.candidates(borrow_rows=blas_choice.BORROW_ROWS)[: blas_choice.FIT_BASES]]
+    if any(b.get("split_k", 1) > 1 for b in bases):
+        assert any(name.endswith("/k1") for name in fitted), f"no unsplit copy of a split-K base: {sorted(fitted)}"
     for name, c in fitted.items():
         tile = c.describe()["tile"]
+        if name.endswith("/k1"):
+            assert c.describe().get("split_k", 1) == 1, name
         assert name.startswith(f"fit{lt_tiles.name(tile)}/algo") and tile in lt_tiles.fitted([tile], rows, n, sms)
         r = r0.clone()
         prod.run(c, r, x, w, accumulate)

@@ -71,6 +71,10 @@ BORROW_ROWS = (256, 320, 384, 400, 432, 448, 512)
 rows on an H100, algorithms ranked for neighbouring row counts were among the fastest (perf-notes v65)."""
 FIT_BASES = 2
 """The heuristic's first candidates that fitted tiles are configured from (their cluster shape and the rest kept)."""
+REDUCTIONS = (1, 2, 4)
+"""cuBLASLt's split-K reduction schemes that `_reductions` tries: in place, in the compute type, in the output type."""
+UNSPLIT = {"split_k": 1, "reduction": 0}
+"""A split-K base's copies made without the split (cuBLASLt's reduction scheme NONE)."""
 LIBRARIES = ("cublas", "cublaslt")
 _chosen: dict[tuple, str] = {}  # the library by shape (_key)
 _algos: dict[tuple, tuple[str, lt_matmul.Candidate]] = {}  # cuBLASLt's algorithm by shape (its name, itself)
@@ -213,17 +217,48 @@ def _algorithms(m: int, w: torch.Tensor) -> dict[str, lt_matmul.Candidate]:
     prod = lt_matmul.product(m, w.shape[0], w.shape[1], w.dtype)
     cands = prod.candidates(borrow_rows=BORROW_ROWS)
     sms = torch.cuda.get_device_properties(w.device).multi_processor_count
-    return {f"algo{c.rank}": c for c in cands} | _fitted(prod, cands, sms)
+    out = {f"algo{c.rank}": c for c in cands} | _fitted(prod, cands, sms)
+    return out | _reductions(prod, out)
+
+
+def _reductions(prod: lt_matmul.Product, cands: dict[str, lt_matmul.Candidate]) -> dict[str, lt_matmul.Candidate]:
+    """{"NAME/redS": candidate}: each split-K candidate copied with every other reduction scheme S its algorithm
+    takes (cublasLtReductionScheme_t: 1 in place, through the output and counters; 2 and 4 in a workspace of the
+    compute or output type, then a kernel that adds the parts), where cuBLASLt's check accepts it. The H100's split-K
+    choice for llama-2-7b's 400-row down projection (scheme 2) ran a reduce kernel of 8.4 µs a layer after its 52.5 µs
+    product (perf-notes v71, v86)."""
+    out: dict[str, lt_matmul.Candidate] = {}
+    seen = {bytes(c.algo) for c in cands.values()}
+    for name, cand in cands.items():
+        info = cand.describe()
+        if info.get("split_k", 1) <= 1 or info.get("id") is None:
+            continue
+        try:
+            mask = _capabilities(info["id"], prod.dtype)["reductions"]
+        except lt_matmul.CublasLtError:
+            continue
+        for scheme in REDUCTIONS:
+            if scheme & mask and scheme != info.get("reduction"):
+                try:
+                    copy = prod.configured(cand, reduction=scheme)
+                except lt_matmul.CublasLtError:
+                    continue
+                if bytes(copy.algo) not in seen:
+                    seen.add(bytes(copy.algo))
+                    out[f"{name}/red{scheme}"] = copy
+    return out
 
 
 def _fitted(prod: lt_matmul.Product, cands: list[lt_matmul.Candidate], sms: int) -> dict[str, lt_matmul.Candidate]:
-    """{"fitMxN/algoR": candidate, "fitMxN/algoR/c1": the same without a cluster}: for each tile of the first
-    FIT_BASES candidates' algorithms that fits the product in whole waves (lt_tiles.fitted), copies of those
-    candidates (the heuristic's rank R) and of the first candidate of the list whose own tile is as wide on the
-    weight's side (cuBLASLt took gate/up's 256 x 112 at 320 rows on an H200 only from candidates with 256-wide tiles,
-    perf-notes v85), each with its cluster shape and with none, where cuBLASLt's check accepts it: with the base's
-    stages, or else with the first of the automatic stage counts it takes. Configurations that repeat one of the
-    list's, or one made before, are left out."""
+    """{"fitMxN/algoR": candidate, "fitMxN/algoR/c1": the same without a cluster, ".../k1": without a split-K}: for
+    each tile of the first FIT_BASES candidates' algorithms that fits the product in whole waves (lt_tiles.fitted),
+    copies of those candidates (the heuristic's rank R) and of the first candidate of the list whose own tile is as
+    wide on the weight's side (cuBLASLt took gate/up's 256 x 112 at 320 rows on an H200 only from candidates with
+    256-wide tiles, perf-notes v85), each with its cluster shape and with none, where cuBLASLt's check accepts it: with
+    the base's stages, or else with the first of the automatic stage counts it takes. A base that splits K (the H100's
+    first candidates for llama-2-7b's 400-row down projection, v65) is copied with its split and also without one:
+    `fitted` counts the waves of an unsplit product (perf-notes v86). Configurations that repeat one of the list's,
+    or one made before, are left out."""
     out: dict[str, lt_matmul.Candidate] = {}
     seen = {bytes(c.algo) for c in cands}
     described = [(c, c.describe()) for c in cands]
@@ -238,13 +273,17 @@ def _fitted(prod: lt_matmul.Product, cands: list[lt_matmul.Candidate], sms: int)
         stages = [None, *(s for s in lt_tiles.STAGES_AUTO if s in caps["stages"])]
         for tile in lt_tiles.fitted(caps["tiles"], prod.m, prod.n, sms):
             width = lt_tiles.TILE[tile][0]
-            alike = next((c for c, d in described if d.get("id") == algo_id and _width(d) == width), None)
-            for b in (base,) if alike is None or alike.rank < FIT_BASES else (base, alike):
-                for cluster in ({}, {"cluster": lt_tiles.CLUSTER_1X1}):
-                    cand = _configured(prod, b, {"tile": tile, **cluster}, stages)
-                    if cand is not None and bytes(cand.algo) not in seen:
-                        seen.add(bytes(cand.algo))
-                        out[f"fit{lt_tiles.name(tile)}/algo{b.rank}{'/c1' if cluster else ''}"] = cand
+            alike = next(((c, d) for c, d in described if d.get("id") == algo_id and _width(d) == width), None)
+            bases = [(base, info)] if alike is None or alike[0].rank < FIT_BASES else [(base, info), alike]
+            for b, b_info in bases:
+                unsplit = ({}, UNSPLIT) if b_info.get("split_k", 1) > 1 else ({},)
+                for split in unsplit:
+                    for cluster in ({}, {"cluster": lt_tiles.CLUSTER_1X1}):
+                        cand = _configured(prod, b, {"tile": tile, **split, **cluster}, stages)
+                        if cand is not None and bytes(cand.algo) not in seen:
+                            seen.add(bytes(cand.algo))
+                            tags = ("/c1" if cluster else "") + ("/k1" if split else "")
+                            out[f"fit{lt_tiles.name(tile)}/algo{b.rank}{tags}"] = cand
     return out
 
 
