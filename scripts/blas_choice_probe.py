@@ -1,8 +1,7 @@
 """What blas_choice.choose times and takes for llama-2-7b's (or 1B's) prefill products at the prefill buckets from
 ALGORITHM_ROWS rows, the residual ones (output, down) and the plain ones (QKV, gate/up, perf-notes v85): every
 finalist's median µs (the two libraries, the heuristic's algorithms and the fitted tiles, perf-notes v82), the
-choice, its configuration, and the seconds the timing took per shape; and each split-K candidate's copies with another
-reduction scheme against that candidate, timed alike (perf-notes v86: `reductions`, µs as [base, copy]).
+choice, its configuration, and the seconds the timing took per shape.
 
 Usage: PYTHONPATH=src:scripts python3 scripts/blas_choice_probe.py --out FILE [--rows 256,320,384,400,432,512]
        [--model llama-2-7b] [--products residual,plain]
@@ -11,13 +10,12 @@ Usage: PYTHONPATH=src:scripts python3 scripts/blas_choice_probe.py --out FILE [-
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 
 import torch
 from skinny_bench import write_rows
 
-from rollgraph import blas_choice, lt_matmul
+from rollgraph import blas_choice
 
 SHAPES = {
     "llama-2-7b": {"residual": ((4096, 4096), (4096, 11008)), "plain": ((12288, 4096), (22016, 4096))},
@@ -53,27 +51,10 @@ def main() -> None:
                 "choice": blas_choice.choices()[shape],
                 "config": blas_choice.describe(shape),
                 "us": dict(sorted(timings[shape].items(), key=lambda kv: kv[1])),
-                "reductions": reductions(m, w, kind == "residual"),
             }
             print(row, flush=True)
             rows.append(row)
             write_rows(a.out, rows)
-
-
-def reductions(m: int, w: torch.Tensor, accumulate: bool) -> dict[str, list[float]]:
-    """{copy's name: [its base's median µs, the copy's]}, 20 calls each after clean reads, alternated over 3 rounds."""
-    cands = blas_choice._algorithms(m, w)
-    prod = lt_matmul.product(m, w.shape[0], w.shape[1], w.dtype)
-    x = torch.randn(m, w.shape[1], device="cuda", dtype=w.dtype)
-    r = torch.zeros(m, w.shape[0], device="cuda", dtype=w.dtype)
-    out = {}
-    for name, c in cands.items():
-        if "/red" in name:
-            base = cands[name.rsplit("/red", 1)[0]]
-            runs = [functools.partial(prod.run, b, r, x, w, accumulate) for b in (base, c)]
-            us = [[blas_choice._time_us(fn, 20) for fn in runs] for _ in range(3)]
-            out[name] = [round(sorted(col)[1], 2) for col in zip(*us, strict=True)]
-    return out
 
 
 if __name__ == "__main__":

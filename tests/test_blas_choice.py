@@ -327,9 +327,8 @@ def test_fitted_configurations_copy_the_first_candidates_and_one_as_wide(monkeyp
 
 
 def test_a_split_k_base_is_also_copied_without_its_split(monkeypatch):
-    """perf-notes v86: `fitted` counts the waves of an unsplit product, so a base that splits K (the H100's first
-    candidates for the 400-row down projection, v65) is copied as it is and with split-K 1 and no reduction; an unsplit
-    base is copied once."""
+    """perf-notes v86: `fitted` counts the waves of an unsplit product, so a base that splits K is copied as it is and
+    with split-K 1 and no reduction; an unsplit base is copied once."""
     from rollgraph import lt_matmul, lt_tiles
 
     tile = {lt_tiles.name(t): t for t in lt_tiles.TILE}["128x104"]
@@ -365,33 +364,3 @@ def test_a_split_k_base_is_also_copied_without_its_split(monkeypatch):
     assert (0, {"tile": tile, **blas_choice.UNSPLIT}) in tried
     assert all("split_k" not in config for rank, config in tried if rank == 1)
     assert out["fit128x104/algo0/k1"].describe()["split_k"] == 1
-
-
-def test_split_k_candidates_are_copied_with_every_other_reduction_the_algorithm_takes(monkeypatch):
-    """perf-notes v86: a split-K candidate gains copies with each other reduction scheme in its algorithm's mask that
-    cuBLASLt's check accepts (the H100's split-K down projection ran a separate reduce kernel, scheme 2); unsplit
-    candidates gain none."""
-    from rollgraph import lt_matmul
-
-    class Cand(lt_matmul.Candidate):
-        def describe(self) -> dict:
-            split, reduction = divmod(int(self.waves), 10)  # carried in `waves` for this stand-in
-            return {"id": 66, "split_k": split, "reduction": reduction}
-
-    def cand(split, reduction, tag):
-        algo = lt_matmul._Algo()
-        algo.data[0] = tag
-        return Cand(-1, algo, 0, split * 10 + reduction)
-
-    class Prod:
-        dtype = torch.bfloat16
-
-        def configured(self, base, **config):
-            if config["reduction"] == 4:
-                raise lt_matmul.CublasLtError("MatmulAlgoCheck returned cuBLAS status 15")
-            return cand(base.describe()["split_k"], config["reduction"], tag=100 + config["reduction"])
-
-    monkeypatch.setattr(blas_choice, "_capabilities", lambda algo_id, dtype: {"reductions": 1 | 2 | 4})
-    cands = {"algo0": cand(1, 0, 1), "algo5": cand(2, 2, 2)}
-    out = blas_choice._reductions(Prod(), cands)
-    assert list(out) == ["algo5/red1"] and out["algo5/red1"].describe() == {"id": 66, "split_k": 2, "reduction": 1}

@@ -71,8 +71,6 @@ BORROW_ROWS = (256, 320, 384, 400, 432, 448, 512)
 rows on an H100, algorithms ranked for neighbouring row counts were among the fastest (perf-notes v65)."""
 FIT_BASES = 2
 """The heuristic's first candidates that fitted tiles are configured from (their cluster shape and the rest kept)."""
-REDUCTIONS = (1, 2, 4)
-"""cuBLASLt's split-K reduction schemes that `_reductions` tries: in place, in the compute type, in the output type."""
 UNSPLIT = {"split_k": 1, "reduction": 0}
 """A split-K base's copies made without the split (cuBLASLt's reduction scheme NONE)."""
 LIBRARIES = ("cublas", "cublaslt")
@@ -217,36 +215,7 @@ def _algorithms(m: int, w: torch.Tensor) -> dict[str, lt_matmul.Candidate]:
     prod = lt_matmul.product(m, w.shape[0], w.shape[1], w.dtype)
     cands = prod.candidates(borrow_rows=BORROW_ROWS)
     sms = torch.cuda.get_device_properties(w.device).multi_processor_count
-    out = {f"algo{c.rank}": c for c in cands} | _fitted(prod, cands, sms)
-    return out | _reductions(prod, out)
-
-
-def _reductions(prod: lt_matmul.Product, cands: dict[str, lt_matmul.Candidate]) -> dict[str, lt_matmul.Candidate]:
-    """{"NAME/redS": candidate}: each split-K candidate copied with every other reduction scheme S its algorithm
-    takes (cublasLtReductionScheme_t: 1 in place, through the output and counters; 2 and 4 in a workspace of the
-    compute or output type, then a kernel that adds the parts), where cuBLASLt's check accepts it. The H100's split-K
-    choice for llama-2-7b's 400-row down projection (scheme 2) ran a reduce kernel of 8.4 µs a layer after its 52.5 µs
-    product (perf-notes v71, v86)."""
-    out: dict[str, lt_matmul.Candidate] = {}
-    seen = {bytes(c.algo) for c in cands.values()}
-    for name, cand in cands.items():
-        info = cand.describe()
-        if info.get("split_k", 1) <= 1 or info.get("id") is None:
-            continue
-        try:
-            mask = _capabilities(info["id"], prod.dtype)["reductions"]
-        except lt_matmul.CublasLtError:
-            continue
-        for scheme in REDUCTIONS:
-            if scheme & mask and scheme != info.get("reduction"):
-                try:
-                    copy = prod.configured(cand, reduction=scheme)
-                except lt_matmul.CublasLtError:
-                    continue
-                if bytes(copy.algo) not in seen:
-                    seen.add(bytes(copy.algo))
-                    out[f"{name}/red{scheme}"] = copy
-    return out
+    return {f"algo{c.rank}": c for c in cands} | _fitted(prod, cands, sms)
 
 
 def _fitted(prod: lt_matmul.Product, cands: list[lt_matmul.Candidate], sms: int) -> dict[str, lt_matmul.Candidate]:
@@ -255,8 +224,8 @@ def _fitted(prod: lt_matmul.Product, cands: list[lt_matmul.Candidate], sms: int)
     copies of those candidates (the heuristic's rank R) and of the first candidate of the list whose own tile is as
     wide on the weight's side (cuBLASLt took gate/up's 256 x 112 at 320 rows on an H200 only from candidates with
     256-wide tiles, perf-notes v85), each with its cluster shape and with none, where cuBLASLt's check accepts it: with
-    the base's stages, or else with the first of the automatic stage counts it takes. A base that splits K (the H100's
-    first candidates for llama-2-7b's 400-row down projection, v65) is copied with its split and also without one:
+    the base's stages, or else with the first of the automatic stage counts it takes. A base that splits K (some of
+    llama-3.2-1b's down projection's first candidates on an H200) is copied with its split and also without one:
     `fitted` counts the waves of an unsplit product (perf-notes v86). Configurations that repeat one of the list's,
     or one made before, are left out."""
     out: dict[str, lt_matmul.Candidate] = {}
