@@ -87,8 +87,6 @@ def engine_config(spec: str) -> EngineConfig:
     knob),
     no-plain (prefill's plain products, QKV and gate/up, through torch's own product, none through the cuBLASLt
     configuration start-up timed faster, as before v85: likewise a knob),
-    rotcache / attcache (long prompts' cache written by `_rotate_keys`, v69, or by the attention kernel's programs,
-    v87, whichever the default: likewise a knob),
     plusN (prefill bucket N added to EngineConfig's default ones).
     (Inductor's coordinate-descent tuning, option `cdt` in v4's figures, is now always on in compile modes.)"""
     mode, *opts = spec.split("/")
@@ -178,15 +176,12 @@ KNOBS = (
     "one-prog",
     "rot64",
     "no-plain",
-    "rotcache",
-    "attcache",
 )
 """The spec options set_knobs() reads (with splitN); `pa` is no-pa's old opposite, the default now."""
 
 
 DEFAULT_SPLIT_FROM = prefill_attention.SPLIT_FROM
 DEFAULT_ROTATE_ROWS = prefill_attention.ROTATE_ROWS
-DEFAULT_ROTATE_WRITES_CACHE = prefill_attention.ROTATE_WRITES_CACHE
 DEFAULT_LAST_ROW_FROM = llama.LAST_ROW_FROM
 
 
@@ -199,8 +194,6 @@ def set_knobs(spec: str) -> None:
     prefill_attention.ENABLED = "no-pa" not in opts
     prefill_attention.SPLIT_FROM = None if "no-rot" in opts else DEFAULT_SPLIT_FROM
     prefill_attention.ROTATE_ROWS = 64 if "rot64" in opts else DEFAULT_ROTATE_ROWS
-    by_rotate = True if "rotcache" in opts else False if "attcache" in opts else DEFAULT_ROTATE_WRITES_CACHE
-    prefill_attention.ROTATE_WRITES_CACHE = by_rotate
     sampling.SPLIT_ARGMAX = "am-aten" not in opts
     skinny.FUSE_RESIDUAL = "no-res" not in opts
     skinny.FUSE_GATE = "no-gate" not in opts

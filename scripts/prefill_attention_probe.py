@@ -9,10 +9,6 @@ reference before it is timed.
 With --rotate (perf-notes v84) it times the split path at the long buckets over ROTATE_GRID, `_rotate_keys`'
 positions per program and warps (the attention kernel's launch as it is), each checked against the reference first.
 
-With --cache (perf-notes v87) it times the split path at the long buckets with the cache written by `_rotate_keys`
-(ROTATE_WRITES_CACHE) and by the attention kernel's programs, alternated over three rounds, each checked against
-the reference, output and cache, first.
-
 With --split (perf-notes v67) it times instead, at the long buckets, the kernel with its default launch against the
 split path (the keys rotated once by `_rotate_keys`, then the attention kernel reading them rotated) over a grid of
 the attention kernel's launch choices, each checked against the reference first.
@@ -144,34 +140,6 @@ def probe_rotate(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
     return row
 
 
-def probe_cache(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
-    """One shape and prompt length: the split path with the cache written by the rotate kernel and by the attention's
-    programs; errors of the output and of the cache against the reference, then three alternated rounds of times."""
-    cos, sin, write, kc, vc = tables
-    qkv = torch.randn(1, t, (h + 2 * kv) * d, device="cuda", dtype=kc.dtype)
-    kc_ref, vc_ref = kc.clone(), vc.clone()
-    want = reference(qkv, cos, sin, write, kc_ref, vc_ref, h, kv).float()
-    call = functools.partial(pa.prefill_attention, qkv, cos[:t], sin[:t], write, kc, vc, h, kv)
-    was = pa.SPLIT_FROM, pa.ROTATE_WRITES_CACHE
-    pa.SPLIT_FROM = 1
-    row: dict = {"model": name, "T": t, "us": {"rotate": [], "attend": []}, "err": {}}
-    for by in ("rotate", "attend"):
-        pa.ROTATE_WRITES_CACHE = by == "rotate"
-        kc.normal_(), vc.normal_()
-        out = call().float()
-        cache = max(
-            (kc[:, :, :t] - kc_ref[:, :, :t]).abs().max().item(), (vc[:, :, :t] - vc_ref[:, :, :t]).abs().max().item()
-        )
-        row["err"][by] = {"out": round((out - want).abs().max().item(), 4), "cache": round(cache, 4)}
-    for _ in range(3):
-        for by in ("rotate", "attend"):
-            pa.ROTATE_WRITES_CACHE = by == "rotate"
-            row["us"][by].append(graph_time_us(call))
-    pa.SPLIT_FROM, pa.ROTATE_WRITES_CACHE = was
-    row["median_us"] = {by: sorted(v)[1] for by, v in row["us"].items()}
-    return row
-
-
 def choice_key(choice: tuple) -> str:
     """A launch choice's name in the results: rows, BLOCK_N, warps, stages."""
     return "r{}_n{}_w{}_s{}".format(*choice[:4])
@@ -198,7 +166,6 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--split", action="store_true", help="the split path against the kernel's default (v67)")
     ap.add_argument("--rotate", action="store_true", help="the split path over _rotate_keys' launches (v84)")
-    ap.add_argument("--cache", action="store_true", help="the split path's cache written by either kernel (v87)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="which of SHAPES to time (comma-separated)")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -216,12 +183,6 @@ def main() -> None:
         sign = torch.cat((-torch.ones(d // 2, device=dev), torch.ones(d // 2, device=dev)))
         write = torch.ones(1, dtype=torch.bool, device=dev)
         tables = (emb.cos().to(dt), (emb.sin() * sign).to(dt), write, kc, torch.randn_like(kc))
-        if args.cache:
-            for t in ROTATE_LENGTHS:
-                row = probe_cache(name, t, h, kv, d, tables)
-                print(json.dumps({k: row[k] for k in ("model", "T", "median_us", "err")}), flush=True)
-                rows_out.append(row)
-            continue
         if args.rotate:
             for t in ROTATE_LENGTHS:
                 row = probe_rotate(name, t, h, kv, d, tables)

@@ -38,19 +38,15 @@ def reference(qkv, cos, sin, kc, vc, h, kv):
     return o.transpose(1, 2).reshape(b, t, h * d)
 
 
-def max_errors(
-    dtype: torch.dtype, device: str, seed: int = 0, split_from: int | None = None, rotate_writes_cache: bool = True
-) -> dict:
+def max_errors(dtype: torch.dtype, device: str, seed: int = 0, split_from: int | None = None) -> dict:
     """Largest |fused - reference| over CASES, for the output and for the cache after the write; a write_kv that is
     off must leave the cache as it was (else the cache error is inf). `split_from`: prefill_attention.SPLIT_FROM for
-    the run (1: every prompt's keys rotated by a kernel of their own first); `rotate_writes_cache`:
-    ROTATE_WRITES_CACHE (the split path's cache written by the rotate kernel, or by the attention's programs)."""
-    was = pa.SPLIT_FROM, pa.ROTATE_WRITES_CACHE
-    pa.SPLIT_FROM, pa.ROTATE_WRITES_CACHE = split_from, rotate_writes_cache
+    the run (1: every prompt's keys rotated by a kernel of their own first)."""
+    was, pa.SPLIT_FROM = pa.SPLIT_FROM, split_from
     try:
         return _max_errors(dtype, device, seed)
     finally:
-        pa.SPLIT_FROM, pa.ROTATE_WRITES_CACHE = was
+        pa.SPLIT_FROM = was
 
 
 def _max_errors(dtype: torch.dtype, device: str, seed: int) -> dict:
@@ -98,9 +94,6 @@ if __name__ == "__main__":
     result = {str(dt).removeprefix("torch."): max_errors(dt, "cpu") for dt in (torch.float32, torch.float16)}
     for dt in (torch.float32, torch.float16):
         result["split_" + str(dt).removeprefix("torch.")] = max_errors(dt, "cpu", split_from=1)
-        result["split_attend_" + str(dt).removeprefix("torch.")] = max_errors(
-            dt, "cpu", split_from=1, rotate_writes_cache=False
-        )
     toks_f, logits_f, took = engine_tokens(True, "cpu")
     toks_s, logits_s, _ = engine_tokens(False, "cpu")
     result["engine"] = {

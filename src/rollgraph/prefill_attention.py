@@ -139,7 +139,6 @@ if triton is not None:
         PRECISION: tl.constexpr,
         HEAVY_FIRST: tl.constexpr,
         PRE: tl.constexpr,
-        ROTATED_CACHE: tl.constexpr,
     ):
         # the longest walks first: with more programs than SMs, the last wave then holds the short ones
         mb = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
@@ -172,14 +171,11 @@ if triton is not None:
         op = out + b * s_ob + tok[:, None] * s_ot + (kvh * GROUP + g)[:, None] * D + d[None, :]
         tl.store(op, o.to(out.dtype.element_ty), mask=live[:, None])
 
-        if not PRE:
+        if not PRE:  # with PRE, _rotate_keys wrote the cache
             # fmt: off
             _write_cache(qkv, cos, sin, write_kv, k_cache, v_cache, b, kvh, mb * BLOCK_M, T, s_qb, s_qt, s_cos, s_kb,
                          s_kh, s_kt, H, KV, D, BLOCK_M)
             # fmt: on
-        elif not ROTATED_CACHE:  # the keys come rotated in k_rot: copied as they are, with the values
-            _copy_cache(qkv, kr, write_kv, k_cache, v_cache, b, kvh, mb * BLOCK_M, T, s_qb, s_qt, s_rt, s_kb, s_kh,
-                        s_kt, H, KV, D, BLOCK_M)  # fmt: skip
 
     @triton.jit
     def _write_cache(
@@ -217,42 +213,6 @@ if triton is not None:
             tl.store(k_cache + cp, k, mask=w_ok[:, None])
             tl.store(v_cache + cp, v, mask=w_ok[:, None])
 
-    @triton.jit
-    def _copy_cache(
-        qkv,
-        kr,
-        write_kv,
-        k_cache,
-        v_cache,
-        b,
-        kvh,
-        t0,
-        T,
-        s_qb,
-        s_qt,
-        s_rt,
-        s_kb,
-        s_kh,
-        s_kt,
-        H: tl.constexpr,
-        KV: tl.constexpr,
-        D: tl.constexpr,
-        ROWS: tl.constexpr,
-    ):
-        """Positions t0..t0+ROWS-1 (those below T) of KV head `kvh` of row `b`: their keys, already rotated in `kr`
-        (this row's k_rot), and their values into the cache, if the one-element flag `write_kv` is set."""
-        if tl.load(write_kv) != 0:
-            d = tl.arange(0, D)
-            tw = t0 + tl.arange(0, ROWS)
-            w_ok = tw < T
-            k = tl.load(kr + tw[:, None] * s_rt + kvh * D + d[None, :], mask=w_ok[:, None], other=0.0)
-            v = tl.load(
-                qkv + b * s_qb + tw[:, None] * s_qt + (H + KV + kvh) * D + d[None, :], mask=w_ok[:, None], other=0.0
-            )
-            cp = b * s_kb + kvh * s_kh + tw[:, None] * s_kt + d[None, :]
-            tl.store(k_cache + cp, k, mask=w_ok[:, None])
-            tl.store(v_cache + cp, v, mask=w_ok[:, None])
-
     @triton.jit(do_not_specialize=["T"])
     def _rotate_keys(
         qkv,
@@ -275,10 +235,9 @@ if triton is not None:
         KV: tl.constexpr,
         D: tl.constexpr,
         ROWS: tl.constexpr,
-        ROTATED_CACHE: tl.constexpr,
     ):
-        """The keys of ROWS positions of one (row, KV head) rotated once into k_rot [B, T, KV, D], and, with
-        ROTATED_CACHE and the flag set, the rotated keys and the values into the cache (SPLIT_FROM)."""
+        """The keys of ROWS positions of one (row, KV head) rotated once into k_rot [B, T, KV, D], and, with the
+        flag set, the rotated keys and the values into the cache (SPLIT_FROM)."""
         b = tl.program_id(1) // KV
         kvh = tl.program_id(1) % KV
         t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -287,7 +246,7 @@ if triton is not None:
         base = qkv + b * s_qb + t[:, None] * s_qt
         k = _rotated(base + (H + kvh) * D, ok, t, cos, sin, s_cos, D)
         tl.store(k_rot + b * s_rb + t[:, None] * s_rt + kvh * D + d[None, :], k, mask=ok[:, None])
-        if ROTATED_CACHE and tl.load(write_kv) != 0:  # the keys just rotated, stored as they are (perf-notes v69)
+        if tl.load(write_kv) != 0:  # the keys just rotated, stored as they are (perf-notes v69)
             v = tl.load(base + (H + KV + kvh) * D + d[None, :], mask=ok[:, None], other=0.0)
             cp = b * s_kb + kvh * s_kh + t[:, None] * s_kt + d[None, :]
             tl.store(k_cache + cp, k, mask=ok[:, None])
@@ -311,10 +270,6 @@ ROTATE_ROWS = 8
 length (perf-notes v84)."""
 ROTATE_WARPS = 4
 """Warps per program of `_rotate_keys`."""
-ROTATE_WRITES_CACHE = True
-"""On the split path, whether `_rotate_keys` writes the rotated keys and the values into the cache (v69), or the
-attention kernel's programs copy their own positions' there after their walk, the keys from k_rot (perf-notes v87):
-the rotate kernel then moves ~40% of the bytes, and the copies overlap other programs' attention."""
 
 OVERRIDE: tuple[int, int, int, int, bool] | None = None
 """(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of the tables above: for
@@ -369,7 +324,7 @@ def prefill_attention(
         _rotate_keys[(triton.cdiv(t, ROTATE_ROWS), b * n_kv)](
             qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, t, qkv.stride(0), qkv.stride(1), cos.stride(0),
             *cache_strides, k_rot.stride(0), k_rot.stride(1), H=n_heads, KV=n_kv, D=d, ROWS=ROTATE_ROWS,
-            ROTATED_CACHE=ROTATE_WRITES_CACHE, num_warps=ROTATE_WARPS,
+            num_warps=ROTATE_WARPS,
         )  # fmt: skip
     _prefill_attend[(triton.cdiv(t, block_m), b * n_kv)](
         qkv,
@@ -400,7 +355,6 @@ def prefill_attention(
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
         HEAVY_FIRST=heavy_first,
         PRE=pre,
-        ROTATED_CACHE=ROTATE_WRITES_CACHE,
         num_warps=warps,
         num_stages=stages,
     )
