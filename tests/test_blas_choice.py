@@ -284,6 +284,23 @@ def test_plain_products_are_chosen_apart_and_run_through_their_choice(monkeypatc
     assert prod.ran == [(2, "plain")] and asked == ["cublas", "cublas"]
 
 
+def stand_in(describe):
+    """cand(rank, carried, tag=0): stand-ins for lt_matmul.Candidate whose describe() is describe(carried), a value the
+    test carries in the `waves` field; `tag` makes two stand-ins' algorithm bytes differ."""
+    from rollgraph import lt_matmul
+
+    class Cand(lt_matmul.Candidate):
+        def describe(self) -> dict:
+            return describe(self.waves)
+
+    def cand(rank, carried, tag=0):
+        algo = lt_matmul._Algo()
+        algo.data[0], algo.data[1] = rank + 1, tag
+        return Cand(rank, algo, 0, carried)
+
+    return cand
+
+
 def test_fitted_configurations_copy_the_first_candidates_and_one_as_wide(monkeypatch):
     """perf-notes v85: each fitted tile is configured on copies of the first FIT_BASES candidates and of the list's
     first candidate with a tile as wide on the weight's side, each with its cluster shape and with none, taking the
@@ -294,14 +311,7 @@ def test_fitted_configurations_copy_the_first_candidates_and_one_as_wide(monkeyp
     ids = {lt_tiles.name(t): t for t in lt_tiles.TILE}
     tiles = {"128x160": ids["128x160"], "448x64": ids["448x64"], "256x96": ids["256x96"], "256x112": ids["256x112"]}
 
-    class Cand(lt_matmul.Candidate):
-        def describe(self) -> dict:
-            return {"id": 66, "tile": self.waves}  # the base's tile id, carried in `waves` for this stand-in
-
-    def cand(rank, tile, tag=0):
-        algo = lt_matmul._Algo()
-        algo.data[0], algo.data[1] = rank + 1, tag
-        return Cand(rank, algo, 0, tile)
+    cand = stand_in(lambda carried: {"id": 66, "tile": carried})  # the base's tile id
 
     tried = []
 
@@ -329,18 +339,11 @@ def test_fitted_configurations_copy_the_first_candidates_and_one_as_wide(monkeyp
 def test_a_split_k_base_is_also_copied_without_its_split(monkeypatch):
     """perf-notes v86: `fitted` counts the waves of an unsplit product, so a base that splits K is copied as it is and
     with split-K 1 and no reduction; an unsplit base is copied once."""
-    from rollgraph import lt_matmul, lt_tiles
+    from rollgraph import lt_tiles
 
     tile = {lt_tiles.name(t): t for t in lt_tiles.TILE}["128x104"]
 
-    class Cand(lt_matmul.Candidate):
-        def describe(self) -> dict:
-            return {"id": 66, "tile": tile, "split_k": int(self.waves)}  # the base's split, carried in `waves`
-
-    def cand(rank, split, tag=0):
-        algo = lt_matmul._Algo()
-        algo.data[0], algo.data[1] = rank + 1, tag
-        return Cand(rank, algo, 0, split)
+    cand = stand_in(lambda carried: {"id": 66, "tile": tile, "split_k": int(carried)})  # the base's split
 
     tried = []
 
