@@ -3,6 +3,7 @@ and both libraries' products run in test_gpu.py)."""
 
 import contextlib
 import functools
+import json
 
 import pytest
 import torch
@@ -63,11 +64,13 @@ def test_a_chosen_shape_runs_through_its_library_unless_the_knob_is_off(monkeypa
     assert asked == ["cublaslt", "cublas"] and blas_choice.library_for(x40, w) is None
 
 
-def test_nothing_is_timed_off_cuda(monkeypatch):
-    """choose() times only CUDA products; on this CPU the engine's warm-up asks nothing and chooses nothing."""
+def test_nothing_is_timed_off_cuda(monkeypatch, tmp_path):
+    """choose() times only CUDA products; on this CPU the engine's warm-up asks nothing and chooses nothing, and a
+    store file is neither read nor written."""
     asked = spy_on_using(monkeypatch)
     w = torch.randn(24, 16)
-    assert blas_choice.choose([64, 400], [w]) == {}
+    assert blas_choice.choose([64, 400], [w], store=str(tmp_path / "choices.json")) == {}
+    assert list(tmp_path.iterdir()) == []
     engine = Engine(load_model(ModelConfig("llama-tiny")), EngineConfig(max_seq_len=256, prefill_buckets=(16, 64)))
     engine.warm_up(progress=False)
     assert engine.blas_timings == {} and blas_choice.choices() == {} and asked == []
@@ -145,10 +148,18 @@ class FakeProduct:
     """Stands in for lt_matmul.Product on this CPU: `fits` says whether a chosen algorithm may run, `run` records."""
 
     def __init__(self, fits: bool) -> None:
-        self.ok, self.ran = fits, []
+        self.ok, self.ran, self.refuse = fits, [], False
 
     def fits(self, r, x, w) -> bool:
         return self.ok
+
+    def restore(self, data: bytes):
+        """lt_matmul.Product.restore: a candidate from kept bytes, or refused as cuBLASLt's check would."""
+        from rollgraph import lt_matmul
+
+        if self.refuse:
+            raise lt_matmul.CublasLtError("MatmulAlgoCheck returned cuBLAS status 15")
+        return lt_matmul.Candidate(-1, lt_matmul._Algo.from_buffer_copy(data), 0, 1.0)
 
     def run(self, algo, r, x, w, accumulate=True) -> None:
         self.ran.append(algo.rank if accumulate else (algo.rank, "plain"))
@@ -165,7 +176,11 @@ def fake_algorithms(monkeypatch, count: int) -> tuple[list[str], FakeProduct]:
 
     asked = spy_on_using(monkeypatch)
     monkeypatch.setattr(blas_choice, "_can_time", lambda w: True)
-    algos = {f"algo{i}": lt_matmul.Candidate(i, lt_matmul._Algo(), 0, 1.0) for i in range(count)}
+    algos = {}
+    for i in range(count):
+        algo = lt_matmul._Algo()
+        algo.data[0] = i + 1  # each its own bytes
+        algos[f"algo{i}"] = lt_matmul.Candidate(i, algo, 0, 1.0)
     monkeypatch.setattr(blas_choice, "_algorithms", lambda m, w: dict(algos))
     prod = FakeProduct(fits=True)
     monkeypatch.setattr(lt_matmul, "product", lambda *shape: prod)
@@ -367,3 +382,51 @@ def test_a_split_k_base_is_also_copied_without_its_split(monkeypatch):
     assert (0, {"tile": tile, **blas_choice.UNSPLIT}) in tried
     assert all("split_k" not in config for rank, config in tried if rank == 1)
     assert out["fit128x104/algo0/k1"].describe()["split_k"] == 1
+
+
+def test_choices_kept_in_a_store_are_taken_by_a_later_process_instead_of_timing(monkeypatch, tmp_path):
+    """blas_store: shapes timed with `store` are written to the file; a later process (here: after forget()) on the
+    same machine takes them, algorithm bytes and all, without timing; an algorithm cuBLASLt's check refuses, or
+    another machine, is timed again, and the file then holds both machines' entries."""
+    from rollgraph import blas_store
+
+    asked, prod = fake_algorithms(monkeypatch, 3)
+    machine = ["m1"]
+    monkeypatch.setattr(blas_choice, "_machine", lambda device: machine[0])
+    timed = []
+
+    def fake_time_us(fn, calls):  # algo2 far ahead at 400 rows; cuBLASLt ahead at 64
+        rows = fn.args[2].shape[0]
+        name = fn.args[0] if isinstance(fn.args[0], str) else f"algo{fn.args[0].rank}"
+        timed.append((rows, name))
+        return {"cublas": 50.0, "cublaslt": 40.0, "algo2": 20.0}.get(name, 45.0)
+
+    monkeypatch.setattr(blas_choice, "_time_us", fake_time_us)
+    store, w = str(tmp_path / "choices.json"), torch.randn(24, 16)
+    first = blas_choice.choose([400, 64], [w], rounds=1, store=store)
+    chosen = blas_choice.choices()
+    assert chosen == {(64, 24, 16): "cublaslt", (400, 24, 16): "algo2"} and timed
+    kept = blas_store.load(store, "m1")
+    assert kept["400x24x16 float32 add"]["algo"] == "algo2" and kept["64x24x16 float32 add"]["bytes"] is None
+    algo_bytes = bytes(blas_choice._algos[blas_choice._key(400, w)][1].algo)
+
+    blas_choice.forget()
+    timed.clear()
+    assert blas_choice.choose([400, 64], [w], rounds=1, store=store) == first
+    assert timed == [] and blas_choice.choices() == chosen
+    assert bytes(blas_choice._algos[blas_choice._key(400, w)][1].algo) == algo_bytes
+    blas_choice.add_product_(torch.zeros(400, 24), torch.randn(400, 16), w)
+    assert prod.ran == [-1] and asked == []  # the restored algorithm runs
+
+    blas_choice.forget()
+    prod.refuse = True  # cuBLASLt's check refuses the kept algorithm here: that shape alone is timed again
+    blas_choice.choose([400, 64], [w], rounds=1, store=store)
+    assert {m for m, _ in timed} == {400} and blas_choice.choices() == chosen
+
+    blas_choice.forget()
+    timed.clear()
+    machine[0] = "m2"  # another GPU or library version: everything is timed, and kept beside m1's
+    blas_choice.choose([400, 64], [w], rounds=1, store=store)
+    assert {m for m, _ in timed} == {400, 64}
+    with open(store) as f:
+        assert sorted(json.load(f)["machines"]) == ["m1", "m2"]

@@ -49,3 +49,18 @@ def test_bad_arguments_are_clear_errors(qwen2_dir):
         assert text in r.stderr, (args, r.stderr)
         if code:
             assert f"[{code}]" in r.stderr
+
+
+def test_the_blas_store_defaults_next_to_the_compile_cache_and_none_turns_it_off(tmp_path):
+    """`--blas-store` (blas_store.py): auto puts the file in --compile-cache-dir (or torch's own cache folder), none
+    keeps no file, a path is taken as given; the engine's config carries it."""
+    from rollgraph import blas_store, cli
+
+    def config(*args):
+        argv = ["serve", "--model", "llama-tiny", "--socket", str(tmp_path / "s.sock"), *args]
+        return cli.engine_config(cli.build_parser().parse_args(argv))
+
+    assert config("--compile-cache-dir", str(tmp_path)).blas_store == str(tmp_path / blas_store.FILE_NAME)
+    assert config().blas_store == blas_store.default_path()
+    assert config("--blas-store", "none").blas_store is None
+    assert config("--blas-store", str(tmp_path / "b.json")).blas_store == str(tmp_path / "b.json")

@@ -490,6 +490,76 @@ def test_every_cublaslt_algorithm_listed_for_a_shape_adds_the_product_and_unalig
     assert not prod.fits(r0.clone(), unaligned, w) and not prod.fits(r0.clone(), x, w.t().contiguous().t())
 
 
+_KEPT_CHOICES_CHILD = """
+import json, sys, torch
+from rollgraph import blas_choice
+def no_timing(*args, **kwargs):
+    raise AssertionError("a kept shape was timed again")
+blas_choice._time_all = no_timing
+rows, store = json.loads(sys.argv[1]), sys.argv[2]
+g = torch.Generator(device="cuda").manual_seed(3)
+w = torch.randn(2048, 8192, device="cuda", dtype=torch.bfloat16, generator=g) * 0.02
+blas_choice.choose(rows, [w], store=store)
+errors = {}
+for m in rows:
+    x = torch.randn(m, 8192, device="cuda", dtype=torch.bfloat16, generator=g)
+    r0 = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16, generator=g)
+    want = r0.float() + x.float() @ w.float().T
+    r = r0.clone()
+    blas_choice.add_product_(r, x, w)
+    bound = 3e-2 + 2e-2 * want.abs()  # assert_close's bf16 tolerance, as the other product tests use
+    plain = ((r.float() - want).abs() - bound).max().item()
+    graph, stream = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    r.copy_(r0)
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        blas_choice.add_product_(r, x, w)
+    torch.cuda.current_stream().wait_stream(stream)
+    r.copy_(r0)
+    graph.replay()
+    errors[m] = [plain, ((r.float() - want).abs() - bound).max().item()]
+print(json.dumps({"choices": {str(k[0]): v for k, v in blas_choice.choices().items()}, "errors": errors}))
+"""
+
+
+def test_blas_choices_kept_in_a_store_are_taken_by_another_process(tmp_path):
+    """blas_store: the choices this process timed for llama-3.2-1b's down projection at 256-432 rows are written to
+    the file; another process takes them all, cuBLASLt algorithms as kept bytes that cuBLASLt's check accepts again,
+    times none (its timing raises), and every product it then runs is the float one within bf16 tolerance, plainly
+    and replayed from a CUDA graph (no element past assert_close's atol 3e-2, rtol 2e-2)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from rollgraph import blas_choice
+
+    rows, store = [256, 320, 384, 400, 432], str(tmp_path / "choices.json")
+    blas_choice.forget()
+    try:
+        w = torch.randn(2048, 8192, device="cuda", dtype=torch.bfloat16) * 0.02
+        blas_choice.choose(rows, [w], store=store)
+        here = {str(k[0]): v for k, v in blas_choice.choices().items()}
+    finally:
+        blas_choice.forget()
+    if torch.cuda.get_device_capability() == (9, 0):
+        assert any(v not in blas_choice.LIBRARIES for v in here.values()), here  # at least one algorithm is kept
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["src", os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.run(
+        [sys.executable, "-c", _KEPT_CHOICES_CHILD, json.dumps(rows), store],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    there = json.loads(child.stdout.strip().splitlines()[-1])
+    assert there["choices"] == here
+    for m, (plain, graphed) in there["errors"].items():
+        assert plain <= 0 and graphed <= 0, (m, here[m], plain, graphed)
+
+
 @pytest.mark.parametrize(
     ("rows", "n", "k", "accumulate"),
     [

@@ -45,7 +45,7 @@ from collections.abc import Iterable
 
 import torch
 
-from rollgraph import lt_matmul, lt_tiles, tune_timing
+from rollgraph import blas_store, lt_matmul, lt_tiles, tune_timing
 
 logger = logging.getLogger(__name__)
 ENABLED = True
@@ -150,21 +150,27 @@ def choose(
     rounds: int = 3,
     calls: int = CALLS,
     accumulate: bool = True,
+    store: str | None = None,
 ) -> dict:
     """Time r.addmm_(x, w.T) (with `accumulate` off, the plain r = x @ w.T) through each library for every row count
     and weight (CUDA only), and from ALGORITHM_ROWS rows on the finalists of cuBLASLt's ranked algorithms too,
     alternating them `rounds` times, and remember the faster by medians; shapes chosen earlier in this process keep
-    their choice and are not timed again. Returns {shape_of(key): {name: µs}} ("cublas", "cublaslt", "algoN" for the
-    heuristic's N-th, "fitMxN/algoN" for its N-th with tile M x N, `_algorithms`) for the log and reports; {} where
-    the device is not CUDA or torch lacks cuBLASLt."""
+    their choice and are not timed again. With `store` (a file, blas_store), shapes another process chose on this
+    machine take its choice too, and the shapes timed here are added to the file. Returns {shape_of(key): {name: µs}}
+    ("cublas", "cublaslt", "algoN" for the heuristic's N-th, "fitMxN/algoN" for its N-th with tile M x N,
+    `_algorithms`) for the log and reports; {} where the device is not CUDA or torch lacks cuBLASLt."""
     weights = list(weights)
     if not weights or not _can_time(weights[0]):
         return {}
-    timings, timed, start = {}, 0, time.perf_counter()
+    machine = _machine(weights[0].device) if store else ""
+    stored = blas_store.load(store, machine) if store else {}
+    timings, timed, restored, new, start = {}, 0, 0, {}, time.perf_counter()
     for m in sorted(set(rows)):
         for w in weights:
             key = _key(m, w, accumulate)
-            if key not in _timings:
+            if key not in _timings and _restore(key, stored.get(_entry_name(key))):
+                restored += 1
+            elif key not in _timings:
                 medians, candidates = _time_all(m, w, rounds, calls, accumulate)
                 _timings[key] = medians
                 _chosen[key] = "cublaslt" if _lt_wins(medians) else "cublas"
@@ -172,15 +178,67 @@ def choose(
                 if best is not None and medians[best] <= MARGIN * medians[_chosen[key]]:
                     _algos[key] = (best, candidates[best])
                 timed += 1
+                new[_entry_name(key)] = _entry(key)
             timings[shape_of(key)] = _timings[key]
+    if store and new:
+        blas_store.save(store, machine, new)
     lt = [k for k, v in timings.items() if _lt_wins(v)]
     algos = {k: name for k, name in choices().items() if k in timings and name not in LIBRARIES}
     secs = time.perf_counter() - start
     kind = "prefill products" if accumulate else "plain prefill products"
-    logger.info("cuBLASLt for %d of %d %s (%d timed now in %.1f s): %s", len(lt), len(timings), kind, timed, secs, lt)
+    kept = f", {restored} as chosen before in {store}" if restored else ""
+    logger.info(
+        "cuBLASLt for %d of %d %s (%d timed now in %.1f s%s): %s", len(lt), len(timings), kind, timed, secs, kept, lt
+    )
     if algos:
         logger.info("cuBLASLt algorithms chosen by timing: %s", algos)
     return timings
+
+
+def _machine(device: torch.device) -> str:
+    return blas_store.machine(device, lt_matmul.version() if lt_matmul.available() else None)
+
+
+def _entry_name(key: tuple) -> str:
+    """A shape's name in blas_store's file: `400x4096x11008 bfloat16 add` (into the residual) or `... plain`."""
+    rows, n, k, dtype, _, accumulate = key
+    return f"{rows}x{n}x{k} {str(dtype).removeprefix('torch.')} {'add' if accumulate else 'plain'}"
+
+
+def _entry(key: tuple) -> dict:
+    """What blas_store keeps of a shape's choice: the library, the algorithm's name and bytes (or None), the medians."""
+    name, cand = _algos.get(key, (None, None))
+    return {
+        "library": _chosen[key],
+        "algo": name,
+        "bytes": None if cand is None else bytes(cand.algo).hex(),
+        "us": _timings[key],
+    }
+
+
+def _restore(key: tuple, entry: object) -> bool:
+    """Take a kept entry as this shape's choice; False (the shape is timed) where there is none, it is malformed, or
+    cuBLASLt's check refuses its algorithm for the shape here."""
+    if not isinstance(entry, dict) or entry.get("library") not in LIBRARIES or not isinstance(entry.get("us"), dict):
+        return False
+    try:
+        medians = {str(name): float(us) for name, us in entry["us"].items()}
+    except (TypeError, ValueError):
+        return False
+    algo = None
+    if entry.get("algo") is not None:
+        rows, n, k, dtype, _, _ = key
+        try:
+            cand = lt_matmul.product(rows, n, k, dtype).restore(bytes.fromhex(entry["bytes"]))
+        except (lt_matmul.CublasLtError, ValueError, TypeError) as exc:
+            logger.info("timing %s again: its kept algorithm is refused here (%s)", shape_of(key), exc)
+            return False
+        algo = (str(entry["algo"]), cand)
+    _timings[key] = medians
+    _chosen[key] = entry["library"]
+    if algo is not None:
+        _algos[key] = algo
+    return True
 
 
 def _lt_wins(medians: dict[str, float]) -> bool:

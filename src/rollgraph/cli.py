@@ -62,6 +62,12 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--max-new-tokens-cap", type=int, default=4096)
     g.add_argument("--compile-cache-dir", default=None, help="torch.compile's on-disk cache (default: torch's own)")
+    g.add_argument(
+        "--blas-store",
+        default="auto",
+        help="JSON file keeping the prefill products' timed BLAS choices for later starts on this machine; auto: "
+        "next to the compile cache; none: time them at every start",
+    )
 
 
 def model_config(a: argparse.Namespace) -> ModelConfig:
@@ -94,8 +100,18 @@ def engine_config(a: argparse.Namespace) -> EngineConfig:
         precapture_sampling=a.precapture_sampling,
         max_new_tokens_cap=a.max_new_tokens_cap,
         compile_cache_dir=a.compile_cache_dir,
+        blas_store=blas_store_path(a.blas_store, a.compile_cache_dir),
         pool=pool,
     )
+
+
+def blas_store_path(value: str, compile_cache_dir: str | None) -> str | None:
+    """`--blas-store`: "auto" -> next to the compile cache (blas_store.default_path), "none" -> None, else the path."""
+    if value == "auto":
+        from rollgraph import blas_store
+
+        return blas_store.default_path(compile_cache_dir)
+    return None if value == "none" else value
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

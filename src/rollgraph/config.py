@@ -100,6 +100,10 @@ class EngineConfig:
     """Largest max_new_tokens a request may ask for."""
     compile_cache_dir: str | None = None
     """Where torch.compile keeps its cache between runs (None = torch's default)."""
+    blas_store: str | None = None
+    """A JSON file where the prefill products' BLAS choices (blas_choice) are kept between processes on one machine,
+    so a later start takes them instead of timing them again (blas_store.py); None keeps none. The CLI's
+    `--blas-store` puts it next to the compile cache by default."""
     runner: str = "auto"
     """auto = rollgraph's native Llama-family runner where the architecture allows, else transformers' forward."""
     attention: str = "auto"

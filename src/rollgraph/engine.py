@@ -131,7 +131,8 @@ class Engine:
         rows = sorted({k.batch * k.length for k in self._bucket_keys() if k.phase == "prefill"})
         # the plain products too where steps replay graphs or run eagerly (the same kernels either way), not where
         # they run compiled without graphs: there the op's dispatch adds host time to a host-bound step
-        self.blas_timings = choose(rows, plain=self.graphs_enabled or self._direct == "eager")
+        plain = self.graphs_enabled or self._direct == "eager"
+        self.blas_timings = choose(rows, plain=plain, store=self.config.blas_store)
 
     def _build_kernels(self) -> None:
         """Build the default keys' Triton kernels from threads before capturing (steps.run_once_in_threads); only

@@ -176,22 +176,23 @@ class LlamaRunner:
         """Whether some step runs a Triton kernel of rollgraph's own (built at its first call)."""
         return self.fused_decode or bool(self.skinny_phases)
 
-    def choose_blas(self, rows: list[int], plain: bool = False) -> dict:
+    def choose_blas(self, rows: list[int], plain: bool = False, store: str | None = None) -> dict:
         """Time the products that prefill adds into the residual (the output and down projections) at each row
         count past skinny_linear's, through cuBLAS and cuBLASLt (from 256 rows also cuBLASLt's ranked algorithms and
         fitted tiles), and with `plain` (`plain_choice`) from blas_choice.ALGORITHM_ROWS rows the plain ones (QKV
-        unless it has a bias, gate/up) likewise; keep the fastest per shape (blas_choice)."""
+        unless it has a bias, gate/up) likewise; keep the fastest per shape (blas_choice), and with `store` take and
+        keep the choices in that file (blas_store)."""
         self.plain_choice = plain
         if not self.layers:
             return {}
         rows = [m for m in rows if m > skinny.MAX_ROWS]
         first, timings = self.layers[0], {}
         if RESIDUAL_IN_GEMM:
-            timings |= blas_choice.choose(rows, (first.wo, first.w_down))
+            timings |= blas_choice.choose(rows, (first.wo, first.w_down), store=store)
         weights = [w for w, b in ((first.wqkv, first.bqkv), (first.w_gate_up, None)) if b is None]
         long_rows = [m for m in rows if m >= blas_choice.ALGORITHM_ROWS]
         if plain and blas_choice.PLAIN and long_rows:
-            timings |= blas_choice.choose(long_rows, weights, accumulate=False)
+            timings |= blas_choice.choose(long_rows, weights, accumulate=False, store=store)
         return timings
 
     @property

@@ -149,6 +149,13 @@ def available() -> bool:
     return True
 
 
+def version() -> int:
+    """The loaded cuBLASLt's version number (cublasLtGetVersion: e.g. 130100 for 13.1.0)."""
+    lib, _ = _lib()
+    lib.cublasLtGetVersion.restype = ctypes.c_size_t
+    return int(lib.cublasLtGetVersion())
+
+
 def _types(dtype: torch.dtype) -> tuple[int, ...]:
     """(compute, scale, A, B, C, D) types of a product of `dtype` operands, as cuBLASLt's id calls take them."""
     t = _TYPES[dtype]
@@ -277,6 +284,18 @@ class Product:
                 ctypes.byref(algo), _CONFIG[name], ctypes.byref(buf), size
             )
             _check(status, f"AlgoConfigSetAttribute({name}={value})")
+        return self._checked(algo)
+
+    def restore(self, data: bytes) -> Candidate:
+        """A candidate from the bytes of one this process or another made for this shape (`Candidate.algo`, kept by
+        blas_store between processes), as a configured one (rank -1); CublasLtError where cuBLASLt's check refuses
+        it for this shape, ValueError where `data` is not an algorithm's size."""
+        if len(data) != ctypes.sizeof(_Algo):
+            raise ValueError(f"a cuBLASLt algorithm is {ctypes.sizeof(_Algo)} bytes, got {len(data)}")
+        return self._checked(_Algo.from_buffer_copy(data))
+
+    def _checked(self, algo: _Algo) -> Candidate:
+        lib, _ = _lib()
         res = _Heuristic()
         status = lib.cublasLtMatmulAlgoCheck(
             self._handle, self._desc, self._a, self._b, self._c, self._c, ctypes.byref(algo), ctypes.byref(res)
