@@ -42,6 +42,12 @@ def test_a_write_that_fails_is_logged_and_changes_nothing(tmp_path, caplog):
     assert "could not keep the BLAS choices" in caplog.text and blas_store.load(path, "m1") == {}
 
 
-def test_the_default_file_sits_in_the_compile_cache_folder(tmp_path):
+def test_the_default_file_sits_in_the_compile_cache_folder(tmp_path, monkeypatch):
+    """--compile-cache-dir's folder, else inductor's own: TORCHINDUCTOR_CACHE_DIR, else <tmp>/torchinductor_<user>
+    (worked out without importing torch._inductor)."""
     assert blas_store.default_path(str(tmp_path)) == str(tmp_path / blas_store.FILE_NAME)
-    assert os.path.basename(blas_store.default_path()) == blas_store.FILE_NAME
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    assert blas_store.default_path() == str(tmp_path / "inductor" / blas_store.FILE_NAME)
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    folder = os.path.basename(os.path.dirname(blas_store.default_path()))
+    assert folder.startswith("torchinductor_") and len(folder) > len("torchinductor_")

@@ -16,9 +16,11 @@ the other's new entries, which the next start times again. Delete the file to ti
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import logging
 import os
+import re
 import tempfile
 
 import torch
@@ -30,14 +32,17 @@ FILE_NAME = "rollgraph_blas_choices.json"
 
 
 def default_path(compile_cache_dir: str | None = None) -> str:
-    """The file next to torch.compile's on-disk cache: in `compile_cache_dir`, or in torch's default cache folder."""
-    if compile_cache_dir:
-        return os.path.join(compile_cache_dir, FILE_NAME)
-    try:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
-    except ImportError:  # another torch layout
-        return os.path.join(tempfile.gettempdir(), FILE_NAME)
-    return os.path.join(cache_dir(), FILE_NAME)
+    """The file next to torch.compile's on-disk cache: in `compile_cache_dir`, or in the folder inductor uses by
+    default (TORCHINDUCTOR_CACHE_DIR, else <tmp>/torchinductor_<user>), worked out here as inductor does: importing
+    torch._inductor to ask it takes ~3 s on a CPU machine, at every start of the CLI."""
+    folder = compile_cache_dir or os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if not folder:
+        try:
+            user = re.sub(r'[\\/:*?"<>|]', "_", getpass.getuser())
+        except (KeyError, OSError):  # no name for this uid (a container's)
+            user = str(os.getuid())
+        folder = os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    return os.path.join(folder, FILE_NAME)
 
 
 def machine(device: torch.device, cublaslt_version: int | None) -> str:
