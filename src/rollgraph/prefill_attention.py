@@ -121,9 +121,10 @@ if triton is not None:
         j = tl.arange(0, NB_PAD)
         need = j < mb
         flags = sync + 1 + pid1 * tl.num_programs(0) + j
-        seen = tl.where(need, tl.atomic_add(flags, 0, mask=need, sem="acquire", scope="gpu"), target)
-        while tl.min(seen) < target:
-            seen = tl.where(need, tl.atomic_add(flags, 0, mask=need, sem="acquire", scope="gpu"), target)
+        missing = 1
+        while missing > 0:
+            seen = tl.atomic_add(flags, 0, mask=need, sem="acquire", scope="gpu")
+            missing = tl.sum((need & (seen < target)).to(tl.int32))
         tl.debug_barrier()
 
     @triton.jit(do_not_specialize=["T"])
