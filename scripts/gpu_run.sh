@@ -24,8 +24,7 @@
 #   launch:MODEL:MODE          scripts/prefill_launch_probe.py (a replayed prefill's launch, GPU time, read-back)
 #   pattn[:split[:SHAPES]]     scripts/prefill_attention_probe.py (the fused prefill kernel's launch choices, v23;
 #                              with split, the keys rotated by a kernel of their own first, v67; with rotate, that
-#                              kernel's launches, v84; with handoff, HANDOFF off and on, v89; SHAPES e.g.
-#                              llama-2-7b, default both)
+#                              kernel's launches, v84; SHAPES e.g. llama-2-7b, default both)
 #   coldpath                   scripts/cold_path_probe.py (request parsing after an idle gap; CPU only, v25)
 #   capture:MODEL:MODE[:DIR]   scripts/capture_time.py (start-up on empty kernel caches, or on DIR's, kept between
 #                              steps; Triton builds counted, seconds per graph)

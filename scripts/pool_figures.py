@@ -74,8 +74,6 @@ def engine_config(spec: str) -> EngineConfig:
     before v57: likewise a knob),
     no-rot (long prompts' keys rotated by the attention kernel as it loads them, not once by a kernel of their
     own, as before v67: likewise a knob),
-    no-handoff (long prompts' keys rotated by `_rotate_keys` ahead of the attention kernel, not by their own block's
-    program inside it, as before v89: likewise a knob),
     no-algo (no algorithm of cuBLASLt's list where start-up timed one faster, only the chosen library, as before
     v65: likewise a knob),
     no-last (the last layer's output projection and MLP over every prefill row, as before v68: likewise a knob),
@@ -172,7 +170,6 @@ KNOBS = (
     "no-lt",
     "no-algo",
     "no-rot",
-    "no-handoff",
     "no-last",
     "no-silu",
     "inline",
@@ -197,7 +194,6 @@ def set_knobs(spec: str) -> None:
     prefill_attention.ENABLED = "no-pa" not in opts
     prefill_attention.SPLIT_FROM = None if "no-rot" in opts else DEFAULT_SPLIT_FROM
     prefill_attention.ROTATE_ROWS = 64 if "rot64" in opts else DEFAULT_ROTATE_ROWS
-    prefill_attention.HANDOFF = "no-handoff" not in opts
     sampling.SPLIT_ARGMAX = "am-aten" not in opts
     skinny.FUSE_RESIDUAL = "no-res" not in opts
     skinny.FUSE_GATE = "no-gate" not in opts

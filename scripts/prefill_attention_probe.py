@@ -9,10 +9,6 @@ reference before it is timed.
 With --rotate (perf-notes v84) it times the split path at the long buckets over ROTATE_GRID, `_rotate_keys`'
 positions per program and warps (the attention kernel's launch as it is), each checked against the reference first.
 
-With --handoff (perf-notes v89) it times the split path at the long buckets with HANDOFF off (`_rotate_keys` first)
-and on (the keys handed over inside the attention kernel), the default launch and HANDOFF_GRID's, and the kernel
-without the split for scale; HANDOFF's output must equal the rotate kernel's exactly.
-
 With --split (perf-notes v67) it times instead, at the long buckets, the kernel with its default launch against the
 split path (the keys rotated once by `_rotate_keys`, then the attention kernel reading them rotated) over a grid of
 the attention kernel's launch choices, each checked against the reference first.
@@ -38,7 +34,6 @@ GRID = list(itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (1, 3)))  # 
 SPLIT_LENGTHS = (256, 320, 384, 400, 432, 512)
 SPLIT_GRID = list(itertools.product((64, 128), (64, 128), (4, 8), (1, 2, 3)))
 ROTATE_LENGTHS = (320, 400, 432, 512)
-HANDOFF_GRID = [(64, 64, 4, 3), (64, 64, 4, 2), (128, 64, 8, 2), (64, 128, 4, 2), (128, 128, 8, 2), (32, 64, 4, 3)]
 ROTATE_GRID = list(itertools.product((8, 16, 32, 64, 128), (1, 2, 4, 8)))  # positions per program, warps
 
 
@@ -145,30 +140,6 @@ def probe_rotate(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
     return row
 
 
-def probe_handoff(name: str, t: int, h: int, kv: int, d: int, tables) -> dict:
-    """One shape and prompt length: the split path with HANDOFF off and on (default launch, then HANDOFF_GRID's)."""
-    cos, sin, write, kc, vc = tables
-    qkv = torch.randn(1, t, (h + 2 * kv) * d, device="cuda", dtype=kc.dtype)
-    want = reference(qkv, cos, sin, write, kc.clone(), vc.clone(), h, kv).float()
-    call = functools.partial(pa.prefill_attention, qkv, cos[:t], sin[:t], write, kc, vc, h, kv)
-    was = pa.SPLIT_FROM, pa.HANDOFF
-    row: dict = {"model": name, "T": t}
-    pa.SPLIT_FROM = None
-    row["fused_us"] = graph_time_us(call)
-    pa.SPLIT_FROM = 1
-    outs = {}
-    for on in (False, True):
-        pa.HANDOFF = on
-        outs[on] = call().float()
-        row[f"handoff_{on}_err"] = round((outs[on] - want).abs().max().item(), 4)
-        row[f"handoff_{on}_us"] = graph_time_us(call)
-    row["handoff_equal"] = bool(torch.equal(outs[False], outs[True]))
-    grid, best = time_choices(call, want, {choice_key(c): (*c, True) for c in HANDOFF_GRID})
-    row.update(handoff_best=best, handoff_best_us=grid[best]["us"], grid=grid)
-    pa.SPLIT_FROM, pa.HANDOFF = was
-    return row
-
-
 def choice_key(choice: tuple) -> str:
     """A launch choice's name in the results: rows, BLOCK_N, warps, stages."""
     return "r{}_n{}_w{}_s{}".format(*choice[:4])
@@ -194,7 +165,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--split", action="store_true", help="the split path against the kernel's default (v67)")
-    ap.add_argument("--handoff", action="store_true", help="the split path with HANDOFF off and on (v89)")
     ap.add_argument("--rotate", action="store_true", help="the split path over _rotate_keys' launches (v84)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help="which of SHAPES to time (comma-separated)")
     args = ap.parse_args()
@@ -218,12 +188,6 @@ def main() -> None:
                 row = probe_rotate(name, t, h, kv, d, tables)
                 shown = {k: row[k] for k in ("model", "T", "default", "best", "us")}
                 print(json.dumps(shown), flush=True)
-                rows_out.append(row)
-            continue
-        if args.handoff:
-            for t in SPLIT_LENGTHS:
-                row = probe_handoff(name, t, h, kv, d, tables)
-                print(json.dumps({k: v for k, v in row.items() if k != "grid"}), flush=True)
                 rows_out.append(row)
             continue
         if args.split:

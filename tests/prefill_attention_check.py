@@ -38,50 +38,15 @@ def reference(qkv, cos, sin, kc, vc, h, kv):
     return o.transpose(1, 2).reshape(b, t, h * d)
 
 
-def max_errors(
-    dtype: torch.dtype, device: str, seed: int = 0, split_from: int | None = None, handoff: bool = True
-) -> dict:
+def max_errors(dtype: torch.dtype, device: str, seed: int = 0, split_from: int | None = None) -> dict:
     """Largest |fused - reference| over CASES, for the output and for the cache after the write; a write_kv that is
     off must leave the cache as it was (else the cache error is inf). `split_from`: prefill_attention.SPLIT_FROM for
-    the run (1: every prompt's keys rotated once first); `handoff`: prefill_attention.HANDOFF (those keys rotated by
-    their own block's program, else by `_rotate_keys`)."""
-    was = pa.SPLIT_FROM, pa.HANDOFF
-    pa.SPLIT_FROM, pa.HANDOFF = split_from, handoff
+    the run (1: every prompt's keys rotated by a kernel of their own first)."""
+    was, pa.SPLIT_FROM = pa.SPLIT_FROM, split_from
     try:
         return _max_errors(dtype, device, seed)
     finally:
-        pa.SPLIT_FROM, pa.HANDOFF = was
-
-
-def handoff_against_rotate_kernel(dtype: torch.dtype, device: str, seed: int = 0) -> dict:
-    """Every CASE with the keys rotated once (SPLIT_FROM 1), HANDOFF on against off, twice in a row on the same
-    inputs: the largest output and cache differences (the same numbers are expected: 0.0), and whether every HANDOFF
-    launch advanced its ticket counter by its programs."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    was = pa.SPLIT_FROM, pa.HANDOFF
-    diff, counted = 0.0, True
-    try:
-        pa.SPLIT_FROM = 1
-        for h, kv, d, t, max_len, b in CASES:
-            qkv = torch.randn(b, t, (h + 2 * kv) * d, generator=gen).to(device=device, dtype=dtype)
-            cos, sin = rope_tables(max_len, d, dtype, device)
-            write = torch.ones(1, dtype=torch.bool, device=device)
-            got = {}
-            for on in (False, True):
-                pa.HANDOFF = on
-                kc = torch.zeros(b, kv, max_len, d, device=device, dtype=dtype)
-                vc = torch.zeros_like(kc)
-                outs = [pa.prefill_attention(qkv, cos[:t], sin[:t], write, kc, vc, h, kv) for _ in range(2)]
-                got[on] = (outs, kc, vc)
-            (o0, k0, v0), (o1, k1, v1) = got[False], got[True]
-            pairs = zip([*o0, k0, v0], [*o1, k1, v1], strict=True)
-            diff = max(diff, *((a - c).abs().max().item() for a, c in pairs))
-            programs = -(-t // pa._launch(t, h // kv, d, True)[1]) * b * kv
-            sync = pa._SYNCS[(qkv.device, programs)]
-            counted = counted and int(sync[0]) % programs == 0 and bool((sync[1:] == int(sync[0]) // programs).all())
-    finally:
-        pa.SPLIT_FROM, pa.HANDOFF = was
-    return {"diff": diff, "counted": counted}
+        pa.SPLIT_FROM = was
 
 
 def _max_errors(dtype: torch.dtype, device: str, seed: int) -> dict:
@@ -128,10 +93,7 @@ def engine_tokens(fused: bool, device: str, dtype: str = "float32", n: int = 12)
 if __name__ == "__main__":
     result = {str(dt).removeprefix("torch."): max_errors(dt, "cpu") for dt in (torch.float32, torch.float16)}
     for dt in (torch.float32, torch.float16):
-        name = str(dt).removeprefix("torch.")
-        result["split_" + name] = max_errors(dt, "cpu", split_from=1, handoff=False)
-        result["handoff_" + name] = max_errors(dt, "cpu", split_from=1, handoff=True)
-    result["handoff_vs_split"] = handoff_against_rotate_kernel(torch.float16, "cpu")
+        result["split_" + str(dt).removeprefix("torch.")] = max_errors(dt, "cpu", split_from=1)
     toks_f, logits_f, took = engine_tokens(True, "cpu")
     toks_s, logits_s, _ = engine_tokens(False, "cpu")
     result["engine"] = {

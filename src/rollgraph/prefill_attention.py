@@ -10,9 +10,7 @@ Each program owns BLOCK_M prompt positions of one (row, KV head): their GROUP qu
 It walks the key positions up to its last own position from the QKV rows themselves (rotating k as it loads it), so
 no program waits for another's cache write, and it writes the cache entries of its own positions only. Programs
 start with the longest walks (the last positions), and key blocks wholly below a program's positions skip the
-causal mask. Long prompts (SPLIT_FROM) rotate each key once instead: each program rotates its own block's keys into
-a scratch and hands them to the programs of the later blocks through flags (HANDOFF), or, without HANDOFF,
-`_rotate_keys` rotates them all in a launch of its own first.
+causal mask.
 
 Numerics follow the reference path (llama._rope + SDPA), as decode_attention.py does: RoPE rounds `x * cos` to the
 input dtype before the fused multiply-add, scores and softmax in float32, probabilities cast to the value dtype for
@@ -109,24 +107,6 @@ if triton is not None:
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         return m_new, l_sum, acc
 
-    @triton.jit
-    def _publish(sync, w, target):
-        """This program's block is in k_rot (and the cache): set its flag to this launch's `target`."""
-        tl.debug_barrier()  # every thread's stores of the block come before the flag
-        tl.atomic_xchg(sync + 1 + w, target, sem="release", scope="gpu")
-
-    @triton.jit
-    def _wait_lower(sync, pid1, mb, target, NB_PAD: tl.constexpr):
-        """Until blocks 0..mb-1 of the same (row, KV head) are published in this launch (flag == target)."""
-        j = tl.arange(0, NB_PAD)
-        need = j < mb
-        flags = sync + 1 + pid1 * tl.num_programs(0) + j
-        missing = 1
-        while missing > 0:
-            seen = tl.atomic_add(flags, 0, mask=need, sem="acquire", scope="gpu")
-            missing = tl.sum((need & (seen < target)).to(tl.int32))
-        tl.debug_barrier()
-
     @triton.jit(do_not_specialize=["T"])
     def _prefill_attend(
         qkv,
@@ -136,7 +116,6 @@ if triton is not None:
         k_cache,
         v_cache,
         k_rot,
-        sync,
         out,
         T,
         s_qb,
@@ -160,20 +139,11 @@ if triton is not None:
         PRECISION: tl.constexpr,
         HEAVY_FIRST: tl.constexpr,
         PRE: tl.constexpr,
-        HANDOFF: tl.constexpr,
-        NB_PAD: tl.constexpr,
     ):
-        if HANDOFF:  # the work in ticket order, a head's query blocks in turn: a program waits on lower tickets only
-            n = tl.num_programs(0) * tl.num_programs(1)
-            tick = tl.atomic_add(sync, 1, sem="relaxed")
-            w = tick % n
-            mb = w % tl.num_programs(0)
-            pid1 = w // tl.num_programs(0)
-        else:  # the longest walks first: with more programs than SMs, the last wave then holds the short ones
-            mb = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
-            pid1 = tl.program_id(1)
-        b = pid1 // KV
-        kvh = pid1 % KV
+        # the longest walks first: with more programs than SMs, the last wave then holds the short ones
+        mb = tl.num_programs(0) - 1 - tl.program_id(0) if HEAVY_FIRST else tl.program_id(0)
+        b = tl.program_id(1) // KV
+        kvh = tl.program_id(1) % KV
         d = tl.arange(0, D)
         r = tl.arange(0, BLOCK_M * G_PAD)
         tok = mb * BLOCK_M + r // G_PAD
@@ -181,16 +151,7 @@ if triton is not None:
         live = (tok < T) & (g < GROUP)
         base = qkv + b * s_qb
         kr = k_rot + b * s_rb
-        if HANDOFF:  # this block's keys rotated once, by this program, and published
-            own = mb * BLOCK_M + tl.arange(0, BLOCK_M)
-            # fmt: off
-            _rotate_block(qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, b, kvh, own, own < T, s_qb, s_qt, s_cos,
-                          s_kb, s_kh, s_kt, s_rb, s_rt, H, KV, D)
-            # fmt: on
-            _publish(sync, w, tick // n + 1)
         q = _rotated(base + tok[:, None] * s_qt + (kvh * GROUP + g)[:, None] * D, live, tok, cos, sin, s_cos, D)
-        if HANDOFF:  # the keys of the lower blocks, published by their programs in this launch
-            _wait_lower(sync, pid1, mb, tick // n + 1, NB_PAD)
 
         m = tl.full([BLOCK_M * G_PAD], float("-inf"), tl.float32)
         l_sum = tl.zeros([BLOCK_M * G_PAD], tl.float32)
@@ -210,7 +171,7 @@ if triton is not None:
         op = out + b * s_ob + tok[:, None] * s_ot + (kvh * GROUP + g)[:, None] * D + d[None, :]
         tl.store(op, o.to(out.dtype.element_ty), mask=live[:, None])
 
-        if not PRE:  # with PRE, _rotate_keys or this program's own block wrote the cache
+        if not PRE:  # with PRE, _rotate_keys wrote the cache
             # fmt: off
             _write_cache(qkv, cos, sin, write_kv, k_cache, v_cache, b, kvh, mb * BLOCK_M, T, s_qb, s_qt, s_cos, s_kb,
                          s_kh, s_kt, H, KV, D, BLOCK_M)
@@ -252,43 +213,6 @@ if triton is not None:
             tl.store(k_cache + cp, k, mask=w_ok[:, None])
             tl.store(v_cache + cp, v, mask=w_ok[:, None])
 
-    @triton.jit
-    def _rotate_block(
-        qkv,
-        cos,
-        sin,
-        write_kv,
-        k_cache,
-        v_cache,
-        k_rot,
-        b,
-        kvh,
-        t,
-        ok,
-        s_qb,
-        s_qt,
-        s_cos,
-        s_kb,
-        s_kh,
-        s_kt,
-        s_rb,
-        s_rt,
-        H: tl.constexpr,
-        KV: tl.constexpr,
-        D: tl.constexpr,
-    ):
-        """The keys of positions `t` (those `ok`) of KV head `kvh` of row `b` rotated once into k_rot [B, T, KV, D],
-        and, with the flag set, the rotated keys and the values into the cache."""
-        d = tl.arange(0, D)
-        base = qkv + b * s_qb + t[:, None] * s_qt
-        k = _rotated(base + (H + kvh) * D, ok, t, cos, sin, s_cos, D)
-        tl.store(k_rot + b * s_rb + t[:, None] * s_rt + kvh * D + d[None, :], k, mask=ok[:, None])
-        if tl.load(write_kv) != 0:  # the keys just rotated, stored as they are (perf-notes v69)
-            v = tl.load(base + (H + KV + kvh) * D + d[None, :], mask=ok[:, None], other=0.0)
-            cp = b * s_kb + kvh * s_kh + t[:, None] * s_kt + d[None, :]
-            tl.store(k_cache + cp, k, mask=ok[:, None])
-            tl.store(v_cache + cp, v, mask=ok[:, None])
-
     @triton.jit(do_not_specialize=["T"])
     def _rotate_keys(
         qkv,
@@ -312,19 +236,27 @@ if triton is not None:
         D: tl.constexpr,
         ROWS: tl.constexpr,
     ):
-        """ROWS positions of one (row, KV head) through `_rotate_block` (SPLIT_FROM without HANDOFF)."""
+        """The keys of ROWS positions of one (row, KV head) rotated once into k_rot [B, T, KV, D], and, with the
+        flag set, the rotated keys and the values into the cache (SPLIT_FROM)."""
+        b = tl.program_id(1) // KV
+        kvh = tl.program_id(1) % KV
         t = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-        # fmt: off
-        _rotate_block(qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, tl.program_id(1) // KV, tl.program_id(1) % KV,
-                      t, t < T, s_qb, s_qt, s_cos, s_kb, s_kh, s_kt, s_rb, s_rt, H, KV, D)
-        # fmt: on
+        ok = t < T
+        d = tl.arange(0, D)
+        base = qkv + b * s_qb + t[:, None] * s_qt
+        k = _rotated(base + (H + kvh) * D, ok, t, cos, sin, s_cos, D)
+        tl.store(k_rot + b * s_rb + t[:, None] * s_rt + kvh * D + d[None, :], k, mask=ok[:, None])
+        if tl.load(write_kv) != 0:  # the keys just rotated, stored as they are (perf-notes v69)
+            v = tl.load(base + (H + KV + kvh) * D + d[None, :], mask=ok[:, None], other=0.0)
+            cp = b * s_kb + kvh * s_kh + t[:, None] * s_kt + d[None, :]
+            tl.store(k_cache + cp, k, mask=ok[:, None])
+            tl.store(v_cache + cp, v, mask=ok[:, None])
 
 
 SPLIT_FROM: int | None = 320
-"""Prompts of at least this many positions rotate their keys once (by their own block's program with HANDOFF, else in
-a kernel of their own that also writes the cache, `_rotate_keys`), and the attention kernel reads them rotated
-(perf-notes v67, v89); shorter ones, or all with None, rotate each key block in the attention kernel as it is
-loaded. Once the programs' walks hold several key
+"""Prompts of at least this many positions rotate their keys once, in a kernel of their own that also writes the
+cache (`_rotate_keys`), before the attention kernel reads them rotated (perf-notes v67); shorter ones, or all with
+None, rotate each key block in the attention kernel as it is loaded. Once the programs' walks hold several key
 blocks, the rotation repeated per query block (four loads and the rounding for each key block) outweighs the extra
 launch: on an H100, llama-2-7b's layer took 18.9 µs against 22.1 at 400 positions, 16.6 against 19.0 at 320, and
 13.4 against 13.0 at 256."""
@@ -332,13 +264,6 @@ LAUNCH_SPLIT = {128: (128, 64, 8, 3), 64: (64, 64, 4, 3)}
 """(query rows per program, key positions per step, warps, pipeline stages) of the attention kernel when the keys come
 rotated, by head dim as LAUNCH_SHORT: plain loads, so the key and value loads are pipelined. The fastest of 24 choices
 at 320, 400 and 432 positions for llama-2-7b's shape and at 400-512 for llama-3.2-1b's (v67)."""
-HANDOFF = True
-"""Where SPLIT_FROM applies: no `_rotate_keys` launch; each attention program rotates its own block's keys (and writes
-the cache), publishes them with a flag, and waits for the lower blocks' flags of its head before its walk (perf-notes
-v89). A program takes its block from a ticket (an atomic counter), so it waits only on programs that took lower
-tickets and are already running: no launch order or co-residency is assumed. The counter and flags live in a small
-int64 buffer per device and launch size (`_sync`); a flag holds its launch's epoch (ticket // programs), so nothing
-is reset between launches or graph replays."""
 ROTATE_ROWS = 8
 """Positions per program of `_rotate_keys`: many small programs. On an H200 the split path at 320-512 positions took
 1.0-1.5 µs a layer less with 8 than with 64 on both shapes, the fastest of 8-128 positions at 1-8 warps at every
@@ -349,23 +274,6 @@ ROTATE_WARPS = 4
 OVERRIDE: tuple[int, int, int, int, bool] | None = None
 """(rows, BLOCK_N, num_warps, num_stages, heavy_first) for every launch instead of the tables above: for
 scripts/prefill_attention_probe.py, which times the choices."""
-
-
-_SYNCS: dict[tuple[torch.device, int], torch.Tensor] = {}
-
-
-def _sync(device: torch.device, programs: int) -> torch.Tensor | None:
-    """HANDOFF's counter and flags for a launch of `programs` programs on `device`: [1 + programs] int64, made on first
-    use; None while a CUDA graph is being captured and it does not exist yet (a buffer made inside a capture would
-    be the graph's memory, and its zeros a captured fill that resets it on every replay), so that launch rotates
-    the keys with `_rotate_keys` instead. A capture's warm-ups run the same launch first, so this is not expected."""
-    key = (device, programs)
-    sync = _SYNCS.get(key)
-    if sync is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            return None
-        sync = _SYNCS[key] = torch.zeros(1 + programs, dtype=torch.int64, device=device)
-    return sync
 
 
 def _launch(t: int, group: int, d: int, pre: bool = False) -> tuple[int, int, int, int, int, bool]:
@@ -410,21 +318,15 @@ def prefill_attention(
     g_pad, block_m, block_n, warps, stages, heavy_first = _launch(t, group, d, pre)
     qk_scale = (1.0 / math.sqrt(d)) * math.log2(math.e)
     cache_strides = (k_cache.stride(0), k_cache.stride(1), k_cache.stride(2))
-    k_rot = sync = qkv  # not read unless `pre`
-    grid = (triton.cdiv(t, block_m), b * n_kv)
+    k_rot = qkv  # not read unless `pre`
     if pre:
         k_rot = qkv.new_empty(b, t, n_kv, d)
-        sync = _sync(qkv.device, grid[0] * grid[1]) if HANDOFF else None
-    handoff = pre and sync is not None
-    if not handoff:
-        sync = qkv  # not read
-    if pre and not handoff:
         _rotate_keys[(triton.cdiv(t, ROTATE_ROWS), b * n_kv)](
             qkv, cos, sin, write_kv, k_cache, v_cache, k_rot, t, qkv.stride(0), qkv.stride(1), cos.stride(0),
             *cache_strides, k_rot.stride(0), k_rot.stride(1), H=n_heads, KV=n_kv, D=d, ROWS=ROTATE_ROWS,
             num_warps=ROTATE_WARPS,
         )  # fmt: skip
-    _prefill_attend[grid](
+    _prefill_attend[(triton.cdiv(t, block_m), b * n_kv)](
         qkv,
         cos,
         sin,
@@ -432,7 +334,6 @@ def prefill_attention(
         k_cache,
         v_cache,
         k_rot,
-        sync,
         out,
         t,
         qkv.stride(0),
@@ -454,8 +355,6 @@ def prefill_attention(
         PRECISION="ieee" if qkv.dtype == torch.float32 else "tf32",
         HEAVY_FIRST=heavy_first,
         PRE=pre,
-        HANDOFF=handoff,
-        NB_PAD=max(2, triton.next_power_of_2(grid[0])) if handoff else 2,
         num_warps=warps,
         num_stages=stages,
     )
