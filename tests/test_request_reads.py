@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import socket
+import sys
 import threading
 import time
 
 import pytest
 
 from rollgraph.client import Client
-from rollgraph.engine_thread import EngineThread
+from rollgraph.engine_thread import SPIN_SWITCH_S, EngineThread
 from rollgraph.errors import RequestError, ServerError
 from rollgraph.params import GenerationParams
 from rollgraph.protocol import GenerateRequest, encode_frame, recv_frame
@@ -27,13 +28,13 @@ GENERATE = {"type": "generate", "input_tokens": [1, 2], "max_new_tokens": 3}
 class Lending:
     """An EngineThread with nothing to run but what it reads from one lent end of a socket pair."""
 
-    def __init__(self, accept=None, max_frame_bytes: int = 1 << 16) -> None:
+    def __init__(self, accept=None, max_frame_bytes: int = 1 << 16, spin_s: float = 0.0) -> None:
         self.ran: list[str] = []
         self.outcomes: list[Taken | None] = []
         self.reported = threading.Event()
         self.server, self.client = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.setblocking(False)
-        self.thread = EngineThread(lambda: object())
+        self.thread = EngineThread(lambda: object(), spin_s=spin_s)
         self.thread.start()
         self.thread.ready.result(10)
         self.lent = LentSocket(self.server, max_frame_bytes, accept or self._accept, self._report)
@@ -198,6 +199,46 @@ def test_a_queued_job_still_wakes_the_engine_thread_while_a_socket_is_lent(lendi
     assert lending.lent.active  # still lent: the job came through the queue
 
 
+def wait_for(cond, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.002)
+
+
+def test_a_lend_with_spin_polls_for_its_window_then_sleeps_and_the_switch_interval_comes_back():
+    """perf-notes v90: the idle thread polls for spin_s after a lend (the switch interval short meanwhile), then blocks
+    (no CPU time, the interval back), and a request that comes while it polls is taken as it would be asleep."""
+    default = sys.getswitchinterval()
+    made = Lending(spin_s=0.4)
+    try:
+        assert made.thread.spins == 0
+        assert made.thread.lend(made.lent)
+        wait_for(lambda: made.thread.spins == 1)
+        assert sys.getswitchinterval() == pytest.approx(SPIN_SWITCH_S)  # polling now
+        time.sleep(0.6)  # past the window: blocked in its selector again
+        assert sys.getswitchinterval() == default and made.thread.spins == 1
+        cpu = time.process_time()
+        time.sleep(0.3)
+        assert time.process_time() - cpu < 0.1  # asleep, not polling
+        assert not made.outcomes and made.lent.active  # nothing came; still lent, still watched
+        made.client.sendall(encode_frame(GENERATE))
+        assert isinstance(made.wait(), Taken)
+        wait_for(lambda: made.ran == ["rollgraph-engine"])
+        assert made.thread.spins == 1  # taking a request starts no poll; only a lend does
+        lent = LentSocket(made.server, 1 << 16, made._accept, made._report)
+        made.reported.clear()
+        assert made.thread.lend(lent)
+        wait_for(lambda: made.thread.spins == 2)
+        made.client.sendall(encode_frame(GENERATE))  # within the window: taken by the polling thread
+        wait_for(lambda: len(made.outcomes) == 2)
+        assert isinstance(made.outcomes[1], Taken) and made.thread.spins == 2
+        wait_for(lambda: made.ran == ["rollgraph-engine"] * 2)
+    finally:
+        made.close()
+    assert sys.getswitchinterval() == default
+
+
 def test_an_engine_thread_that_has_ended_lends_nothing(lending):
     lending.thread.stop()
     assert lending.thread.join(5)
@@ -225,6 +266,22 @@ def test_generate_and_inference_requests_are_read_by_the_idle_engine_thread():
         server = c.stats()["server"]
         assert server["requests_read_by_engine"] >= 5 and server["requests_served"] >= 6
         assert engine.threads == {"rollgraph-engine"}
+
+
+def test_a_server_with_an_idle_spin_serves_back_to_back_requests_as_without_one():
+    default = sys.getswitchinterval()
+    engine = FakeEngine()
+    with ThreadServer(engine, idle_spin_ms=20) as srv, Client(srv.socket_path) as c:
+        finals = []
+        for i in range(20):
+            gen = c.generate([1, 20 + i], max_new_tokens=3)
+            assert list(gen) == [21 + i, 22 + i, 23 + i]
+            finals.append(gen.result)
+            time.sleep(0.005)  # the next request comes while the engine thread polls (a 20 ms window)
+        assert [read_by(f) for f in finals[1:]] == ["engine"] * 19
+        assert c.health()["state"] == "ready"
+        assert srv.server.engine_thread.spins >= 19
+    assert sys.getswitchinterval() == default
 
 
 def test_with_request_reads_loop_the_loop_reads_every_frame():

@@ -19,7 +19,7 @@ import pytest
 from rollgraph.client import Client
 from rollgraph.config import EngineConfig, ModelConfig
 from rollgraph.engine import Engine
-from rollgraph.errors import ServerError
+from rollgraph.errors import RollgraphError, ServerError
 from rollgraph.params import GenerationParams
 from rollgraph.protocol import encode_frame, recv_exactly, recv_frame
 from serverproc import FakeEngine, ServerProcess, ThreadServer, accepts, serve_command, short_dir
@@ -449,3 +449,20 @@ def test_gc_freeze_flag_reaches_the_server_config():
         return server_config(build_parser().parse_args(["serve", "--model", "m", "--socket", "/s", *flags]))
 
     assert config().gc_freeze is True and config("--no-gc-freeze").gc_freeze is False
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [("0", True), ("2.5", True), ("100", True), ("-1", False), ("101", False), ("nan", False)]
+)
+def test_idle_spin_flag_reaches_the_server_config_or_is_refused(value, ok):
+    from rollgraph.cli import build_parser
+    from rollgraph.server import server_config
+
+    args = build_parser().parse_args(["serve", "--model", "m", "--socket", "/s", "--idle-spin-ms", value])
+    if ok:
+        assert server_config(args).idle_spin_ms == float(value)
+    else:
+        with pytest.raises(RollgraphError, match="--idle-spin-ms must be from 0 to 100") as err:
+            server_config(args)
+        assert err.value.code == "invalid_value"
+    assert server_config(build_parser().parse_args(["serve", "--model", "m", "--socket", "/s"])).idle_spin_ms == 0

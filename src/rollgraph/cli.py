@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="who reads a generate request that arrives while the engine is idle: the engine thread, which starts it "
         "at once (default), or the asyncio loop, which queues it",
     )
+    s.add_argument(
+        "--idle-spin-ms",
+        type=float,
+        default=0.0,
+        help="after each reply, how long the idle engine thread polls for the connection's next request before it "
+        "sleeps (one core busy meanwhile; a request within the window skips the thread's wake-up); 0: off (default)",
+    )
 
     g = sub.add_parser("generate", help="generate in-process (--model) or through a server (--socket)")
     where = g.add_mutually_exclusive_group(required=True)

@@ -163,3 +163,7 @@ class ServerConfig:
     idle connections' sockets itself, takes a generate or inference request off the socket and starts it at once;
     everything else goes back to the loop unread, request_reads.py) or "loop" (the asyncio loop reads every frame
     and queues the job)."""
+    idle_spin_ms: float = 0.0
+    """After a connection's reply is out and its socket lent to the idle engine thread (request_reads="engine"), how
+    long that thread polls the socket without sleeping before it blocks: a request sent within this window starts
+    without the thread's wake-up (perf-notes v90). One core is busy for up to this long after each reply; 0: off."""

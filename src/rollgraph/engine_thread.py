@@ -3,9 +3,11 @@
 It loads the model, pre-captures, then runs jobs from a FIFO queue one at a time, so requests reach the
 engine in arrival order and one engine step runs at a time. When the queue is empty it calls
 `engine.idle_work()` until that returns False (background graph captures happen only here, between
-requests, never beside a replay), then blocks in a selector: no busy-waiting. The selector holds a wake-up
-pipe that `submit` writes to, and the sockets of idle connections lent with `lend` (request_reads.py): when a
-request frame arrives on one of those, the thread reads it itself and runs its job at once. The asyncio side
+requests, never beside a replay), then blocks in a selector. The selector holds a wake-up pipe that `submit`
+writes to, and the sockets of idle connections lent with `lend` (request_reads.py): when a request frame arrives on
+one of those, the thread reads it itself and runs its job at once. With `spin_s` (serve's --idle-spin-ms), a lend
+starts a short poll of the selector without blocking before the thread sleeps, so a request sent right after the
+last reply finds the thread running (perf-notes v90). The asyncio side
 never calls into torch; it hands jobs over with `submit` (or lends a socket) and gets events back through a
 callback it makes thread-safe (`loop.call_soon_threadsafe`).
 
@@ -21,6 +23,7 @@ import logging
 import os
 import queue
 import selectors
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -174,14 +177,23 @@ class CallJob:
             self.future.set_exception(exc)
 
 
+SPIN_SWITCH_S = 0.0002
+"""Python's thread switch interval while the engine thread polls (sys.setswitchinterval; 5 ms by default): the poll
+takes the GIL back after every select(0), so a thread that wants it gets it only when the interval runs out."""
+
+
 class EngineThread:
     """Owns the engine: `load()` runs on the thread, `ready` resolves to the engine or to the load error.
 
     The thread is a daemon, so a model step stuck past the drain timeout cannot keep the process alive.
+    `spin_s` > 0: after each `lend`, the idle thread polls for that many seconds before it blocks (perf-notes v90).
     """
 
-    def __init__(self, load: Callable[[], Engine]) -> None:
+    def __init__(self, load: Callable[[], Engine], spin_s: float = 0.0) -> None:
         self._load = load
+        self._spin_s = spin_s
+        self._spin_until = 0.0  # time.perf_counter() up to which the idle thread polls
+        self.spins = 0  # polls begun (a lend while the thread was idle)
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self.ready: concurrent.futures.Future = concurrent.futures.Future()
         self.idle_captures = 0
@@ -217,6 +229,9 @@ class EngineThread:
             self._selector.register(lent, selectors.EVENT_READ, lent)  # epoll: safe beside the thread's select()
         except (KeyError, ValueError, OSError):
             return False
+        if self._spin_s > 0:
+            self._spin_until = time.perf_counter() + self._spin_s
+            self._wake()  # off the next request's path: its client is still reading this reply
         return True
 
     def _release(self, lent: LentSocket) -> None:
@@ -267,15 +282,17 @@ class EngineThread:
 
     def _next_job(self, engine: Engine) -> Job | None:
         """The next job; while there is none, background captures run one by one (a job that comes is taken between
-        two of them), then the thread waits in its selector."""
+        two of them), then the thread polls if a lend asked it to, then waits in its selector. A job ends any poll
+        window: the next one starts with the next lend, once that job's reply is out."""
         while True:
             job = self._poll(0)
+            if job is _NOTHING and not self._idle_once(engine):
+                job = self._spin() if time.perf_counter() < self._spin_until else _NOTHING
+                if job is _NOTHING:
+                    job = self._poll(None)
             if job is not _NOTHING:
+                self._spin_until = 0.0
                 return job
-            if not self._idle_once(engine):
-                job = self._poll(None)
-                if job is not _NOTHING:
-                    return job
 
     def _poll(self, timeout: float | None) -> Any:
         """A queued job (None: stop), else the job of a request frame read from a lent socket, else _NOTHING, after
@@ -302,6 +319,20 @@ class EngineThread:
             return self._queue.get_nowait()
         except queue.Empty:
             return _NOTHING
+
+    def _spin(self) -> Any:
+        """Poll without blocking until a job or a lent socket's request comes, or `_spin_until` passes."""
+        self.spins += 1
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(interval, SPIN_SWITCH_S))
+        try:
+            while time.perf_counter() < self._spin_until:
+                job = self._poll(0)
+                if job is not _NOTHING:
+                    return job
+        finally:
+            sys.setswitchinterval(interval)
+        return _NOTHING
 
     def _idle_once(self, engine: Engine) -> bool:
         try:

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+MAX_IDLE_SPIN_MS = 100.0
+"""The longest idle poll `--idle-spin-ms` takes: past that a core burns for nothing a client would notice."""
 ENGINE_STOP_TIMEOUT_S = 10.0
 """After draining, how long the engine thread gets to finish a step before the process exits without it."""
 
@@ -56,6 +58,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         gc_freeze=getattr(args, "gc_freeze", ServerConfig.gc_freeze),
         token_writes=getattr(args, "token_writes", ServerConfig.token_writes),
         request_reads=getattr(args, "request_reads", ServerConfig.request_reads),
+        idle_spin_ms=getattr(args, "idle_spin_ms", ServerConfig.idle_spin_ms),
     )
     checks = (
         ("--max-frame-bytes", config.max_frame_bytes >= 64, "an integer >= 64"),
@@ -64,6 +67,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         ("--drain-timeout", config.drain_timeout_s >= 0, "a number of seconds >= 0"),
         ("--token-writes", config.token_writes in ("engine", "loop"), 'one of "engine", "loop"'),
         ("--request-reads", config.request_reads in ("engine", "loop"), 'one of "engine", "loop"'),
+        ("--idle-spin-ms", 0 <= config.idle_spin_ms <= MAX_IDLE_SPIN_MS, f"from 0 to {MAX_IDLE_SPIN_MS:g} (ms)"),
         (
             "--socket",
             len(os.fsencode(config.socket_path)) < 108,
@@ -178,7 +182,7 @@ class Server:
 
     def __init__(self, config: ServerConfig, load: Callable[[], Any]) -> None:
         self.config = config
-        self.engine_thread = EngineThread(load)
+        self.engine_thread = EngineThread(load, spin_s=config.idle_spin_ms / 1e3)
         self._conns: dict[Connection, asyncio.Task] = {}
         self.ctx: ServerContext | None = None
 
