@@ -16,7 +16,7 @@ for r in $(seq 1 "$rounds"); do
   for variant in "${variants[@]}"; do
     IFS=: read -r label dir flag extra <<<"$variant"
     echo "=== round $r $label ($dir ${flag:-}) $(date -u +%T)"
-    (cd "$dir" && PYTHONPATH=src python3 "$here/scripts/ttft_overhead.py" --model "$model" --mode "$mode" \
+    (cd "$dir" && PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} python3 "$here/scripts/ttft_overhead.py" --model "$model" --mode "$mode" \
       --requests ${TTFT_REQUESTS:-300} --out "$out/ttft_r${r}_$label.json" ${flag:+--server-arg=$flag} $extra 2>&1 \
       | tail -1 \
       | python3 -c "import json,sys; s=sys.stdin.read(); d=json.loads(s) if s.startswith('{') else print(s) or {}
