@@ -5,8 +5,10 @@ Usage: python scripts/transport_split.py RUN/requests.json [MORE/requests.json .
 Columns (medians over the requests unless said): client TTFT, the server's own TTFT, their gap, frame read -> job
 queued (`in`), token 0 made -> its frame written (`out`), requests whose frame the engine thread read itself
 (`read`, engine/all; perf-notes v76), frames the engine thread wrote itself (first request),
-ITL median / P99 / max over every interval, and the per-request largest sent gap minus largest made gap (median /
-max): how much later than the engine made them the slowest frames left the server.
+ITL median / P99 / max over every interval, the per-request largest sent gap minus largest made gap (median /
+max): how much later than the engine made them the slowest frames left the server, and, where the bench kept them,
+the client's call to the server's first sight of the frame (`call`) and token 0's frame written to its arrival at the
+client (`back`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ import sys
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def clock_columns(tr) -> str:
+    """Medians of the bench's clock splits (bench_server.CLOCK_KEYS), or '' for a run from before them."""
+    call, back = ([x for x in tr(k) if x is not None] for k in ("call_to_first_byte_ms", "first_token_to_client_ms"))
+    if not call or not back:
+        return ""
+    return f"  call {statistics.median(call):.3f}  back {statistics.median(back):.3f}"
 
 
 def rows(path: str) -> list[str]:
@@ -45,7 +55,7 @@ def rows(path: str) -> list[str]:
                 f"  read {tr('request_read_by').count('engine')}/{len(rr)}"
                 f"  direct {tr('token_frames_direct')[0]}"
                 f"  itl {med(itl):.3f} / {pct(itl, 0.99):.3f} / {max(itl):.2f}"
-                f"  late {med(late):.3f} / {max(late):.3f}"
+                f"  late {med(late):.3f} / {max(late):.3f}" + clock_columns(tr)
             )
     return out
 

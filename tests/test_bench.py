@@ -26,7 +26,7 @@ from rollgraph.bench_report import (
     token_agreement,
     token_prefix,
 )
-from rollgraph.bench_server import TRANSPORT_KEYS, BenchError, run_server_mode
+from rollgraph.bench_server import CLOCK_KEYS, TRANSPORT_KEYS, BenchError, run_server_mode
 from rollgraph.floors import Floors
 
 VLLM_KEYS = [f"{stat}_{m}_ms" for m in ("ttft", "itl", "tpot", "e2el") for stat in ("mean", "median", "p99")]
@@ -218,7 +218,9 @@ def test_smoke_outputs_are_complete_and_consistent(smoke):
         assert all(v is not None for v in server_side) == (name in SMOKE["modes"]), server_side
     assert results["modes"]["hf-static-compile"]["status"] == "skipped"
     samples = json.loads((out / "requests.json").read_text())
-    assert set(samples["eager"][0]["server_transport_ms"]) == set(TRANSPORT_KEYS)
+    transport = samples["eager"][0]["server_transport_ms"]
+    assert set(transport) == {*TRANSPORT_KEYS, *CLOCK_KEYS}
+    assert all(0 < transport[k] < 1000 for k in CLOCK_KEYS), transport  # one host, one clock: both hops positive
     assert samples["hf-eager"][0]["server_transport_ms"] is None
     # float32 on CPU: every server mode and transformers' own generate make the same greedy tokens
     assert results["token_agreement"] == {**dict.fromkeys(modes[:-1], 1.0), "hf-static-compile": None}

@@ -54,6 +54,19 @@ TRANSPORT_KEYS = (
 )
 """The final frame's timings of the server's connection (connection.final_frame) that each Sample keeps
 (`request_read_by` is "engine" or "loop": which thread read the request's frame, request_reads.py)."""
+CLOCK_KEYS = ("call_to_first_byte_ms", "first_token_to_client_ms")
+"""Two more the client works out from the server's stamps (the bench runs its server on the same host, whose
+time.perf_counter() is one clock for both processes): from the client's call to the server's first sight of the
+request, and from token 0's frame written to its arrival here."""
+
+
+def clock_splits(timings: dict, call_at: float, token0_at: float) -> dict:
+    """CLOCK_KEYS from the final frame's `first_byte_at` and `first_token_sent_at` (None where either is missing)."""
+    first_byte, token_sent = timings.get("first_byte_at"), timings.get("first_token_sent_at")
+    return {
+        "call_to_first_byte_ms": round((first_byte - call_at) * 1e3, 3) if isinstance(first_byte, float) else None,
+        "first_token_to_client_ms": round((token0_at - token_sent) * 1e3, 3) if isinstance(token_sent, float) else None,
+    }
 
 
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
@@ -131,7 +144,10 @@ def timed_request(client: Client, prompt: Prompt, new_tokens: int) -> Sample:
         prefix_reused=int(result.get("prefix_reused_tokens") or 0),
         server_ttft_ms=timings.get("ttft_ms"),
         server_decode_ms=timings.get("decode_ms_mean"),
-        server_transport_ms={k: v for k, v in timings.items() if k in TRANSPORT_KEYS},
+        server_transport_ms={
+            **{k: v for k, v in timings.items() if k in TRANSPORT_KEYS},
+            **clock_splits(timings, start, stamps[0]),
+        },
         **host,
     )
 
