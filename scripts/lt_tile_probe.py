@@ -3,7 +3,8 @@ v79). At 400 rows llama-2-7b's output and down projections (N = 4096) run one wa
 512 rows for 400; cuBLASLt's Hopper kernels also take tiles whose token side fits the row count (128 x 104 covers
 416), but its heuristic never ranks them. This probe lists every algorithm id (lt_matmul.algorithm_ids), configures
 each with every tile whose grid is close to one wave and every stage count it takes, keeps what cuBLASLt's check
-accepts, screens them by a few back-to-back calls, tries cluster shapes, split-K and swizzling on the best, and
+accepts, screens them by a few back-to-back calls, tries cluster shapes, split-K, swizzling and each of the algorithm's
+custom options (opaque kernel variants that the heuristic pairs with cluster shapes on Hopper) on the best, and
 times the finalists against cuBLAS, torch's cuBLASLt path and the heuristic's list after a read of other memory, by
 median (tune_timing), in alternating rounds, each checked against a float32 product.
 
@@ -108,6 +109,7 @@ def search(prod, r, x, w, sms: int, budget_s: float, log) -> dict[str, tuple]:
             ]
         if cap["swizzle"]:
             variants.append({"swizzle": 1})
+        variants += [{"custom": c} for c in range(cap.get("custom_max", 0) + 1)]  # the kernel's own variants
         for v in variants:
             try_config(name, cand, algo_id, v)
     return found
