@@ -430,3 +430,22 @@ def test_choices_kept_in_a_store_are_taken_by_a_later_process_instead_of_timing(
     assert {m for m, _ in timed} == {400, 64}
     with open(store) as f:
         assert sorted(json.load(f)["machines"]) == ["m1", "m2"]
+
+
+def test_a_kept_entry_without_both_libraries_medians_is_timed_again(monkeypatch, tmp_path):
+    """A file that parses but whose entry lacks a library's median (edited by hand, or written by another version)
+    must not stop start-up: that shape is timed again and the file is mended."""
+    from rollgraph import blas_store
+
+    fake_algorithms(monkeypatch, 1)
+    monkeypatch.setattr(blas_choice, "_machine", lambda device: "m1")
+    monkeypatch.setattr(blas_choice, "_time_us", lambda fn, calls: 50.0 if fn.args[0] == "cublas" else 40.0)
+    store, w = str(tmp_path / "choices.json"), torch.randn(24, 16)
+    blas_store.save(
+        store,
+        "m1",
+        {"64x24x16 float32 add": {"library": "cublaslt", "algo": None, "bytes": None, "us": {"cublaslt": 40.0}}},
+    )
+    timings = blas_choice.choose([64], [w], rounds=1, store=store)
+    assert timings == {(64, 24, 16): {"cublas": 50.0, "cublaslt": 40.0}}
+    assert blas_store.load(store, "m1")["64x24x16 float32 add"]["us"] == {"cublas": 50.0, "cublaslt": 40.0}

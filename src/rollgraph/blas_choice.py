@@ -217,13 +217,15 @@ def _entry(key: tuple) -> dict:
 
 
 def _restore(key: tuple, entry: object) -> bool:
-    """Take a kept entry as this shape's choice; False (the shape is timed) where there is none, it is malformed, or
-    cuBLASLt's check refuses its algorithm for the shape here."""
+    """Take a kept entry as this shape's choice; False (the shape is timed) where there is none, it is malformed (the
+    two libraries' medians among them), or cuBLASLt's check refuses its algorithm for the shape here."""
     if not isinstance(entry, dict) or entry.get("library") not in LIBRARIES or not isinstance(entry.get("us"), dict):
         return False
     try:
         medians = {str(name): float(us) for name, us in entry["us"].items()}
     except (TypeError, ValueError):
+        return False
+    if not set(LIBRARIES) <= set(medians):  # `choose` compares the two libraries' medians of every shape
         return False
     algo = None
     if entry.get("algo") is not None:
